@@ -1,0 +1,121 @@
+"""Typed settings read from the environment, in one place.
+
+Every process (API, Celery worker, beat, CLI, tests) builds its settings with
+:func:`load_settings`; nothing else reads ``os.environ`` for configuration.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("MOLAM_VAR_DIR", PROJECT_ROOT / "var"))
+
+APP_ENVS = ("development", "production", "test")
+
+
+class ConfigError(RuntimeError):
+    """Raised when the environment cannot produce a safe configuration."""
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _str(name: str, default: str | None = None) -> str | None:
+    raw = os.environ.get(name)
+    return default if raw is None or raw == "" else raw
+
+
+def redis_url_with_db(url: str, db: int) -> str:
+    """Return ``url`` pointing at Redis database ``db`` (path component replaced)."""
+    base, _, query = url.partition("?")
+    scheme, rest = base.split("://", 1)
+    netloc = rest.split("/", 1)[0]
+    return f"{scheme}://{netloc}/{db}" + (f"?{query}" if query else "")
+
+
+@dataclass(frozen=True)
+class Settings:
+    app_env: str = "development"
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/molam_experiments"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    celery_broker_url: str = "redis://127.0.0.1:6379/1"
+    port: int = 3010
+    cors_origin: str = "http://localhost:3011"
+    molam_id_public_key: str | None = None
+    molam_id_issuer: str | None = None
+    molam_id_audience: str | None = None
+    # Assignment hot path
+    assign_rate_limit: str = "6000/minute"
+    rate_limit_enabled: bool = True
+    # SIRA schedules (seconds) and daily report time (UTC)
+    recompute_interval_s: float = 30.0
+    fail_fast_interval_s: float = 60.0
+    ingest_drain_interval_s: float = 1.0
+    daily_report_hour: int = 6
+    daily_report_minute: int = 0
+    dev_key_dir: Path = field(default=VAR_DIR / "keys")
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env == "production"
+
+    def with_overrides(self, **changes: object) -> "Settings":
+        return replace(self, **changes)
+
+
+def normalise_database_url(url: str) -> str:
+    """SQLAlchemy needs the psycopg 3 driver spelled out."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def load_settings() -> Settings:
+    app_env = _str("APP_ENV", "development")
+    if app_env not in APP_ENVS:
+        raise ConfigError(f"APP_ENV must be one of {', '.join(APP_ENVS)}, got {app_env!r}")
+    defaults = Settings()
+    redis_url = _str("REDIS_URL", defaults.redis_url)
+    public_key = _str("MOLAM_ID_PUBLIC_KEY")
+    if public_key:
+        public_key = public_key.replace("\\n", "\n")
+    if app_env == "production" and not public_key:
+        raise ConfigError("MOLAM_ID_PUBLIC_KEY is required when APP_ENV=production")
+    return Settings(
+        app_env=app_env,
+        database_url=normalise_database_url(_str("DATABASE_URL", defaults.database_url)),
+        redis_url=redis_url,
+        celery_broker_url=_str("CELERY_BROKER_URL", redis_url_with_db(redis_url, 1)),
+        port=_int("PORT", defaults.port),
+        cors_origin=_str("CORS_ORIGIN", defaults.cors_origin),
+        molam_id_public_key=public_key,
+        molam_id_issuer=_str("MOLAM_ID_ISSUER"),
+        molam_id_audience=_str("MOLAM_ID_AUDIENCE"),
+        assign_rate_limit=_str("ASSIGN_RATE_LIMIT", defaults.assign_rate_limit),
+        rate_limit_enabled=_str("RATE_LIMIT_ENABLED", "1") not in ("0", "false", "no"),
+        recompute_interval_s=_float("SIRA_RECOMPUTE_INTERVAL", defaults.recompute_interval_s),
+        fail_fast_interval_s=_float("SIRA_FAIL_FAST_INTERVAL", defaults.fail_fast_interval_s),
+        ingest_drain_interval_s=_float("INGEST_DRAIN_INTERVAL", defaults.ingest_drain_interval_s),
+        daily_report_hour=_int("SIRA_DAILY_REPORT_HOUR", defaults.daily_report_hour),
+        daily_report_minute=_int("SIRA_DAILY_REPORT_MINUTE", defaults.daily_report_minute),
+    )

@@ -1,0 +1,61 @@
+"""One engine and one session factory per process."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+_engine: Engine | None = None
+_session_factory: sessionmaker[Session] | None = None
+
+
+def init_engine(database_url: str, **engine_kwargs: object) -> Engine:
+    """(Re)create the process's engine; called at app/worker start and after fork."""
+    global _engine, _session_factory
+    if _engine is not None:
+        _engine.dispose()
+    options: dict[str, object] = {
+        "pool_pre_ping": True,
+        "pool_size": 10,
+        "max_overflow": 20,
+        "connect_args": {"connect_timeout": 3},
+    }
+    options.update(engine_kwargs)
+    _engine = create_engine(database_url, **options)
+    _session_factory = sessionmaker(bind=_engine, expire_on_commit=False)
+    return _engine
+
+
+def get_engine() -> Engine:
+    if _engine is None:
+        raise RuntimeError("database engine not initialised; call init_engine first")
+    return _engine
+
+
+def dispose_engine() -> None:
+    """Drop pooled connections inherited across a fork (Celery prefork, gunicorn)."""
+    if _engine is not None:
+        _engine.dispose(close=False)
+
+
+def new_session() -> Session:
+    if _session_factory is None:
+        raise RuntimeError("database engine not initialised; call init_engine first")
+    return _session_factory()
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A unit of work for tasks and CLI commands: commit on success, roll back on error."""
+    session = new_session()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

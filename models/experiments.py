@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .base import Base, created_at_column, uuid_pk
+from .enums import EVENT_TYPES, MODES, STATUSES, sql_in
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({sql_in(STATUSES)})", name="status"),
+        CheckConstraint(f"mode IN ({sql_in(MODES)})", name="mode"),
+        CheckConstraint(f"primary_metric IN ({sql_in(EVENT_TYPES)})", name="primary_metric"),
+        CheckConstraint("coverage > 0 AND coverage <= 100", name="coverage_range"),
+        CheckConstraint("version >= 1", name="version_positive"),
+        Index("ix_experiments_status_created_at", "status", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, server_default="")
+    status: Mapped[str] = mapped_column(String(16), server_default="draft")
+    mode: Mapped[str] = mapped_column(String(16), server_default="ab")
+    coverage: Mapped[Decimal] = mapped_column(Numeric(5, 2), server_default="100")
+    primary_metric: Mapped[str] = mapped_column(String(32), server_default="conversion")
+    targeting: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    # SIRA settings: {"rule", "min_samples", "threshold", "action"}
+    fail_fast: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    # {"event_types": [...], "action": ...}
+    guardrails: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    # {"min_samples", "floor"}
+    bandit: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = created_at_column()
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+    started_at: Mapped[datetime | None]
+    stopped_at: Mapped[datetime | None]
+    # Bumped on every mutation; caches key definitions by it.
+    version: Mapped[int] = mapped_column(server_default="1")
+
+    variants: Mapped[list[Variant]] = relationship(
+        back_populates="experiment",
+        order_by="Variant.position",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        lazy="selectin",
+    )
+
+
+class Variant(Base):
+    __tablename__ = "experiment_variants"
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "name", name="uq_experiment_variants_experiment_id_name"),
+        CheckConstraint("traffic_share >= 0 AND traffic_share <= 100", name="traffic_share_range"),
+        CheckConstraint("jsonb_typeof(config) = 'object'", name="config_object"),
+        Index(
+            "uq_experiment_variants_one_control",
+            "experiment_id",
+            unique=True,
+            postgresql_where=text("is_control"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    experiment_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    config: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    traffic_share: Mapped[Decimal] = mapped_column(Numeric(5, 2))
+    is_control: Mapped[bool] = mapped_column(server_default=text("false"))
+    position: Mapped[int] = mapped_column(server_default="0")
+    paused: Mapped[bool] = mapped_column(server_default=text("false"))
+    paused_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = created_at_column()
+
+    experiment: Mapped[Experiment] = relationship(back_populates="variants")
+
+
+class Assignment(Base):
+    """Which variant a Molam ID holds in an experiment: the sticky truth."""
+
+    __tablename__ = "experiment_assignments"
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "molam_id", name="uq_experiment_assignments_experiment_id_molam_id"),
+        Index("ix_experiment_assignments_variant_id", "variant_id"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    experiment_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    variant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("experiment_variants.id", ondelete="CASCADE"))
+    molam_id: Mapped[str] = mapped_column(String(200))
+    # The request context at first assignment, kept for segment analysis.
+    country: Mapped[str | None] = mapped_column(String(2))
+    lang: Mapped[str | None] = mapped_column(String(16))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    region: Mapped[str | None] = mapped_column(String(64))
+    device: Mapped[str | None] = mapped_column(String(32))
+    assigned_at: Mapped[datetime] = mapped_column(server_default=func.now())
