@@ -1,0 +1,26 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.requirements-installed
+
+.PHONY: run test flower bench bench-assign bench-ingest bench-sira lint clean
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
+	touch $(STAMP)
+
+## Run the whole platform: API on :3010, Celery worker and beat (embedded PostgreSQL/Redis if no URLs).
+run: $(STAMP)
+	$(BIN)/python scripts/run.py
+
+## Run the full test suite against real PostgreSQL and Redis.
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Flower on :5555 against the configured broker.
+flower: $(STAMP)
+	$(BIN)/celery -A tasks.celery_app flower --port=5555
+
+clean:
+	rm -rf var/test .pytest_cache

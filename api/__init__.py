@@ -1,0 +1,108 @@
+"""Flask application factory for the Molam Experiments API."""
+from __future__ import annotations
+
+import logging
+
+import click
+from flask import Flask, g, jsonify
+from flask_cors import CORS
+from flask_smorest import Api
+
+from core import db
+from core.config import Settings, load_settings
+from core.errors import DomainError
+
+from . import context
+from .auth import TokenVerifier, mint_dev_token, resolve_public_key
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
+    app = Flask(__name__)
+    app.config.update(
+        API_TITLE="Molam Experiments (Brique 147) with SIRA",
+        API_VERSION="1.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_REDOC_PATH="/redoc",
+        OPENAPI_REDOC_URL="https://cdn.jsdelivr.net/npm/redoc/bundles/redoc.standalone.js",
+        API_SPEC_OPTIONS={
+            "components": {
+                "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+            },
+            "security": [{"bearerAuth": []}],
+        },
+        JSON_SORT_KEYS=False,
+        MAX_CONTENT_LENGTH=8 * 1024 * 1024,
+    )
+    app.extensions["settings"] = settings
+    app.extensions["token_verifier"] = TokenVerifier(
+        resolve_public_key(settings), settings.molam_id_issuer, settings.molam_id_audience
+    )
+    db.init_engine(settings.database_url)
+    CORS(app, origins=[o.strip() for o in settings.cors_origin.split(",")], expose_headers=["X-Pagination", "X-Request-ID"])
+
+    api = Api(app)
+    from . import audit, experiments, health
+
+    api.register_blueprint(experiments.blp)
+    api.register_blueprint(audit.blp)
+    app.register_blueprint(health.blp)
+
+    _register_error_handlers(app, api)
+    app.teardown_appcontext(context.close_session)
+
+    @app.after_request
+    def add_request_id(response):  # noqa: ANN001, ANN202
+        if "request_id" in g:
+            response.headers["X-Request-ID"] = g.request_id
+        return response
+
+    _register_cli(app)
+    return app
+
+
+def _register_error_handlers(app: Flask, api: Api) -> None:
+    from http import HTTPStatus
+
+    @app.errorhandler(DomainError)
+    def handle_domain_error(error: DomainError):  # noqa: ANN202
+        payload = {"code": error.status, "status": HTTPStatus(error.status).phrase, "message": error.message}
+        if error.errors:
+            payload["errors"] = error.errors
+        return jsonify(payload), error.status, error.headers
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(error: Exception):  # noqa: ANN202
+        from sqlalchemy.exc import OperationalError, InterfaceError
+
+        if isinstance(error, (OperationalError, InterfaceError)):
+            log.warning("database unavailable: %s", error)
+            return (
+                jsonify(code=503, status="Service Unavailable", message="database unavailable; retry shortly"),
+                503,
+                {"Retry-After": "2"},
+            )
+        from werkzeug.exceptions import HTTPException
+
+        if isinstance(error, HTTPException):
+            return api.handle_http_exception(error)
+        log.exception("unhandled error")
+        return jsonify(code=500, status="Internal Server Error", message="internal error"), 500
+
+
+def _register_cli(app: Flask) -> None:
+    @app.cli.command("dev-token")
+    @click.option("--role", "roles", required=True, multiple=True, help="Role claim (repeatable).")
+    @click.option("--sub", default=None, help="Subject (Molam ID); defaults to dev-<role>.")
+    @click.option("--ttl", default=24 * 3600, show_default=True, help="Lifetime in seconds.")
+    def dev_token(roles: tuple[str, ...], sub: str | None, ttl: int) -> None:
+        """Mint a development token signed with the local key pair under ./var/keys."""
+        settings: Settings = app.extensions["settings"]
+        token = mint_dev_token(settings, roles[0], sub=sub, ttl_s=ttl, extra_roles=roles[1:])
+        click.echo(token)

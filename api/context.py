@@ -1,0 +1,42 @@
+"""Per-request plumbing: the database session, the actor, the Redis client."""
+from __future__ import annotations
+
+import uuid
+
+import redis
+from flask import current_app, g, request
+from sqlalchemy.orm import Session
+
+from core import db
+from core.redis import get_redis
+from services.audit import Actor
+
+
+def session() -> Session:
+    if "db_session" not in g:
+        g.db_session = db.new_session()
+    return g.db_session
+
+
+def close_session(exc: BaseException | None = None) -> None:
+    current = g.pop("db_session", None)
+    if current is not None:
+        if exc is not None:
+            current.rollback()
+        current.close()
+
+
+def redis_client() -> redis.Redis:
+    return get_redis(current_app.extensions["settings"].redis_url)
+
+
+def request_id() -> str:
+    if "request_id" not in g:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming[:128] if incoming else uuid.uuid4().hex
+    return g.request_id
+
+
+def actor() -> Actor:
+    principal = g.principal
+    return Actor(sub=principal.sub, roles=principal.roles, request_id=request_id(), client_ip=request.remote_addr)

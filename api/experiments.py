@@ -1,0 +1,106 @@
+"""Experiments resource: CRUD and lifecycle transitions."""
+from __future__ import annotations
+
+import uuid
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from core.errors import Unavailable
+from services import cache, experiments as service
+
+from . import context
+from .auth import require
+from .schemas import (
+    ExperimentCreateSchema,
+    ExperimentListQuerySchema,
+    ExperimentOutSchema,
+    ExperimentUpdateSchema,
+)
+
+blp = Blueprint("experiments", __name__, url_prefix="/api/experiments", description="Experiment definitions and lifecycle")
+
+
+def commit_mutation(experiment_id: uuid.UUID) -> None:
+    """Commit, making sure no API process keeps serving the old definition from Redis.
+
+    The cached definition is dropped before the commit (if Redis cannot be reached
+    the mutation is refused with 503 and rolled back) and again after it, so an
+    assign racing with the commit cannot re-cache the old version.
+    """
+    client = context.redis_client()
+    if not cache.invalidate_definition(client, experiment_id):
+        context.session().rollback()
+        raise Unavailable("Redis is unreachable: the assignment cache cannot be invalidated; retry shortly", retry_after=2)
+    context.session().commit()
+    cache.invalidate_definition(client, experiment_id)
+
+
+@blp.route("")
+class ExperimentCollection(MethodView):
+    @require("list")
+    @blp.arguments(ExperimentListQuerySchema, location="query")
+    @blp.response(200, ExperimentOutSchema(many=True))
+    @blp.paginate()
+    def get(self, query: dict, pagination_parameters):  # noqa: ANN001
+        """List experiments, newest first (filter by ``status``; ``X-Pagination`` header)."""
+        items, total = service.list_experiments(
+            context.session(),
+            status=query.get("status"),
+            offset=pagination_parameters.first_item,
+            limit=pagination_parameters.page_size,
+        )
+        pagination_parameters.item_count = total
+        return items
+
+    @require("create")
+    @blp.arguments(ExperimentCreateSchema)
+    @blp.response(201, ExperimentOutSchema)
+    def post(self, data: dict):
+        """Create a draft experiment."""
+        experiment = service.create_experiment(context.session(), data, context.actor())
+        context.session().commit()
+        return experiment
+
+
+@blp.route("/<uuid:experiment_id>")
+class ExperimentItem(MethodView):
+    @require("get")
+    @blp.response(200, ExperimentOutSchema)
+    def get(self, experiment_id: uuid.UUID):
+        """Get one experiment with its variants."""
+        return service.get_experiment(context.session(), experiment_id)
+
+    @require("update")
+    @blp.arguments(ExperimentUpdateSchema)
+    @blp.response(200, ExperimentOutSchema)
+    def patch(self, changes: dict, experiment_id: uuid.UUID):
+        """Update a draft freely; a running or stopped experiment only its name and description."""
+        experiment = service.update_experiment(context.session(), experiment_id, changes, context.actor())
+        commit_mutation(experiment_id)
+        return experiment
+
+    @require("delete")
+    @blp.response(204)
+    def delete(self, experiment_id: uuid.UUID):
+        """Delete a draft experiment (anything else: archive it)."""
+        service.delete_experiment(context.session(), experiment_id, context.actor())
+        commit_mutation(experiment_id)
+
+
+def _transition_view(action: str, doc: str):
+    @require(action)
+    @blp.response(200, ExperimentOutSchema)
+    def view(experiment_id: uuid.UUID):
+        experiment = service.transition(context.session(), experiment_id, action, context.actor())
+        commit_mutation(experiment_id)
+        return experiment
+
+    view.__name__ = f"{action}_experiment"
+    view.__doc__ = doc
+    blp.route(f"/<uuid:experiment_id>/{action}", methods=["POST"])(view)
+
+
+_transition_view("start", "Start a draft or stopped experiment.")
+_transition_view("stop", "Stop a running experiment (assignments are kept; start resumes it).")
+_transition_view("archive", "Archive a draft or stopped experiment (terminal).")

@@ -1,0 +1,227 @@
+"""Request, query and response schemas for the experiments resource."""
+from __future__ import annotations
+
+import json
+
+import marshmallow as ma
+from marshmallow import fields, validate, validates_schema
+
+from core.codes import COUNTRIES, CURRENCIES, LANGUAGES
+from models.enums import (
+    DEFAULT_GUARDRAILS,
+    EVENT_TYPES,
+    FAIL_FAST_ACTIONS,
+    FAIL_FAST_RULES,
+    GUARDRAIL_ACTIONS,
+    MODES,
+    STATUSES,
+)
+
+MAX_CONFIG_BYTES = 16 * 1024
+MIN_VARIANTS, MAX_VARIANTS = 2, 20
+
+
+class StrictSchema(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE
+
+
+def _code_in(codes: frozenset[str], what: str, upper: bool):
+    def check(value: str) -> None:
+        if (upper and value != value.upper()) or (not upper and value != value.lower()):
+            raise ma.ValidationError(f"{value!r} must be {'upper' if upper else 'lower'}-case {what}")
+        if value not in codes:
+            raise ma.ValidationError(f"{value!r} is not a known {what}")
+
+    return check
+
+
+def _json_object_under(limit: int, what: str):
+    def check(value: dict) -> None:
+        size = len(json.dumps(value, separators=(",", ":")).encode())
+        if size >= limit:
+            raise ma.ValidationError(f"{what} is {size} bytes; it must be under {limit} bytes")
+
+    return check
+
+
+def _unique_list(values: list) -> None:
+    if len(set(values)) != len(values):
+        raise ma.ValidationError("values must be unique")
+
+
+class TargetingSchema(StrictSchema):
+    country = fields.List(
+        fields.String(validate=_code_in(COUNTRIES, "ISO 3166-1 alpha-2 country code", upper=True)),
+        validate=[validate.Length(min=1, max=250), _unique_list],
+    )
+    lang = fields.List(
+        fields.String(validate=_code_in(LANGUAGES, "ISO 639 language code", upper=False)),
+        validate=[validate.Length(min=1, max=200), _unique_list],
+    )
+    currency = fields.List(
+        fields.String(validate=_code_in(CURRENCIES, "ISO 4217 currency code", upper=True)),
+        validate=[validate.Length(min=1, max=200), _unique_list],
+    )
+    region = fields.List(fields.String(validate=validate.Length(min=1, max=64)), validate=[validate.Length(min=1, max=500), _unique_list])
+    device = fields.List(fields.String(validate=validate.Length(min=1, max=32)), validate=[validate.Length(min=1, max=50), _unique_list])
+    min_txn = fields.Integer(strict=True, validate=validate.Range(min=0))
+
+
+class VariantInSchema(StrictSchema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    config = fields.Dict(keys=fields.String(), load_default=dict, validate=_json_object_under(MAX_CONFIG_BYTES, "config"))
+    traffic_share = fields.Decimal(required=True, places=2, validate=validate.Range(min=0, max=100), as_string=False)
+    is_control = fields.Boolean(load_default=False)
+
+
+class FailFastSchema(StrictSchema):
+    rule = fields.String(load_default="sequential", validate=validate.OneOf(FAIL_FAST_RULES))
+    min_samples = fields.Integer(strict=True, load_default=100, validate=validate.Range(min=1, max=10_000_000))
+    threshold = fields.Float(load_default=0.95, validate=validate.Range(min=0.5, max=0.999999))
+    action = fields.String(load_default="recommend", validate=validate.OneOf(FAIL_FAST_ACTIONS))
+
+
+class BanditSettingsSchema(StrictSchema):
+    min_samples = fields.Integer(strict=True, load_default=100, validate=validate.Range(min=0, max=10_000_000))
+    floor = fields.Float(load_default=0.01, validate=validate.Range(min=0.0, max=0.5))
+
+
+def validate_variants(variants: list[dict]) -> dict[str, list[str]]:
+    """Cross-variant rules; returns field errors keyed like marshmallow does."""
+    problems: list[str] = []
+    if not MIN_VARIANTS <= len(variants) <= MAX_VARIANTS:
+        problems.append(f"an experiment needs {MIN_VARIANTS} to {MAX_VARIANTS} variants, got {len(variants)}")
+    total = sum(v["traffic_share"] for v in variants)
+    if total != 100:
+        problems.append(f"traffic shares must sum to exactly 100, got {total}")
+    controls = sum(1 for v in variants if v.get("is_control"))
+    if controls != 1:
+        problems.append(f"exactly one variant must be the control, got {controls}")
+    names = [v["name"] for v in variants]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        problems.append(f"variant names must be unique; repeated: {', '.join(duplicates)}")
+    return {"variants": problems} if problems else {}
+
+
+class ExperimentCreateSchema(StrictSchema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    description = fields.String(load_default="", validate=validate.Length(max=10_000))
+    targeting = fields.Nested(TargetingSchema, load_default=dict)
+    variants = fields.List(fields.Nested(VariantInSchema), required=True)
+    mode = fields.String(load_default="ab", validate=validate.OneOf(MODES))
+    coverage = fields.Decimal(load_default=100, places=2, validate=validate.Range(min=0, max=100, min_inclusive=False), as_string=False)
+    primary_metric = fields.String(load_default="conversion", validate=validate.OneOf(EVENT_TYPES))
+    fail_fast = fields.Nested(FailFastSchema, load_default=lambda: FailFastSchema().load({}))
+    guardrails = fields.List(
+        fields.String(validate=validate.OneOf(EVENT_TYPES)),
+        load_default=lambda: list(DEFAULT_GUARDRAILS),
+        validate=_unique_list,
+    )
+    guardrail_action = fields.String(load_default="pause_variant", validate=validate.OneOf(GUARDRAIL_ACTIONS))
+    bandit = fields.Nested(BanditSettingsSchema, load_default=lambda: BanditSettingsSchema().load({}))
+
+    @validates_schema
+    def check_variants(self, data: dict, **kwargs: object) -> None:
+        errors = validate_variants(data.get("variants") or [])
+        if errors:
+            raise ma.ValidationError(errors)
+
+
+class ExperimentUpdateSchema(StrictSchema):
+    """PATCH: every field optional; a running or stopped experiment accepts only name/description."""
+
+    name = fields.String(validate=validate.Length(min=1, max=200))
+    description = fields.String(validate=validate.Length(max=10_000))
+    targeting = fields.Nested(TargetingSchema)
+    variants = fields.List(fields.Nested(VariantInSchema))
+    mode = fields.String(validate=validate.OneOf(MODES))
+    coverage = fields.Decimal(places=2, validate=validate.Range(min=0, max=100, min_inclusive=False), as_string=False)
+    primary_metric = fields.String(validate=validate.OneOf(EVENT_TYPES))
+    fail_fast = fields.Nested(FailFastSchema)
+    guardrails = fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)), validate=_unique_list)
+    guardrail_action = fields.String(validate=validate.OneOf(GUARDRAIL_ACTIONS))
+    bandit = fields.Nested(BanditSettingsSchema)
+
+    @validates_schema
+    def check_variants(self, data: dict, **kwargs: object) -> None:
+        if "variants" in data:
+            errors = validate_variants(data["variants"])
+            if errors:
+                raise ma.ValidationError(errors)
+
+
+class VariantOutSchema(ma.Schema):
+    id = fields.UUID()
+    name = fields.String()
+    config = fields.Dict()
+    traffic_share = fields.Float()
+    is_control = fields.Boolean()
+    paused = fields.Boolean()
+    paused_reason = fields.String(allow_none=True)
+
+
+class ExperimentOutSchema(ma.Schema):
+    id = fields.UUID()
+    name = fields.String()
+    description = fields.String()
+    status = fields.String()
+    mode = fields.String()
+    coverage = fields.Float()
+    primary_metric = fields.String()
+    targeting = fields.Dict()
+    fail_fast = fields.Dict()
+    guardrails = fields.Method("dump_guardrails")
+    guardrail_action = fields.Method("dump_guardrail_action")
+    bandit = fields.Dict()
+    variants = fields.List(fields.Nested(VariantOutSchema))
+    created_by = fields.String()
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    stopped_at = fields.DateTime(allow_none=True)
+    version = fields.Integer()
+
+    def dump_guardrails(self, experiment: object) -> list[str]:
+        return list(experiment.guardrails.get("event_types", []))
+
+    def dump_guardrail_action(self, experiment: object) -> str | None:
+        return experiment.guardrails.get("action")
+
+
+class QuerySchema(ma.Schema):
+    """Query strings also carry pagination parameters, parsed separately."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+
+class ExperimentListQuerySchema(QuerySchema):
+    status = fields.String(validate=validate.OneOf(STATUSES))
+
+
+class AuditQuerySchema(QuerySchema):
+    experiment_id = fields.UUID()
+
+
+class AuditEntryOutSchema(ma.Schema):
+    id = fields.Integer()
+    experiment_id = fields.UUID(allow_none=True)
+    actor = fields.String()
+    actor_roles = fields.List(fields.String())
+    action = fields.String()
+    before = fields.Dict(allow_none=True)
+    after = fields.Dict(allow_none=True)
+    request_id = fields.String(allow_none=True)
+    client_ip = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    prev_hash = fields.String()
+    hash = fields.String()
+
+
+class AuditVerifyOutSchema(ma.Schema):
+    ok = fields.Boolean()
+    entries = fields.Integer()
+    first_bad_id = fields.Integer(allow_none=True)
+    reason = fields.String(allow_none=True)

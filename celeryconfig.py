@@ -1,0 +1,32 @@
+"""Celery settings (lower-case, read by ``celery.config_from_object``)."""
+from __future__ import annotations
+
+from celery.schedules import crontab
+
+from core.config import load_settings
+
+_settings = load_settings()
+
+broker_url = _settings.celery_broker_url
+result_backend = None
+task_ignore_result = True
+include: list[str] = []
+
+# Losing a message loses data: acknowledge only after the task finished, and put
+# the message back if the worker process dies mid-task.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+broker_transport_options = {"visibility_timeout": 300}
+broker_connection_retry_on_startup = True
+
+# Flower watches task events.
+worker_send_task_events = True
+task_send_sent_event = True
+
+task_serializer = "json"
+accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+
+beat_schedule: dict[str, dict] = {}

@@ -1,0 +1,39 @@
+"""Domain errors carry their HTTP status; one handler renders them."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class DomainError(Exception):
+    status = 400
+
+    def __init__(self, message: str, *, errors: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.errors = errors
+        self.headers = headers or {}
+
+
+class NotFound(DomainError):
+    status = 404
+
+
+class Conflict(DomainError):
+    status = 409
+
+
+class Invalid(DomainError):
+    """Semantic validation failure (same payload shape as schema errors)."""
+
+    status = 422
+
+
+class Unavailable(DomainError):
+    """A dependency is down; the client should retry later."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: int = 1, **kwargs: Any):
+        headers = {"Retry-After": str(retry_after)}
+        headers.update(kwargs.pop("headers", None) or {})
+        super().__init__(message, headers=headers, **kwargs)

