@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 import click
-from flask import Flask, g, jsonify
+from flask import Flask, jsonify
 from flask_cors import CORS
 from flask_smorest import Api
 
@@ -59,8 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.after_request
     def add_request_id(response):  # noqa: ANN001, ANN202
-        if "request_id" in g:
-            response.headers["X-Request-ID"] = g.request_id
+        response.headers["X-Request-ID"] = context.request_id()
         return response
 
     _register_cli(app)

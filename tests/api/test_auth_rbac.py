@@ -1,0 +1,171 @@
+"""Bearer tokens (RS256 only) and the RBAC matrix, cell by cell."""
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from core import rbac
+from tests.conftest import TEST_AUDIENCE, TEST_ISSUER, experiment_body
+
+ROLES = ("ops_admin", "marketing", "data_science", "pay_module", "connect_module")
+
+# The contract from the foundation issue; core/rbac.py must agree with it.
+EXPECTED = {
+    "create": {"ops_admin", "marketing"},
+    "update": {"ops_admin", "marketing", "data_science"},
+    "start": {"ops_admin", "marketing", "data_science"},
+    "stop": {"ops_admin", "marketing", "data_science"},
+    "archive": {"ops_admin"},
+    "delete": {"ops_admin"},
+    "list": {"ops_admin", "marketing", "data_science"},
+    "get": {"ops_admin", "marketing", "data_science"},
+    "results": {"ops_admin", "marketing", "data_science"},
+    "insights": {"ops_admin", "data_science"},
+    "audit": {"ops_admin", "data_science"},
+    "export": {"ops_admin", "data_science"},
+    "assign": {"ops_admin", "pay_module", "connect_module"},
+    "track": {"ops_admin", "pay_module", "connect_module"},
+}
+
+
+def _request(client, action, experiment, headers):
+    eid = experiment["id"]
+    variant_id = experiment["variants"][0]["id"]
+    calls = {
+        "create": lambda: client.post("/api/experiments", json=experiment_body(), headers=headers),
+        "update": lambda: client.patch(f"/api/experiments/{eid}", json={"description": "x"}, headers=headers),
+        "start": lambda: client.post(f"/api/experiments/{eid}/start", headers=headers),
+        "stop": lambda: client.post(f"/api/experiments/{eid}/stop", headers=headers),
+        "archive": lambda: client.post(f"/api/experiments/{eid}/archive", headers=headers),
+        "delete": lambda: client.delete(f"/api/experiments/{eid}", headers=headers),
+        "list": lambda: client.get("/api/experiments", headers=headers),
+        "get": lambda: client.get(f"/api/experiments/{eid}", headers=headers),
+        "results": lambda: client.get(f"/api/experiments/{eid}/results", headers=headers),
+        "insights": lambda: client.get(f"/api/experiments/{eid}/insights", headers=headers),
+        "audit": lambda: client.get("/api/audit", headers=headers),
+        "export": lambda: client.get(f"/api/experiments/{eid}/export", headers=headers),
+        "assign": lambda: client.post(f"/api/experiments/{eid}/assign", json={"molam_id": "u1"}, headers=headers),
+        "track": lambda: client.post(
+            f"/api/experiments/{eid}/track",
+            json={"molam_id": "u1", "event_type": "conversion", "variant_id": variant_id},
+            headers=headers,
+        ),
+    }
+    return calls[action]()
+
+
+def test_matrix_module_matches_the_contract():
+    for action, roles in EXPECTED.items():
+        for role in ROLES:
+            assert rbac.allowed(action, [role]) == (role in roles), (action, role)
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("action", sorted(EXPECTED))
+def test_rbac_cell(client, auth, create_experiment, action, role):
+    experiment = create_experiment(start=action in ("stop", "assign", "track", "results", "insights"))
+    response = _request(client, action, experiment, auth(role))
+    if role in EXPECTED[action]:
+        assert response.status_code not in (401, 403, 404, 405), (action, role, response.get_json())
+    else:
+        assert response.status_code == 403, (action, role, response.status_code)
+        assert response.get_json()["code"] == 403
+
+
+@pytest.mark.parametrize("action", sorted(EXPECTED))
+def test_every_endpoint_needs_a_token(client, create_experiment, action):
+    experiment = create_experiment()
+    response = _request(client, action, experiment, {})
+    assert response.status_code == 401
+    assert response.headers.get("WWW-Authenticate", "").startswith("Bearer")
+
+
+def _b64(data: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def _claims(**overrides):
+    now = int(time.time())
+    claims = {"sub": "attacker", "roles": ["ops_admin"], "iat": now, "exp": now + 600, "iss": TEST_ISSUER, "aud": TEST_AUDIENCE}
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def _forged_tokens(make_token, key_pair):
+    private_pem, public_pem = key_pair
+    good = make_token("marketing")
+    header, payload, signature = good.split(".")
+    tampered_payload = _b64({**json.loads(base64.urlsafe_b64decode(payload + "==")), "roles": ["ops_admin"]})
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return {
+        "alg none": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(_claims())}.",
+        "HS256 with the public key as secret": _hs256(public_pem, _claims()),
+        "expired": make_token("ops_admin", ttl_s=-120),
+        "wrong issuer": make_token("ops_admin", issuer="https://evil.example"),
+        "wrong audience": make_token("ops_admin", audience="someone-else"),
+        "no audience": make_token("ops_admin", audience=None),
+        "tampered payload": f"{header}.{tampered_payload}.{signature}",
+        "missing roles": jwt.encode(_claims(roles=None), private_pem, algorithm="RS256"),
+        "empty roles": jwt.encode(_claims(roles=[]), private_pem, algorithm="RS256"),
+        "roles not a list": jwt.encode(_claims(roles="ops_admin"), private_pem, algorithm="RS256"),
+        "missing exp": jwt.encode({k: v for k, v in _claims().items() if k != "exp"}, private_pem, algorithm="RS256"),
+        "missing sub": jwt.encode({k: v for k, v in _claims().items() if k != "sub"}, private_pem, algorithm="RS256"),
+        "signed by another key": jwt.encode(_claims(), other_key, algorithm="RS256"),
+        "garbage": "not-a-jwt",
+    }
+
+
+def _hs256(secret: str, claims: dict) -> str:
+    import hashlib
+    import hmac
+
+    signing_input = f"{_b64({'alg': 'HS256', 'typ': 'JWT'})}.{_b64(claims)}"
+    signature = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+
+
+ATTACKS = [
+    "alg none", "HS256 with the public key as secret", "expired", "wrong issuer", "wrong audience", "no audience",
+    "tampered payload", "missing roles", "empty roles", "roles not a list", "missing exp", "missing sub",
+    "signed by another key", "garbage",
+]
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_jwt_attacks_are_401(client, make_token, key_pair, attack):
+    token = _forged_tokens(make_token, key_pair)[attack]
+    response = client.get("/api/experiments", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401, attack
+    body = response.get_json()
+    assert body["code"] == 401 and body["message"]
+
+
+def test_wrong_scheme_is_401(client, make_token):
+    response = client.get("/api/experiments", headers={"Authorization": f"Basic {make_token()}"})
+    assert response.status_code == 401
+
+
+def test_any_module_role_is_a_service_role():
+    assert rbac.allowed("assign", ["eats_module"])
+    assert not rbac.allowed("assign", ["_module"])
+    assert not rbac.allowed("create", ["pay_module"])
+
+
+def test_valid_token_with_unknown_role_is_403(client, auth):
+    response = client.get("/api/experiments", headers=auth("intern"))
+    assert response.status_code == 403
+
+
+def test_request_id_is_echoed(client, auth):
+    rid = uuid.uuid4().hex
+    response = client.get("/api/experiments", headers={**auth(), "X-Request-ID": rid})
+    assert response.headers["X-Request-ID"] == rid

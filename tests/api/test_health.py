@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from api import create_app
+
+
+def test_healthz(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_readyz_ok(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.get_json()["checks"] == {"postgres": "ok", "redis": "ok", "broker": "ok"}
+
+
+def test_readyz_names_what_is_down(settings, migrated_database):
+    broken = create_app(settings.with_overrides(redis_url="redis://127.0.0.1:1/0"))
+    response = broken.test_client().get("/readyz")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["checks"] == {"postgres": "ok", "redis": "down", "broker": "ok"}
+    assert "redis" in body["message"]
+
+
+def test_readyz_postgres_down(settings, migrated_database):
+    from core import db
+
+    broken = create_app(settings.with_overrides(database_url="postgresql+psycopg://postgres@127.0.0.1:1/none"))
+    try:
+        response = broken.test_client().get("/readyz")
+        assert response.status_code == 503
+        assert response.get_json()["checks"]["postgres"] == "down"
+    finally:
+        db.init_engine(settings.database_url)
+
+
+def test_openapi_is_served(client):
+    spec = client.get("/openapi.json").get_json()
+    assert spec["info"]["title"].startswith("Molam Experiments")
+    assert "/api/experiments" in spec["paths"]
+    assert client.get("/docs").status_code == 200
