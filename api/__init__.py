@@ -48,10 +48,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     CORS(app, origins=[o.strip() for o in settings.cors_origin.split(",")], expose_headers=["X-Pagination", "X-Request-ID"])
 
     api = Api(app)
-    from . import audit, experiments, health
+    from . import audit, experiments, export, health
 
     api.register_blueprint(experiments.blp)
     api.register_blueprint(audit.blp)
+    api.register_blueprint(export.blp)
     app.register_blueprint(health.blp)
 
     _register_error_handlers(app, api)
