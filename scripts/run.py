@@ -51,8 +51,6 @@ def main() -> int:
         "worker": [str(bin_dir / "celery"), "-A", "tasks.celery_app", "worker", "-E", "--loglevel=INFO", "--concurrency=2"],
         "beat": [str(bin_dir / "celery"), "-A", "tasks.celery_app", "beat", "--loglevel=INFO", "-s", str(VAR_DIR / "celerybeat-schedule")],
     }
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
-    children = {name: subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True) for name, cmd in commands.items()}
 
     print("\nMolam Experiments is starting:")
     print(f"  API            http://localhost:{settings.port}/api/experiments")
@@ -65,6 +63,9 @@ def main() -> int:
         for role in ROLES:
             print(f"  {role:<13} {mint_dev_token(settings, role)}")
     print("\nCtrl-C stops everything.\n", flush=True)
+
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    children = {name: subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True) for name, cmd in commands.items()}
 
     stopping = False
 
