@@ -11,9 +11,11 @@ from flask_smorest import Api
 from core import db
 from core.config import Settings, load_settings
 from core.errors import DomainError
+from core.observability import init_metrics
 
 from . import context
 from .auth import TokenVerifier, mint_dev_token, resolve_public_key
+from .ratelimit import init_rate_limiting
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +50,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     CORS(app, origins=[o.strip() for o in settings.cors_origin.split(",")], expose_headers=["X-Pagination", "X-Request-ID"])
 
     api = Api(app)
-    from . import audit, experiments, export, health
+    from . import assignments, audit, experiments, export, health
 
     api.register_blueprint(experiments.blp)
+    api.register_blueprint(assignments.blp)
     api.register_blueprint(audit.blp)
     api.register_blueprint(export.blp)
     app.register_blueprint(health.blp)
 
     _register_error_handlers(app, api)
+    init_rate_limiting(app, settings)
+    init_metrics(app)
     app.teardown_appcontext(context.close_session)
 
     @app.after_request

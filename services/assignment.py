@@ -1,0 +1,447 @@
+"""Sticky assignment of users to variants: eligibility, split, bandit draw, persistence.
+
+PostgreSQL holds the truth (``experiment_assignments``, unique on experiment and
+``molam_id``); Redis holds a copy of each assignment and of the experiment
+definition so that a returning user costs one ``MGET`` and nothing else.
+
+Fixed split (documented in docs/assignment.md)::
+
+    bucket   = int.from_bytes(sha256(f"{experiment_id}:{molam_id}").digest()[:8], "big") % 10_000
+    coverage = int.from_bytes(sha256(f"coverage:{experiment_id}:{molam_id}").digest()[:8], "big") % 10_000
+
+A user is enrolled when ``coverage < experiment.coverage * 100``; the variant is the
+one whose slice of the cumulative traffic shares (in hundredths of a percent, so
+exactly 10,000 buckets) contains ``bucket``. Paused arms are skipped and the other
+shares renormalised. Any process computes the same answer without coordination.
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import logging
+import math
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import redis
+from sqlalchemy import exc as sa_exc, text
+from sqlalchemy.orm import Session
+
+from core.errors import Conflict, NotFound, Unavailable
+from core.metrics import EXPERIMENT_ASSIGNMENTS, SIRA_DECISION_LATENCY
+from models.enums import TARGETING_LIST_KEYS, ExperimentMode, ExperimentStatus
+
+from .cache import assignment_key, definition_key, weights_key
+from .definitions import Definition, VariantDefinition, load_definition, parse_definition
+
+log = logging.getLogger(__name__)
+
+BUCKETS = 10_000
+# PostgreSQL is the truth; the copy only needs to outlive a user's session of activity.
+ASSIGNMENT_TTL_S = 7 * 24 * 3600
+# After a Redis failure, go straight to PostgreSQL for this long instead of paying a
+# connection timeout on every request.
+REDIS_RETRY_AFTER_S = 2.0
+DATABASE_RETRY_AFTER_S = 2
+
+_DATABASE_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+_INSERT_ASSIGNMENT = text(
+    """
+    INSERT INTO experiment_assignments (experiment_id, variant_id, molam_id, country, lang, currency, region, device)
+    SELECT :experiment_id, :variant_id, :molam_id, :country, :lang, :currency, :region, :device
+    WHERE EXISTS (
+        SELECT 1 FROM experiments e JOIN experiment_variants v ON v.experiment_id = e.id
+        WHERE e.id = :experiment_id AND e.status = :running AND v.id = :variant_id AND NOT v.paused
+    )
+    ON CONFLICT (experiment_id, molam_id) DO NOTHING
+    RETURNING variant_id, assigned_at
+    """
+)
+_SELECT_ASSIGNMENT = text(
+    "SELECT variant_id, assigned_at FROM experiment_assignments WHERE experiment_id = :experiment_id AND molam_id = :molam_id"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UserContext:
+    """What the calling product knows about the user at assignment time."""
+
+    molam_id: str
+    country: str | None = None
+    lang: str | None = None
+    currency: str | None = None
+    region: str | None = None
+    device: str | None = None
+    txn_count: int | None = None
+
+
+# --- hashing and the split -------------------------------------------------------------
+
+
+def _hash_bucket(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % BUCKETS
+
+
+def split_bucket(experiment_id: str, molam_id: str) -> int:
+    return _hash_bucket(f"{experiment_id}:{molam_id}")
+
+
+def coverage_bucket(experiment_id: str, molam_id: str) -> int:
+    return _hash_bucket(f"coverage:{experiment_id}:{molam_id}")
+
+
+def _hundredths(value: float) -> int:
+    return int(round(value * 100))
+
+
+def in_coverage(definition: Definition, molam_id: str) -> bool:
+    threshold = _hundredths(definition.coverage)
+    return threshold >= BUCKETS or coverage_bucket(definition.id, molam_id) < threshold
+
+
+def split_boundaries(definition: Definition) -> tuple[tuple[int, ...], tuple[VariantDefinition, ...]]:
+    """Upper bucket bounds of each active arm, memoised on the (immutable) definition."""
+    cached = definition.derived.get("split")
+    if cached is not None:
+        return cached
+    active = definition.active_variants
+    shares = [_hundredths(v.traffic_share) for v in active]
+    if sum(shares) <= 0:
+        # Every remaining arm has a zero share: split evenly rather than refuse users.
+        shares = [1] * len(active)
+    total = sum(shares)
+    bounds, running = [], 0
+    for share in shares:
+        running += share
+        bounds.append(running * BUCKETS // total)
+    result = (tuple(bounds), active)
+    definition.derived["split"] = result
+    return result
+
+
+def variant_for_bucket(definition: Definition, bucket: int) -> VariantDefinition:
+    bounds, active = split_boundaries(definition)
+    return active[bisect.bisect_right(bounds, bucket)]
+
+
+def bandit_weights(definition: Definition, published: dict[str, Any] | None) -> list[tuple[VariantDefinition, float]]:
+    """Draw weights for active arms: SIRA's published P(best), else the traffic shares.
+
+    SIRA's weights are used only once it has left burn-in; arms paused in the
+    definition get nothing whatever SIRA published.
+    """
+    active = definition.active_variants
+    if published and not published.get("burn_in"):
+        weights = published.get("weights") or {}
+        drawn = []
+        for variant in active:
+            try:
+                weight = float(weights.get(variant.id, 0.0))
+            except (TypeError, ValueError):
+                weight = 0.0
+            drawn.append((variant, weight if math.isfinite(weight) and weight > 0 else 0.0))
+        if sum(w for _, w in drawn) > 0:
+            return drawn
+    shares = [(v, float(_hundredths(v.traffic_share))) for v in active]
+    if sum(w for _, w in shares) <= 0:
+        return [(v, 1.0) for v in active]
+    return shares
+
+
+def draw_variant(weights: list[tuple[VariantDefinition, float]], rng: Callable[[], float] = random.random) -> VariantDefinition:
+    """Probability matching: P(arm) = weight / total. ``random`` reseeds itself after fork."""
+    total = sum(w for _, w in weights)
+    point = rng() * total
+    cumulative = 0.0
+    for variant, weight in weights:
+        cumulative += weight
+        if point < cumulative:
+            return variant
+    return next(v for v, w in reversed(weights) if w > 0)
+
+
+# --- eligibility -----------------------------------------------------------------------
+
+
+def targeting_reason(definition: Definition, user: UserContext) -> str | None:
+    """Why the request does not match the targeting, or None when it does.
+
+    A list in the targeting is a whitelist; a request that omits an attribute the
+    experiment targets on cannot be shown to match it.
+    """
+    targeting = definition.targeting
+    if not targeting:
+        return None
+    for key in TARGETING_LIST_KEYS:
+        allowed = targeting.get(key)
+        if allowed:
+            value = getattr(user, key)
+            if value is None:
+                return f"{key}_missing"
+            if value not in allowed:
+                return f"{key}_not_targeted"
+    min_txn = targeting.get("min_txn")
+    if min_txn:
+        if user.txn_count is None:
+            return "txn_count_missing"
+        if user.txn_count < min_txn:
+            return "below_min_txn"
+    return None
+
+
+# --- responses -------------------------------------------------------------------------
+
+
+def _iso(value: datetime | str) -> str:
+    if isinstance(value, str):
+        return value
+    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _assigned(definition: Definition, molam_id: str, variant: VariantDefinition, assigned_at: str, new: bool) -> dict[str, Any]:
+    return {
+        "experiment_id": definition.id,
+        "molam_id": molam_id,
+        "eligible": True,
+        "variant_id": variant.id,
+        "variant_name": variant.name,
+        "is_control": variant.is_control,
+        "config": variant.config,
+        "assigned_at": assigned_at,
+        "new": new,
+    }
+
+
+def _not_eligible(definition: Definition, molam_id: str, reason: str) -> dict[str, Any]:
+    return {"experiment_id": definition.id, "molam_id": molam_id, "eligible": False, "variant_id": None, "reason": reason}
+
+
+def _stored(definition: Definition, molam_id: str, variant: VariantDefinition, assigned_at: str) -> dict[str, Any]:
+    return {
+        "experiment_id": definition.id,
+        "molam_id": molam_id,
+        "variant_id": variant.id,
+        "variant_name": variant.name,
+        "is_control": variant.is_control,
+        "config": variant.config,
+        "assigned_at": assigned_at,
+    }
+
+
+# --- Redis access that degrades instead of failing --------------------------------------
+
+_redis_down_until: dict[int, float] = {}
+_redis_lock = threading.Lock()
+
+
+def _usable(client: redis.Redis | None) -> redis.Redis | None:
+    if client is None:
+        return None
+    until = _redis_down_until.get(id(client))
+    if until is not None and time.monotonic() < until:
+        return None
+    return client
+
+
+def _mark_down(client: redis.Redis, exc: Exception) -> None:
+    log.warning("Redis unavailable, answering from PostgreSQL for %.0f s: %s", REDIS_RETRY_AFTER_S, exc)
+    with _redis_lock:
+        _redis_down_until[id(client)] = time.monotonic() + REDIS_RETRY_AFTER_S
+
+
+def _cache_assignment(client: redis.Redis | None, experiment_id: str, molam_id: str, variant_id: str, assigned_at: str) -> None:
+    if client is None:
+        return
+    payload = json.dumps({"variant_id": variant_id, "assigned_at": assigned_at}, separators=(",", ":"))
+    try:
+        client.set(assignment_key(experiment_id, molam_id), payload, ex=ASSIGNMENT_TTL_S)
+    except redis.RedisError as exc:
+        _mark_down(client, exc)
+
+
+def _read_cached(client: redis.Redis | None, experiment_id: str, molam_id: str) -> tuple[redis.Redis | None, bytes | None, bytes | None]:
+    """One round trip for the definition and the user's assignment; (None, None, None) if Redis is down."""
+    client = _usable(client)
+    if client is None:
+        return None, None, None
+    try:
+        raw_definition, raw_assignment = client.mget(definition_key(experiment_id), assignment_key(experiment_id, molam_id))
+    except redis.RedisError as exc:
+        _mark_down(client, exc)
+        return None, None, None
+    return client, raw_definition, raw_assignment
+
+
+def _definition(client: redis.Redis | None, experiment_id: str, raw: bytes | None) -> Definition:
+    if raw is not None:
+        return parse_definition(raw)
+    try:
+        return load_definition(experiment_id, client)
+    except _DATABASE_DOWN as exc:
+        raise Unavailable(
+            "PostgreSQL is unreachable and the experiment definition is not cached; retry shortly",
+            retry_after=DATABASE_RETRY_AFTER_S,
+        ) from exc
+
+
+def _cached_variant(definition: Definition, raw: bytes | None) -> tuple[VariantDefinition, str] | None:
+    if raw is None:
+        return None
+    try:
+        cached = json.loads(raw)
+        variant = definition.by_id.get(cached["variant_id"])
+        assigned_at = cached["assigned_at"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return (variant, assigned_at) if variant is not None else None
+
+
+# --- the service -----------------------------------------------------------------------
+
+
+def assign(client: redis.Redis | None, session: Callable[[], Session], experiment_id: uuid.UUID | str, user: UserContext) -> dict[str, Any]:
+    """Return the user's variant, deciding and recording it on the first call.
+
+    ``session`` is a provider: a returning user with a warm cache never opens a
+    database session. Raises NotFound (unknown experiment), Conflict (not running)
+    and Unavailable (PostgreSQL down and the answer is not cached).
+    """
+    experiment_id = str(experiment_id)
+    client, raw_definition, raw_assignment = _read_cached(client, experiment_id, user.molam_id)
+    definition = _definition(client, experiment_id, raw_definition)
+    if not definition.is_running:
+        raise Conflict(f"experiment {experiment_id} is {definition.status}; users are assigned only while it is running")
+    cached = _cached_variant(definition, raw_assignment)
+    if cached is not None:
+        return _assigned(definition, user.molam_id, cached[0], cached[1], new=False)
+    with SIRA_DECISION_LATENCY.time():
+        try:
+            return _decide(client, session(), definition, user)
+        except _DATABASE_DOWN as exc:
+            raise Unavailable(
+                "PostgreSQL is unreachable: new assignments cannot be recorded; retry shortly",
+                retry_after=DATABASE_RETRY_AFTER_S,
+            ) from exc
+
+
+def _decide(client: redis.Redis | None, session: Session, definition: Definition, user: UserContext) -> dict[str, Any]:
+    reason = targeting_reason(definition, user)
+    if reason is not None:
+        # The request's attributes may have changed since the user was assigned:
+        # an assignment, once made, is kept (sticky) whatever the user sends later.
+        row = _existing(session, definition.id, user.molam_id)
+        if row is None:
+            return _not_eligible(definition, user.molam_id, reason)
+        return _finish(client, definition, user.molam_id, row, new=False)
+    # Coverage cannot change once an experiment has started, so a user outside it
+    # can never have been assigned: no lookup needed.
+    if not in_coverage(definition, user.molam_id):
+        return _not_eligible(definition, user.molam_id, "outside_coverage")
+    for attempt in range(2):
+        variant = _choose(client, definition, user.molam_id)
+        row = _insert(session, definition.id, variant.id, user)
+        if row is not None:
+            EXPERIMENT_ASSIGNMENTS.labels(experiment_id=definition.id).inc()
+            return _finish(client, definition, user.molam_id, row, new=True)
+        row = _existing(session, definition.id, user.molam_id)
+        if row is not None:
+            return _finish(client, definition, user.molam_id, row, new=False)
+        # Nothing inserted and nothing there: the cached definition is stale (the
+        # experiment stopped or the chosen arm was paused). Re-read it once.
+        definition = load_definition(definition.id, client)
+        if not definition.is_running:
+            raise Conflict(f"experiment {definition.id} is {definition.status}; users are assigned only while it is running")
+    raise Unavailable("the experiment changed during assignment; retry", retry_after=1)
+
+
+def _choose(client: redis.Redis | None, definition: Definition, molam_id: str) -> VariantDefinition:
+    if definition.mode == ExperimentMode.BANDIT.value:
+        return draw_variant(bandit_weights(definition, _published_weights(client, definition.id)))
+    return variant_for_bucket(definition, split_bucket(definition.id, molam_id))
+
+
+def _published_weights(client: redis.Redis | None, experiment_id: str) -> dict[str, Any] | None:
+    client = _usable(client)
+    if client is None:
+        return None
+    try:
+        raw = client.get(weights_key(experiment_id))
+    except redis.RedisError as exc:
+        _mark_down(client, exc)
+        return None
+    if raw is None:
+        return None
+    try:
+        published = json.loads(raw)
+    except ValueError:
+        log.warning("ignoring malformed bandit weights for %s", experiment_id)
+        return None
+    return published if isinstance(published, dict) else None
+
+
+def _insert(session: Session, experiment_id: str, variant_id: str, user: UserContext) -> tuple[Any, datetime] | None:
+    row = session.execute(
+        _INSERT_ASSIGNMENT,
+        {
+            "experiment_id": experiment_id,
+            "variant_id": variant_id,
+            "molam_id": user.molam_id,
+            "country": user.country,
+            "lang": user.lang,
+            "currency": user.currency,
+            "region": user.region,
+            "device": user.device,
+            "running": ExperimentStatus.RUNNING.value,
+        },
+    ).first()
+    # Committed before anything is cached: Redis never holds an assignment that
+    # PostgreSQL could still roll back.
+    session.commit()
+    return None if row is None else (row[0], row[1])
+
+
+def _existing(session: Session, experiment_id: str, molam_id: str) -> tuple[Any, datetime] | None:
+    row = session.execute(_SELECT_ASSIGNMENT, {"experiment_id": experiment_id, "molam_id": molam_id}).first()
+    session.rollback()
+    return None if row is None else (row[0], row[1])
+
+
+def _finish(client: redis.Redis | None, definition: Definition, molam_id: str, row: tuple[Any, datetime], *, new: bool) -> dict[str, Any]:
+    variant_id, assigned_at = str(row[0]), _iso(row[1])
+    variant = definition.by_id.get(variant_id)
+    if variant is None:
+        # The stored variant is not in this copy of the definition: read a fresh one.
+        definition = load_definition(definition.id, client)
+        variant = definition.by_id[variant_id]
+    _cache_assignment(client, definition.id, molam_id, variant_id, assigned_at)
+    return _assigned(definition, molam_id, variant, assigned_at, new=new)
+
+
+def stored_assignment(client: redis.Redis | None, session: Callable[[], Session], experiment_id: uuid.UUID | str, molam_id: str) -> dict[str, Any]:
+    """The user's recorded assignment (any experiment status); NotFound when there is none."""
+    experiment_id = str(experiment_id)
+    client, raw_definition, raw_assignment = _read_cached(client, experiment_id, molam_id)
+    definition = _definition(client, experiment_id, raw_definition)
+    cached = _cached_variant(definition, raw_assignment)
+    if cached is not None:
+        return _stored(definition, molam_id, cached[0], cached[1])
+    try:
+        row = _existing(session(), experiment_id, molam_id)
+    except _DATABASE_DOWN as exc:
+        raise Unavailable("PostgreSQL is unreachable and this assignment is not cached; retry shortly", retry_after=DATABASE_RETRY_AFTER_S) from exc
+    if row is None:
+        raise NotFound(f"{molam_id!r} has no assignment in experiment {experiment_id}")
+    variant_id, assigned_at = str(row[0]), _iso(row[1])
+    variant = definition.by_id.get(variant_id)
+    if variant is None:
+        definition = load_definition(experiment_id, client)
+        variant = definition.by_id[variant_id]
+    _cache_assignment(client, experiment_id, molam_id, variant_id, assigned_at)
+    return _stored(definition, molam_id, variant, assigned_at)
