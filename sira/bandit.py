@@ -1,0 +1,118 @@
+"""Traffic weights for the multi-armed bandit (Thompson sampling, published as weights).
+
+The seed describes per-request Thompson sampling: draw once from every arm's Beta
+posterior and serve the arm with the largest draw.  The probability that a single
+draw picks arm i is exactly P(arm i is best) under the same posterior, so
+publishing P(best) as traffic weights and drawing an arm from them per request
+serves every arm with the same probability as per-request Thompson sampling, while
+the posterior itself is only recomputed periodically (by a task) instead of on the
+request path.  ``bench/sim_regret.py`` measures what the periodic refresh costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sira.posterior import prob_best
+from sira.stats import ProportionStats
+
+__all__ = ["BanditConfig", "WeightsResult", "bandit_weights", "draw_arm", "posteriors"]
+
+
+@dataclass(frozen=True)
+class BanditConfig:
+    """``min_samples``: users every unpaused arm needs before the bandit takes over
+    from the configured shares.  ``floor``: weight every unpaused arm keeps so that an
+    arm that started badly by chance can still recover (and so that results for every
+    arm keep accruing)."""
+
+    min_samples: int = 100
+    floor: float = 0.01
+
+
+@dataclass(frozen=True)
+class WeightsResult:
+    """Weights (sum to 1, or all zero when every arm is paused) and how they were set.
+
+    ``prob_best`` is P(best) among unpaused arms (0 for paused arms), reported also
+    during burn-in so the dashboard can show it.
+    """
+
+    weights: np.ndarray
+    prob_best: np.ndarray
+    burn_in: bool
+    message: str = ""
+
+
+def posteriors(arms: Sequence[ProportionStats]) -> tuple[np.ndarray, np.ndarray]:
+    """Beta posterior parameters under a uniform prior: alpha = successes + 1, beta = failures + 1."""
+    alphas = np.array([arm.successes + 1.0 for arm in arms], dtype=float)
+    betas = np.array([arm.failures + 1.0 for arm in arms], dtype=float)
+    return alphas, betas
+
+
+def bandit_weights(
+    arms: Sequence[ProportionStats],
+    traffic_shares: Sequence[float],
+    paused: Sequence[bool],
+    config: BanditConfig,
+) -> WeightsResult:
+    """Traffic weights for the next period.
+
+    Burn-in: while any unpaused arm has fewer than ``min_samples`` users, the weights
+    are the configured traffic shares renormalised over unpaused arms (uniform if
+    those shares are all zero), so every arm gets a fair start before the posterior
+    is trusted.
+
+    After burn-in, with m unpaused arms and p_i = P(arm i is best among them):
+
+        w_i = floor + (1 - m * floor) * p_i
+
+    which keeps every unpaused arm at or above ``floor`` and still sums to 1.  The
+    floor is capped at 1/m (uniform weights) when m * floor > 1.  Paused arms get 0.
+    """
+    k = len(arms)
+    if len(traffic_shares) != k or len(paused) != k:
+        raise ValueError("arms, traffic_shares and paused must have the same length")
+    zeros = np.zeros(k)
+    if k == 0:
+        return WeightsResult(zeros, zeros, False, "no arms")
+    active = ~np.asarray(paused, dtype=bool)
+    m = int(active.sum())
+    if m == 0:
+        return WeightsResult(zeros, zeros, False, "all arms are paused: no traffic to assign")
+
+    alphas, betas = posteriors(arms)
+    best = np.zeros(k)
+    best[active] = prob_best(alphas[active], betas[active])
+
+    if any(arm.users < config.min_samples for arm, on in zip(arms, active) if on):
+        shares = np.where(active, np.asarray(traffic_shares, dtype=float), 0.0)
+        shares = np.clip(shares, 0.0, None)
+        message = f"burn-in: every unpaused arm needs {config.min_samples} users"
+        if shares.sum() <= 0:
+            shares = active.astype(float)
+            message += "; unpaused arms have no configured share, splitting evenly"
+        return WeightsResult(shares / shares.sum(), best, True, message)
+
+    floor = min(config.floor, 1.0 / m)
+    weights = np.where(active, floor + (1.0 - m * floor) * best, 0.0)
+    return WeightsResult(weights / weights.sum(), best, False)
+
+
+def draw_arm(weights: Sequence[float], rng: np.random.Generator | int | None) -> int:
+    """Pick an arm index with probability proportional to ``weights``.
+
+    Zero-weight arms are never picked; ``rng`` is a Generator or a seed.
+    """
+    weights = np.asarray(weights, dtype=float)
+    cumulative = np.cumsum(weights)
+    if cumulative.size == 0 or cumulative[-1] <= 0:
+        raise ValueError("no arm has a positive weight")
+    u = np.random.default_rng(rng).random() * cumulative[-1]
+    index = int(np.searchsorted(cumulative, u, side="right"))
+    # u can round up to the total; fall back to the last arm that has weight.
+    return index if index < weights.size else int(np.flatnonzero(weights > 0)[-1])

@@ -1,0 +1,265 @@
+"""Fail-fast: decide, at any look, that an arm is losing and can be stopped.
+
+The dashboard refreshes results continuously and the rule is checked at every
+refresh, so a rule built from fixed-horizon tests would be checked hundreds of
+times and stop equal arms far more often than its nominal level.  The default rule
+is therefore an *always-valid* one: an asymptotic confidence sequence (CS) for the
+difference of two conversion rates, which covers the true difference at every
+sample size simultaneously with probability at least 1 - alpha, so looking after
+every user costs nothing.  The seed's Bayesian rule is kept, as ``rule="bayesian"``,
+for comparison; ``bench/sim_failfast.py`` measures how often each stops experiments
+whose arms are all equal.  Formulas and figures: ``docs/statistics.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sira.posterior import prob_best
+from sira.stats import ProportionStats
+
+__all__ = [
+    "ArmFlag",
+    "FailFastConfig",
+    "bayesian_flags",
+    "difference_confidence_sequence",
+    "evaluate",
+    "guardrail_flags",
+    "sequential_flags",
+]
+
+RULES = ("sequential", "bayesian")
+
+
+@dataclass(frozen=True)
+class FailFastConfig:
+    """How fail-fast decides.
+
+    ``alpha`` is the family-wise error of the sequential rule (the chance that an
+    experiment whose arms are all equal ever flags one), ``threshold`` the posterior
+    probability the Bayesian rule requires.  ``target_samples`` is the per-arm sample
+    size at which the confidence sequence is tightest; it does not affect validity,
+    only where the rule is most powerful (the default was chosen by simulation, see
+    ``docs/statistics.md``).
+    """
+
+    rule: str = "sequential"
+    min_samples: int = 100
+    threshold: float = 0.95
+    alpha: float = 0.05
+    target_samples: int = 2_000
+
+
+@dataclass(frozen=True)
+class ArmFlag:
+    """An arm found to be losing.
+
+    ``arm`` is the losing arm's index; ``against`` the arm it lost to (``None`` for a
+    guardrail, where it is the control).  ``lower``/``upper`` bound how much worse the
+    arm is, as a difference of rates (always-valid CS; ``None`` for the Bayesian rule)
+    and ``probability`` is the Bayesian rule's P(worse than best) (``None`` otherwise).
+    """
+
+    arm: int
+    against: int | None
+    lower: float | None
+    upper: float | None
+    probability: float | None
+    message: str
+
+
+def _mixture_rho_squared(alpha: float, target_samples: float) -> float:
+    """Normal-mixture parameter that makes the boundary tightest at ``target_samples``.
+
+    rho^2 = (-2 log alpha + log(1 - 2 log alpha)) / t*, the usual closed-form
+    approximation to the optimum (Howard et al. 2021; Waudby-Smith et al. 2024).
+    """
+    log_alpha = math.log(alpha)
+    return (-2.0 * log_alpha + math.log(1.0 - 2.0 * log_alpha)) / target_samples
+
+
+def difference_confidence_sequence(
+    successes_a,
+    users_a,
+    successes_b,
+    users_b,
+    alpha: float,
+    target_samples: float,
+):
+    """Always-valid two-sided CS for p_b - p_a; returns (estimate, lower, upper).
+
+    Works elementwise on numpy arrays (the simulation evaluates thousands of looks at
+    once).  With D = p̂_b - p̂_a and V = p̃_a(1-p̃_a)/n_a + p̃_b(1-p̃_b)/n_b its
+    estimated variance, the effective sample size t = 2 n_a n_b / (n_a + n_b) (equal
+    to n with balanced arms) and sigma^2 = t V, the radius is the asymptotic CS of
+    Waudby-Smith, Arbour, Sinha, Kennedy and Ramdas, "Time-uniform central limit
+    theory and asymptotic confidence sequences" (arXiv:2103.06476):
+
+        sigma * sqrt( (t rho^2 + 1) / (t^2 rho^2) * log((t rho^2 + 1) / alpha^2) )
+          = sqrt( V * (1 + 1/(t rho^2)) * log((t rho^2 + 1) / alpha^2) )
+
+    i.e. Robbins' normal-mixture boundary applied to the difference's score process
+    in information time.  The variance uses p̃ = (successes + 1) / (users + 2) so
+    that an arm with no conversions yet does not get a zero-width interval.
+    """
+    successes_a = np.asarray(successes_a, dtype=float)
+    users_a = np.asarray(users_a, dtype=float)
+    successes_b = np.asarray(successes_b, dtype=float)
+    users_b = np.asarray(users_b, dtype=float)
+    estimate = successes_b / users_b - successes_a / users_a
+    smoothed_a = (successes_a + 1.0) / (users_a + 2.0)
+    smoothed_b = (successes_b + 1.0) / (users_b + 2.0)
+    variance = (
+        smoothed_a * (1.0 - smoothed_a) / users_a + smoothed_b * (1.0 - smoothed_b) / users_b
+    )
+    effective_n = 2.0 * users_a * users_b / (users_a + users_b)
+    t_rho2 = effective_n * _mixture_rho_squared(alpha, target_samples)
+    radius = np.sqrt(variance * (1.0 + 1.0 / t_rho2) * np.log((t_rho2 + 1.0) / alpha**2))
+    return estimate, estimate - radius, estimate + radius
+
+
+def sequential_flags(arms: Sequence[ProportionStats], config: FailFastConfig) -> list[ArmFlag]:
+    """Flag arm i when the CS for p_j - p_i lies entirely above 0 for some arm j.
+
+    alpha is split equally over the k(k-1)/2 pairs of the experiment's k arms
+    (Bonferroni), so with all arms equal the chance that any arm is *ever* flagged,
+    however often this is called, is at most alpha (asymptotically).  A pair is
+    evaluated only once both arms have ``min_samples`` users.  When an arm loses to
+    several arms, the one reported is the one with the highest observed rate.
+    """
+    k = len(arms)
+    if k < 2:
+        return []
+    pair_alpha = config.alpha / (k * (k - 1) / 2)
+    eligible = [i for i, arm in enumerate(arms) if arm.users >= config.min_samples]
+    flags = []
+    for i in eligible:
+        losses = []
+        for j in eligible:
+            if j == i:
+                continue
+            estimate, lower, upper = difference_confidence_sequence(
+                arms[i].successes,
+                arms[i].users,
+                arms[j].successes,
+                arms[j].users,
+                pair_alpha,
+                config.target_samples,
+            )
+            if lower > 0.0:
+                losses.append((arms[j].rate, j, float(lower), float(upper)))
+        if losses:
+            _, j, lower, upper = max(losses)
+            flags.append(
+                ArmFlag(
+                    arm=i,
+                    against=j,
+                    lower=lower,
+                    upper=upper,
+                    probability=None,
+                    message=(
+                        f"arm {i} converts worse than arm {j} "
+                        f"({arms[i].rate:.2%} vs {arms[j].rate:.2%}): always-valid "
+                        f"{1 - config.alpha:.0%} bounds on the gap are "
+                        f"[{lower:.2%}, {upper:.2%}]"
+                    ),
+                )
+            )
+    return flags
+
+
+def bayesian_flags(arms: Sequence[ProportionStats], config: FailFastConfig) -> list[ArmFlag]:
+    """The seed's rule: flag arm i when P(arm i is worse than the best) > threshold.
+
+    With k > 2 arms "P(worse than best)" is taken as 1 - P(arm i is best), where
+    P(best) comes from the Beta(successes + 1, failures + 1) posteriors.  That is loose
+    and gets looser with more arms: with 4 equal arms each already has P(not best)
+    near 0.75 before any data, so noise pushes one over 0.95 often.  The rule is also
+    checked at every look with no correction, so it stops equal experiments far more
+    often than 5% (bench/sim_failfast.py); it is kept for comparison, not as default.
+    Only evaluated once every arm has ``min_samples`` users.
+    """
+    k = len(arms)
+    if k < 2 or any(arm.users < config.min_samples for arm in arms):
+        return []
+    best_probabilities = prob_best(
+        [arm.successes + 1 for arm in arms], [arm.failures + 1 for arm in arms]
+    )
+    best = int(np.argmax(best_probabilities))
+    flags = []
+    for i in range(k):
+        worse = 1.0 - float(best_probabilities[i])
+        if i != best and worse > config.threshold:
+            flags.append(
+                ArmFlag(
+                    arm=i,
+                    against=best,
+                    lower=None,
+                    upper=None,
+                    probability=worse,
+                    message=(
+                        f"arm {i} is worse than the best arm ({best}) with probability "
+                        f"{worse:.1%} > {config.threshold:.0%}"
+                    ),
+                )
+            )
+    return flags
+
+
+def evaluate(arms: Sequence[ProportionStats], config: FailFastConfig) -> list[ArmFlag]:
+    """Apply the rule named in ``config.rule``."""
+    if config.rule == "sequential":
+        return sequential_flags(arms, config)
+    if config.rule == "bayesian":
+        return bayesian_flags(arms, config)
+    raise ValueError(f"unknown fail-fast rule {config.rule!r}; expected one of {RULES}")
+
+
+def guardrail_flags(
+    control: ProportionStats,
+    variants: Sequence[ProportionStats],
+    config: FailFastConfig,
+) -> list[ArmFlag]:
+    """Flag variants whose guardrail rate (fraud alerts, refunds: higher is worse) is
+    credibly above control's.
+
+    Same always-valid CS as ``sequential_flags``, on p_variant - p_control, with alpha
+    split over the number of variants.  ``arm`` indexes ``variants``; ``against`` is
+    ``None`` (the control).  Both sides need ``min_samples`` users.
+    """
+    if not variants or control.users < config.min_samples:
+        return []
+    pair_alpha = config.alpha / len(variants)
+    flags = []
+    for index, variant in enumerate(variants):
+        if variant.users < config.min_samples:
+            continue
+        _, lower, upper = difference_confidence_sequence(
+            control.successes,
+            control.users,
+            variant.successes,
+            variant.users,
+            pair_alpha,
+            config.target_samples,
+        )
+        if lower > 0.0:
+            flags.append(
+                ArmFlag(
+                    arm=index,
+                    against=None,
+                    lower=float(lower),
+                    upper=float(upper),
+                    probability=None,
+                    message=(
+                        f"variant {index} raises the guardrail rate "
+                        f"({variant.rate:.2%} vs control {control.rate:.2%}): always-valid "
+                        f"{1 - config.alpha:.0%} bounds on the increase are "
+                        f"[{float(lower):.2%}, {float(upper):.2%}]"
+                    ),
+                )
+            )
+    return flags
