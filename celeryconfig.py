@@ -10,7 +10,7 @@ _settings = load_settings()
 broker_url = _settings.celery_broker_url
 result_backend = None
 task_ignore_result = True
-include: list[str] = []
+include: list[str] = ["tasks.sira", "tasks.ingest"]
 
 # Losing a message loses data: acknowledge only after the task finished, and put
 # the message back if the worker process dies mid-task.
@@ -29,4 +29,27 @@ accept_content = ["json"]
 timezone = "UTC"
 enable_utc = True
 
-beat_schedule: dict[str, dict] = {}
+beat_schedule: dict[str, dict] = {
+    # Ingestion: a drain every tick; a run that hits its budget queues its own successor.
+    "ingest.drain_events": {
+        "task": "ingest.drain_events",
+        "schedule": _settings.ingest_drain_interval_s,
+        "options": {"expires": 10 * _settings.ingest_drain_interval_s},
+    },
+    "ingest.prune_consumers": {"task": "ingest.prune_consumers", "schedule": 3600.0},
+    # SIRA: a tick that could not run before the next one is due is dropped, not queued.
+    "sira.recompute_posteriors": {
+        "task": "sira.recompute_posteriors",
+        "schedule": _settings.recompute_interval_s,
+        "options": {"expires": _settings.recompute_interval_s},
+    },
+    "sira.fail_fast_scan": {
+        "task": "sira.fail_fast_scan",
+        "schedule": _settings.fail_fast_interval_s,
+        "options": {"expires": _settings.fail_fast_interval_s},
+    },
+    "sira.daily_report": {
+        "task": "sira.daily_report",
+        "schedule": crontab(hour=_settings.daily_report_hour, minute=_settings.daily_report_minute),
+    },
+}

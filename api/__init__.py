@@ -56,6 +56,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(assignments.blp)
     api.register_blueprint(audit.blp)
     api.register_blueprint(export.blp)
+    from . import results
+
+    api.register_blueprint(results.blp)
+    api.register_blueprint(results.reports_blp)
     app.register_blueprint(health.blp)
 
     _register_error_handlers(app, api)

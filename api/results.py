@@ -1,0 +1,241 @@
+"""SIRA read side (results, insights, reports) and pausing or resuming a variant."""
+from __future__ import annotations
+
+import logging
+import uuid
+
+import marshmallow as ma
+from flask import Response, current_app
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import fields, validate
+
+from services import experiments as experiment_service
+from services import sira_insights, sira_jobs, sira_reports, sira_results
+
+from . import context
+from .auth import require
+from .experiments import commit_mutation
+from .schemas import ExperimentOutSchema, QuerySchema, StrictSchema
+
+log = logging.getLogger(__name__)
+
+blp = Blueprint("results", __name__, url_prefix="/api/experiments", description="SIRA results, insights and variant pausing")
+reports_blp = Blueprint("reports", __name__, url_prefix="/api/reports", description="SIRA daily reports")
+
+
+# --- Schemas ---------------------------------------------------------------------
+
+class IntervalSchema(ma.Schema):
+    lower = fields.Float(allow_none=True)
+    upper = fields.Float(allow_none=True)
+
+
+class UpliftSchema(ma.Schema):
+    estimate = fields.Float(allow_none=True)
+    lower = fields.Float(allow_none=True)
+    upper = fields.Float(allow_none=True)
+    message = fields.String()
+
+
+class MetricResultSchema(ma.Schema):
+    users = fields.Integer()
+    events = fields.Integer()
+    rate = fields.Float()
+    interval = fields.Nested(IntervalSchema)
+    credible_interval = fields.Nested(IntervalSchema)
+    value_count = fields.Integer()
+    value_sum = fields.Float()
+    value_mean = fields.Float()
+    value_interval = fields.Nested(IntervalSchema, allow_none=True)
+    uplift = fields.Nested(UpliftSchema, allow_none=True)
+    value_uplift = fields.Nested(UpliftSchema, allow_none=True)
+    prob_beat_control = fields.Float(allow_none=True)
+
+
+class RetentionSchema(ma.Schema):
+    eligible = fields.Integer()
+    retained = fields.Integer()
+    rate = fields.Float(allow_none=True)
+    interval = fields.Nested(IntervalSchema, allow_none=True)
+
+
+class VariantResultSchema(ma.Schema):
+    variant_id = fields.String()
+    name = fields.String()
+    is_control = fields.Boolean()
+    config = fields.Dict()
+    traffic_share = fields.Float()
+    assigned_users = fields.Integer()
+    weight = fields.Float()
+    paused = fields.Boolean()
+    metrics = fields.Dict(keys=fields.String(), values=fields.Nested(MetricResultSchema))
+    prob_best = fields.Float()
+    alpha = fields.Float()
+    beta = fields.Float()
+    d7_retention = fields.Nested(RetentionSchema, allow_none=True)
+
+
+class SrmSchema(ma.Schema):
+    chi2 = fields.Float(allow_none=True)
+    p_value = fields.Float(allow_none=True)
+    flagged = fields.Boolean()
+    message = fields.String()
+
+
+class ResultsOutSchema(ma.Schema):
+    experiment_id = fields.String()
+    name = fields.String()
+    status = fields.String()
+    mode = fields.String()
+    primary_metric = fields.String()
+    lower_is_better = fields.List(fields.String())
+    variants = fields.List(fields.Nested(VariantResultSchema))
+    srm = fields.Nested(SrmSchema)
+    d7_computed_at = fields.String(allow_none=True)
+    bandit_computed_at = fields.String(allow_none=True)
+    burn_in = fields.Boolean(allow_none=True)
+    computed_at = fields.String()
+
+
+class InsightSchema(ma.Schema):
+    variant = fields.String()
+    variant_id = fields.String()
+    is_control = fields.Boolean()
+    paused = fields.Boolean()
+    conversion_rate = fields.Float()
+    samples = fields.Integer()
+    successes = fields.Integer()
+    confidence_interval = fields.Nested(IntervalSchema)
+    alpha = fields.Float()
+    beta = fields.Float()
+    prob_best = fields.Float()
+
+
+class InsightsOutSchema(ma.Schema):
+    experiment_id = fields.String()
+    primary_metric = fields.String()
+    insights = fields.List(fields.Nested(InsightSchema))
+    recommendation = fields.String()
+    fail_fast = fields.Dict()
+    guardrails = fields.Dict()
+    suggestions = fields.List(fields.Dict())
+    srm = fields.Nested(SrmSchema)
+    computed_at = fields.String()
+
+
+class PauseInSchema(StrictSchema):
+    reason = fields.String(validate=validate.Length(max=1000), load_default=None)
+
+
+class ReportQuerySchema(QuerySchema):
+    experiment_id = fields.UUID()
+
+
+class ReportFormatSchema(QuerySchema):
+    format = fields.String(load_default="json", validate=validate.OneOf(("json", "markdown")))
+
+
+class ReportSummarySchema(ma.Schema):
+    id = fields.UUID()
+    experiment_id = fields.UUID()
+    experiment_name = fields.String()
+    report_date = fields.Date()
+    created_at = fields.DateTime()
+    recommendation = fields.String(allow_none=True)
+
+
+class ReportOutSchema(ReportSummarySchema):
+    content = fields.Dict()
+
+
+# --- Views -----------------------------------------------------------------------
+
+@blp.route("/<uuid:experiment_id>/results")
+class Results(MethodView):
+    @require("results")
+    @blp.response(200, ResultsOutSchema)
+    def get(self, experiment_id: uuid.UUID):
+        """Per variant: assigned users, weight, every event type's rate with intervals, uplift
+        versus control, P(best), P(beat control), α and β; plus SRM and day-7 retention."""
+        return sira_results.experiment_results(context.session(), context.redis_client(), experiment_id)
+
+
+@blp.route("/<uuid:experiment_id>/insights")
+class Insights(MethodView):
+    @require("insights")
+    @blp.response(200, InsightsOutSchema)
+    def get(self, experiment_id: uuid.UUID):
+        """SIRA's reading of the experiment: posteriors, recommendation, fail-fast and
+        guardrail status, and suggested next experiments."""
+        return sira_insights.experiment_insights(context.session(), context.redis_client(), experiment_id)
+
+
+def _refresh_bandit_state(experiment_id: uuid.UUID) -> None:
+    """Republish weights at once so a resumed arm does not wait a cycle for traffic."""
+    settings = current_app.extensions["settings"]
+    try:
+        sira_jobs.recompute_posteriors(
+            context.redis_client(), recompute_interval_s=settings.recompute_interval_s, experiment_ids=[experiment_id]
+        )
+    except Exception:  # noqa: BLE001 - the pause is committed; the next beat tick catches up
+        log.exception("could not refresh bandit state of %s after a pause change", experiment_id)
+
+
+def _pause_view(paused: bool):
+    action = "pause" if paused else "resume"
+
+    @require("pause_variant")
+    @blp.arguments(PauseInSchema, required=False)
+    @blp.response(200, ExperimentOutSchema)
+    def view(data: dict | None, experiment_id: uuid.UUID, variant_id: uuid.UUID):
+        experiment = experiment_service.set_variant_paused(
+            context.session(), experiment_id, variant_id,
+            paused=paused, actor=context.actor(), reason=(data or {}).get("reason"),
+        )
+        commit_mutation(experiment_id)
+        _refresh_bandit_state(experiment_id)
+        return experiment
+
+    view.__name__ = f"{action}_variant"
+    view.__doc__ = (
+        "Pause a variant: it receives no new users; users already in it keep it."
+        if paused
+        else "Resume a paused variant."
+    )
+    blp.route(f"/<uuid:experiment_id>/variants/<uuid:variant_id>/{action}", methods=["POST"])(view)
+
+
+_pause_view(True)
+_pause_view(False)
+
+
+@reports_blp.route("")
+class ReportCollection(MethodView):
+    @require("reports")
+    @reports_blp.arguments(ReportQuerySchema, location="query")
+    @reports_blp.response(200, ReportSummarySchema(many=True))
+    @reports_blp.paginate()
+    def get(self, query: dict, pagination_parameters):  # noqa: ANN001
+        """Stored daily reports, newest first (filter by ``experiment_id``; ``X-Pagination`` header)."""
+        items, total = sira_reports.list_reports(
+            context.session(),
+            experiment_id=query.get("experiment_id"),
+            offset=pagination_parameters.first_item,
+            limit=pagination_parameters.page_size,
+        )
+        pagination_parameters.item_count = total
+        return items
+
+
+@reports_blp.route("/<uuid:report_id>")
+class ReportItem(MethodView):
+    @require("reports")
+    @reports_blp.arguments(ReportFormatSchema, location="query")
+    @reports_blp.response(200, ReportOutSchema)
+    def get(self, query: dict, report_id: uuid.UUID):
+        """One report as JSON, or as Markdown with ``?format=markdown``."""
+        report = sira_reports.get_report(context.session(), report_id)
+        if query["format"] == "markdown":
+            return Response(report["markdown"], status=200, mimetype="text/markdown")
+        return report

@@ -1,0 +1,271 @@
+"""Load what SIRA computes on: per-arm counts from the rollups and the assignments.
+
+Everything SIRA shows is a function of three small reads, none of which touches
+raw events:
+
+* ``experiment_variant_rollups``: per (variant, event type) events, distinct users
+  and value sums, maintained by the ingestion worker;
+* the number of users *assigned* to each variant (one ``GROUP BY`` on the indexed
+  ``experiment_assignments.variant_id``): the denominator of every rate, so that a
+  user who never comes back counts as a failure;
+* the experiment and variant rows themselves.
+
+The rollups are read **before** the assignment counts.  A user can only be tracked
+after their assignment committed, so every user counted in the rollups snapshot is
+already in the later assignments snapshot and ``successes <= users`` holds even
+while traffic flows.  Rows written some other way (a manual fix, a test) could
+break that, so the counts are still clamped, with a warning.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, select, text
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy.orm import Session
+
+from models import Experiment, Variant
+from models.enums import DEFAULT_GUARDRAILS, EVENT_TYPES, ExperimentStatus
+from sira.bandit import BanditConfig
+from sira.failfast import FailFastConfig
+from sira.stats import ProportionStats, SampleStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RollupCounts:
+    """One ``experiment_variant_rollups`` row (zeros when the variant has no such events)."""
+
+    events: int = 0
+    users: int = 0
+    value_count: int = 0
+    value_sum: float = 0.0
+    value_sum_squares: float = 0.0
+    user_value_sum_squares: float = 0.0
+
+
+NO_EVENTS = RollupCounts()
+
+
+@dataclass(frozen=True)
+class ArmInput:
+    variant_id: uuid.UUID
+    name: str
+    config: dict[str, Any]
+    is_control: bool
+    traffic_share: float
+    paused: bool
+    assigned_users: int
+    rollups: dict[str, RollupCounts] = field(default_factory=dict)
+
+    def counts(self, event_type: str) -> RollupCounts:
+        return self.rollups.get(event_type, NO_EVENTS)
+
+    def proportion(self, event_type: str) -> ProportionStats:
+        """Assigned users and the distinct users among them with an event of this type."""
+        successes = self.counts(event_type).users
+        if successes > self.assigned_users:
+            log.warning(
+                "variant %s has %d users with %s events but only %d assigned users; clamping",
+                self.variant_id, successes, event_type, self.assigned_users,
+            )
+            successes = self.assigned_users
+        return ProportionStats(users=self.assigned_users, successes=successes)
+
+    def value_sample(self, event_type: str) -> SampleStats:
+        """Per-assigned-user value: users without events count as 0."""
+        counts = self.counts(event_type)
+        return SampleStats(n=self.assigned_users, sum=counts.value_sum, sum_squares=counts.user_value_sum_squares)
+
+
+@dataclass(frozen=True)
+class ExperimentInput:
+    id: uuid.UUID
+    name: str
+    status: str
+    mode: str
+    primary_metric: str
+    fail_fast: dict[str, Any]
+    guardrails: dict[str, Any]
+    bandit: dict[str, Any]
+    started_at: datetime | None
+    version: int
+    arms: tuple[ArmInput, ...]
+
+    @property
+    def control_index(self) -> int:
+        """Index of the control arm (the first arm if, against the schema's rule, none is marked)."""
+        return next((i for i, arm in enumerate(self.arms) if arm.is_control), 0)
+
+    def proportions(self, event_type: str) -> list[ProportionStats]:
+        return [arm.proportion(event_type) for arm in self.arms]
+
+    def value_samples(self, event_type: str) -> list[SampleStats]:
+        return [arm.value_sample(event_type) for arm in self.arms]
+
+    @property
+    def traffic_shares(self) -> list[float]:
+        return [arm.traffic_share for arm in self.arms]
+
+    @property
+    def paused(self) -> list[bool]:
+        return [arm.paused for arm in self.arms]
+
+    @property
+    def fail_fast_config(self) -> FailFastConfig:
+        settings = self.fail_fast or {}
+        return FailFastConfig(
+            rule=settings.get("rule", "sequential"),
+            min_samples=int(settings.get("min_samples", 100)),
+            threshold=float(settings.get("threshold", 0.95)),
+        )
+
+    @property
+    def fail_fast_action(self) -> str:
+        return (self.fail_fast or {}).get("action") or "recommend"
+
+    @property
+    def guardrail_event_types(self) -> list[str]:
+        configured = (self.guardrails or {}).get("event_types")
+        return list(DEFAULT_GUARDRAILS if configured is None else configured)
+
+    @property
+    def guardrail_action(self) -> str:
+        return (self.guardrails or {}).get("action") or "pause_variant"
+
+    @property
+    def bandit_config(self) -> BanditConfig:
+        settings = self.bandit or {}
+        return BanditConfig(
+            min_samples=int(settings.get("min_samples", 100)),
+            floor=float(settings.get("floor", 0.01)),
+        )
+
+    def active_shares(self) -> list[float]:
+        """The fixed split actually in force: configured shares over the arms not paused."""
+        shares = [0.0 if arm.paused else arm.traffic_share for arm in self.arms]
+        total = sum(shares)
+        if total <= 0:
+            return [0.0] * len(shares)
+        return [share / total for share in shares]
+
+
+_ROLLUPS = text(
+    """
+    SELECT variant_id, event_type, events, users, value_count, value_sum,
+           value_sum_squares, user_value_sum_squares
+    FROM experiment_variant_rollups
+    WHERE experiment_id = ANY(:experiment_ids)
+    """
+).bindparams(bindparam("experiment_ids", type_=ARRAY(UUID(as_uuid=True))))
+
+# Index-only scan of ix_experiment_assignments_variant_id: cost grows with the
+# number of assigned users, never with the number of events.
+_ASSIGNED = text(
+    """
+    SELECT variant_id, count(*) AS users
+    FROM experiment_assignments
+    WHERE variant_id = ANY(:variant_ids)
+    GROUP BY variant_id
+    """
+).bindparams(bindparam("variant_ids", type_=ARRAY(UUID(as_uuid=True))))
+
+
+def load_inputs(session: Session, experiment_ids: Sequence[uuid.UUID]) -> list[ExperimentInput]:
+    """Experiments (in the given order, unknown ids skipped) with their arms' counts."""
+    if not experiment_ids:
+        return []
+    experiments = session.execute(
+        select(
+            Experiment.id, Experiment.name, Experiment.status, Experiment.mode, Experiment.primary_metric,
+            Experiment.fail_fast, Experiment.guardrails, Experiment.bandit, Experiment.started_at, Experiment.version,
+        ).where(Experiment.id.in_(list(experiment_ids)))
+    ).all()
+    variants = session.execute(
+        select(
+            Variant.experiment_id, Variant.id, Variant.name, Variant.config, Variant.is_control,
+            Variant.traffic_share, Variant.paused,
+        )
+        .where(Variant.experiment_id.in_(list(experiment_ids)))
+        .order_by(Variant.experiment_id, Variant.position, Variant.created_at)
+    ).all()
+    variant_ids = [row.id for row in variants]
+
+    rollups: dict[uuid.UUID, dict[str, RollupCounts]] = {}
+    for row in session.execute(_ROLLUPS, {"experiment_ids": list(experiment_ids)}):
+        rollups.setdefault(row.variant_id, {})[row.event_type] = RollupCounts(
+            events=int(row.events),
+            users=int(row.users),
+            value_count=int(row.value_count),
+            value_sum=float(row.value_sum),
+            value_sum_squares=float(row.value_sum_squares),
+            user_value_sum_squares=float(row.user_value_sum_squares),
+        )
+    assigned = {
+        row.variant_id: int(row.users)
+        for row in session.execute(_ASSIGNED, {"variant_ids": variant_ids})
+    } if variant_ids else {}
+
+    arms_by_experiment: dict[uuid.UUID, list[ArmInput]] = {}
+    for row in variants:
+        arms_by_experiment.setdefault(row.experiment_id, []).append(
+            ArmInput(
+                variant_id=row.id,
+                name=row.name,
+                config=row.config or {},
+                is_control=row.is_control,
+                traffic_share=float(row.traffic_share),
+                paused=row.paused,
+                assigned_users=assigned.get(row.id, 0),
+                rollups=rollups.get(row.id, {}),
+            )
+        )
+    by_id = {
+        row.id: ExperimentInput(
+            id=row.id,
+            name=row.name,
+            status=row.status,
+            mode=row.mode,
+            primary_metric=row.primary_metric,
+            fail_fast=row.fail_fast or {},
+            guardrails=row.guardrails or {},
+            bandit=row.bandit or {},
+            started_at=row.started_at,
+            version=row.version,
+            arms=tuple(arms_by_experiment.get(row.id, ())),
+        )
+        for row in experiments
+    }
+    return [by_id[i] for i in experiment_ids if i in by_id]
+
+
+def running_experiment_ids(session: Session) -> list[uuid.UUID]:
+    return list(
+        session.execute(
+            select(Experiment.id)
+            .where(Experiment.status == ExperimentStatus.RUNNING.value)
+            .order_by(Experiment.created_at, Experiment.id)
+        ).scalars()
+    )
+
+
+def chunks(items: Sequence[uuid.UUID], size: int) -> Iterable[Sequence[uuid.UUID]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+__all__ = [
+    "ArmInput",
+    "EVENT_TYPES",
+    "ExperimentInput",
+    "RollupCounts",
+    "chunks",
+    "load_inputs",
+    "running_experiment_ids",
+]

@@ -1,0 +1,523 @@
+"""SIRA's scheduled work: posteriors and bandit weights, fail-fast and guardrail scans.
+
+Each job walks the running experiments in chunks, computes with :mod:`sira`, and
+commits per chunk (recompute) or per experiment (scan), so one bad experiment does
+not hold up the rest.  Jobs are idempotent: running one twice, or two copies at
+once, leaves the same state.  Concurrency is excluded by a session-level PostgreSQL
+advisory lock per job (:func:`job_lock`), which the server releases by itself if the
+process holding it dies; correctness does not depend on the lock either (state is
+upserted, a recommendation is inserted ``ON CONFLICT DO NOTHING`` and only its
+inserter acts on it).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import redis
+from sqlalchemy import bindparam, select, text
+from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
+from sqlalchemy.orm import Session
+
+from core import db
+from core.errors import Conflict
+from models import BanditHistory, BanditState, Recommendation
+from models.enums import ExperimentMode, ExperimentStatus
+from sira.bandit import bandit_weights, posteriors
+from sira.failfast import ArmFlag, FailFastConfig, evaluate, guardrail_flags
+from sira.stats import ProportionStats
+
+from . import audit, cache, experiments as experiment_service
+from .audit import SIRA_ACTOR
+from .sira_inputs import ExperimentInput, chunks, load_inputs, running_experiment_ids
+from .sira_results import (
+    D7_REFRESH_AFTER,
+    LOWER_IS_BETTER,
+    compute_d7,
+    decision_proportions,
+    read_d7,
+    store_d7,
+)
+
+log = logging.getLogger(__name__)
+notifications = logging.getLogger("sira.notifications")
+
+CHUNK_SIZE = 250
+# D7 retention needs a join over each experiment's users: refresh a bounded number
+# of experiments per cycle (hourly each), so one cycle never pays for all of them.
+D7_REFRESHES_PER_CYCLE = 50
+WEIGHT_EPSILON = 1e-9
+
+LOCK_KEYS = {
+    "sira.recompute_posteriors": 147_005_001,
+    "sira.fail_fast_scan": 147_005_002,
+    "sira.daily_report": 147_005_003,
+}
+
+
+def weights_key(experiment_id: uuid.UUID | str) -> str:
+    return f"sira:weights:{experiment_id}"
+
+
+@contextmanager
+def job_lock(job: str) -> Iterator[bool]:
+    """Yield True if this process holds ``job``'s lock for the block, False if another does.
+
+    A session-level advisory lock on a connection kept for the whole job: released at
+    the end, or by PostgreSQL when the connection drops (a crashed worker cannot leave
+    the job locked forever, which a Redis key with a guessed expiry could).
+    """
+    key = LOCK_KEYS[job]
+    with db.get_engine().connect() as connection:
+        acquired = bool(connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar())
+        connection.commit()
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                connection.commit()
+
+
+# --- sira.recompute_posteriors ---------------------------------------------------
+
+@dataclass
+class RecomputeSummary:
+    experiments: int = 0
+    arms: int = 0
+    history_rows: int = 0
+    published: int = 0
+    d7_refreshed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "experiments": self.experiments,
+            "arms": self.arms,
+            "history_rows": self.history_rows,
+            "published": self.published,
+            "d7_refreshed": self.d7_refreshed,
+            "errors": self.errors,
+        }
+
+
+@dataclass(frozen=True)
+class ArmState:
+    experiment_id: uuid.UUID
+    variant_id: uuid.UUID
+    users: int
+    successes: int
+    alpha: float
+    beta: float
+    prob_best: float
+    weight: float
+    burn_in: bool
+
+
+def arm_states(experiment: ExperimentInput) -> list[ArmState]:
+    """Posterior, P(best) and traffic weight of every arm.
+
+    A bandit's weights are P(best) among unpaused arms with the burn-in and floor of
+    :func:`sira.bandit.bandit_weights`.  A fixed split keeps its configured shares
+    (over unpaused arms): the state is still stored so the dashboard can chart the
+    posteriors, but nothing is published for the assignment path.
+    """
+    if not experiment.arms:
+        return []
+    decision = decision_proportions(experiment)
+    result = bandit_weights(decision, experiment.traffic_shares, experiment.paused, experiment.bandit_config)
+    alphas, betas = posteriors(decision)
+    if experiment.mode == ExperimentMode.BANDIT.value:
+        weights, burn_in = [float(w) for w in result.weights], result.burn_in
+    else:
+        weights, burn_in = experiment.active_shares(), False
+    return [
+        ArmState(
+            experiment_id=experiment.id,
+            variant_id=arm.variant_id,
+            users=proportion.users,
+            successes=proportion.successes,
+            alpha=float(alphas[i]),
+            beta=float(betas[i]),
+            prob_best=float(result.prob_best[i]),
+            weight=weights[i],
+            burn_in=burn_in,
+        )
+        for i, (arm, proportion) in enumerate(zip(experiment.arms, decision))
+    ]
+
+
+_PREVIOUS_STATE = text(
+    """
+    SELECT experiment_id, variant_id, users, successes, weight
+    FROM experiment_bandit_state
+    WHERE experiment_id = ANY(:experiment_ids)
+    """
+).bindparams(bindparam("experiment_ids", type_=ARRAY(UUID(as_uuid=True))))
+
+
+def _changed(previous: dict[uuid.UUID, tuple[int, int, float]], states: list[ArmState]) -> bool:
+    for state in states:
+        before = previous.get(state.variant_id)
+        if before is None:
+            return True
+        users, successes, weight = before
+        if users != state.users or successes != state.successes or abs(weight - state.weight) > WEIGHT_EPSILON:
+            return True
+    return False
+
+
+def _store_states(session: Session, experiments: list[ExperimentInput], now: datetime) -> tuple[list[list[ArmState]], int]:
+    """Upsert the current state; append history for experiments whose counts or weights moved.
+
+    History only grows when something changed, so running the job twice over the same
+    data (or every 30 s over an idle experiment) adds nothing.
+    """
+    ids = [e.id for e in experiments]
+    previous: dict[uuid.UUID, tuple[int, int, float]] = {
+        row.variant_id: (int(row.users), int(row.successes), float(row.weight))
+        for row in session.execute(_PREVIOUS_STATE, {"experiment_ids": ids})
+    }
+    all_states = [arm_states(e) for e in experiments]
+    rows = [
+        {
+            "experiment_id": s.experiment_id, "variant_id": s.variant_id, "users": s.users,
+            "successes": s.successes, "alpha": s.alpha, "beta": s.beta, "prob_best": s.prob_best,
+            "weight": s.weight, "burn_in": s.burn_in, "computed_at": now,
+        }
+        for states in all_states for s in states
+    ]
+    if rows:
+        statement = insert(BanditState)
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[BanditState.experiment_id, BanditState.variant_id],
+                set_={
+                    column: statement.excluded[column]
+                    for column in ("users", "successes", "alpha", "beta", "prob_best", "weight", "burn_in", "computed_at")
+                },
+            ),
+            rows,
+        )
+    history = [
+        {
+            "experiment_id": s.experiment_id, "variant_id": s.variant_id, "users": s.users,
+            "successes": s.successes, "alpha": s.alpha, "beta": s.beta, "prob_best": s.prob_best,
+            "weight": s.weight, "computed_at": now,
+        }
+        for states in all_states if states and _changed(previous, states)
+        for s in states
+    ]
+    if history:
+        session.execute(insert(BanditHistory), history)
+    return all_states, len(history)
+
+
+def weights_ttl_seconds(recompute_interval_s: float) -> int:
+    """Published weights expire if SIRA stops refreshing them; the assignment path then
+    falls back to the configured shares rather than following a frozen posterior."""
+    return max(300, int(recompute_interval_s * 20))
+
+
+def publish_weights(
+    client: redis.Redis, experiments: list[ExperimentInput], all_states: list[list[ArmState]], now: datetime, ttl_s: int
+) -> int:
+    pipe = client.pipeline(transaction=False)
+    published = 0
+    for experiment, states in zip(experiments, all_states):
+        if experiment.mode != ExperimentMode.BANDIT.value or not states:
+            continue
+        document = {
+            "weights": {str(s.variant_id): s.weight for s in states},
+            "burn_in": states[0].burn_in,
+            "computed_at": now.isoformat(),
+        }
+        pipe.set(weights_key(experiment.id), json.dumps(document), ex=ttl_s)
+        published += 1
+    if published:
+        pipe.execute()
+    return published
+
+
+def refresh_d7(session: Session, client: redis.Redis, experiment_ids: list[uuid.UUID], now: datetime, limit: int) -> int:
+    """Recompute cached D7 retention for the experiments whose copy is missing or stale."""
+    cached = read_d7(client, experiment_ids)
+    due = []
+    for experiment_id in experiment_ids:
+        document = cached[experiment_id]
+        if document is None or datetime.fromisoformat(document["computed_at"]) <= now - D7_REFRESH_AFTER:
+            due.append(experiment_id)
+    due = due[:limit]
+    if not due:
+        return 0
+    counts = {}
+    for chunk in chunks(due, CHUNK_SIZE):
+        counts.update(compute_d7(session, load_inputs(session, chunk), now))
+    session.rollback()
+    store_d7(client, counts, now)
+    return len(due)
+
+
+def recompute_posteriors(
+    client: redis.Redis | None,
+    *,
+    recompute_interval_s: float = 30.0,
+    now: datetime | None = None,
+    experiment_ids: list[uuid.UUID] | None = None,
+) -> RecomputeSummary:
+    """Posteriors, P(best) and weights for every running experiment; state, history, Redis."""
+    now = now or datetime.now(timezone.utc)
+    summary = RecomputeSummary()
+    with db.session_scope() as session:
+        ids = experiment_ids if experiment_ids is not None else running_experiment_ids(session)
+    ttl_s = weights_ttl_seconds(recompute_interval_s)
+    for chunk in chunks(ids, CHUNK_SIZE):
+        with db.session_scope() as session:
+            experiments = [e for e in load_inputs(session, chunk) if e.status == ExperimentStatus.RUNNING.value]
+            all_states, history_rows = _store_states(session, experiments, now)
+        summary.experiments += len(experiments)
+        summary.arms += sum(len(states) for states in all_states)
+        summary.history_rows += history_rows
+        if client is not None:
+            try:
+                summary.published += publish_weights(client, experiments, all_states, now, ttl_s)
+            except redis.RedisError as exc:
+                log.warning("could not publish bandit weights: %s", exc)
+                summary.errors.append(f"redis: {exc}")
+    if client is not None and ids and not summary.errors:
+        try:
+            with db.session_scope() as session:
+                summary.d7_refreshed = refresh_d7(session, client, list(ids), now, D7_REFRESHES_PER_CYCLE)
+        except redis.RedisError as exc:
+            log.warning("could not refresh D7 retention: %s", exc)
+            summary.errors.append(f"redis: {exc}")
+    return summary
+
+
+# --- sira.fail_fast_scan ---------------------------------------------------------
+
+FAIL_FAST = "fail_fast"
+GUARDRAIL_BREACH = "guardrail_breach"
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    variant_index: int
+    rule: str
+    event_type: str
+    action: str
+    message: str
+    details: dict[str, Any]
+
+
+def _flag_details(flag: ArmFlag, experiment: ExperimentInput, event_type: str) -> dict[str, Any]:
+    return {
+        "against_variant_id": str(experiment.arms[flag.against].variant_id) if flag.against is not None else None,
+        "lower": flag.lower,
+        "upper": flag.upper,
+        "probability": flag.probability,
+        "rule_message": flag.message,
+        "arms": [
+            {"variant_id": str(arm.variant_id), "users": p.users, "successes": p.successes}
+            for arm, p in zip(experiment.arms, experiment.proportions(event_type))
+        ],
+    }
+
+
+def fail_fast_findings(experiment: ExperimentInput) -> list[Finding]:
+    config = experiment.fail_fast_config
+    decision = decision_proportions(experiment)
+    findings = []
+    for flag in evaluate(decision, config):
+        loser = experiment.arms[flag.arm]
+        winner = experiment.arms[flag.against] if flag.against is not None else None
+        raw = experiment.proportions(experiment.primary_metric)
+        if config.rule == "bayesian":
+            evidence = f"P(worse than the best) = {flag.probability:.1%} > {config.threshold:.0%}"
+        else:
+            evidence = f"always-valid {1 - config.alpha:.0%} bounds on the gap [{flag.lower:.2%}, {flag.upper:.2%}]"
+        message = (
+            f"Variant '{loser.name}' is losing on {experiment.primary_metric} "
+            f"({raw[flag.arm].rate:.2%} vs {raw[flag.against].rate:.2%} for '{winner.name}'; {evidence})"
+            if winner is not None
+            else f"Variant '{loser.name}' is losing on {experiment.primary_metric} ({evidence})"
+        )
+        findings.append(
+            Finding(FAIL_FAST, flag.arm, config.rule, experiment.primary_metric, experiment.fail_fast_action,
+                    message, _flag_details(flag, experiment, experiment.primary_metric))
+        )
+    return findings
+
+
+def guardrail_findings(experiment: ExperimentInput) -> list[Finding]:
+    """Variants whose guardrail outcome is credibly worse than control's (same sequential CS).
+
+    :func:`sira.failfast.guardrail_flags` flags a *higher* rate; for an event type where
+    more is better (a click used as a guardrail) the users without the event are the
+    bad outcome, so the counts are flipped first.
+    """
+    if len(experiment.arms) < 2:
+        return []
+    config = FailFastConfig(min_samples=experiment.fail_fast_config.min_samples)
+    control_index = experiment.control_index
+    others = [i for i in range(len(experiment.arms)) if i != control_index]
+    findings: dict[int, Finding] = {}
+    for event_type in experiment.guardrail_event_types:
+        bad = experiment.proportions(event_type)
+        if event_type not in LOWER_IS_BETTER:
+            bad = [ProportionStats(users=p.users, successes=p.failures) for p in bad]
+        raw = experiment.proportions(event_type)
+        for flag in guardrail_flags(bad[control_index], [bad[i] for i in others], config):
+            index = others[flag.arm]
+            if index in findings:
+                continue  # one breach per variant: the first guardrail it breaches
+            arm = experiment.arms[index]
+            message = (
+                f"Variant '{arm.name}' breaches the {event_type} guardrail "
+                f"({raw[index].rate:.2%} vs control {raw[control_index].rate:.2%}; always-valid "
+                f"{1 - config.alpha:.0%} bounds on the deterioration [{flag.lower:.2%}, {flag.upper:.2%}])"
+            )
+            details = _flag_details(flag, experiment, event_type)
+            details["against_variant_id"] = str(experiment.arms[control_index].variant_id)
+            findings[index] = Finding(GUARDRAIL_BREACH, index, "sequential", event_type, experiment.guardrail_action,
+                                      message, details)
+    return [findings[i] for i in sorted(findings)]
+
+
+@dataclass
+class ScanSummary:
+    experiments: int = 0
+    recommendations: int = 0
+    actions_applied: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "experiments": self.experiments,
+            "recommendations": self.recommendations,
+            "actions_applied": self.actions_applied,
+            "errors": self.errors,
+        }
+
+
+_EXISTING = text(
+    "SELECT experiment_id, variant_id, kind FROM sira_recommendations WHERE experiment_id = ANY(:experiment_ids)"
+).bindparams(bindparam("experiment_ids", type_=ARRAY(UUID(as_uuid=True))))
+
+
+def _apply_action(session: Session, experiment: ExperimentInput, finding: Finding) -> tuple[bool, str]:
+    """Carry out the configured action; returns (changed the experiment, outcome)."""
+    variant = experiment.arms[finding.variant_index]
+    try:
+        if finding.action == "pause_variant":
+            current = experiment_service.get_experiment(session, experiment.id)
+            if next((v.paused for v in current.variants if v.id == variant.variant_id), False):
+                return False, "variant already paused"
+            experiment_service.set_variant_paused(
+                session, experiment.id, variant.variant_id, paused=True, actor=SIRA_ACTOR, reason=finding.message
+            )
+            return True, "variant paused"
+        if finding.action == "stop_experiment":
+            experiment_service.transition(session, experiment.id, "stop", SIRA_ACTOR)
+            return True, "experiment stopped"
+    except Conflict as exc:
+        return False, f"not applied: {exc.message}"
+    return False, "recommendation only"
+
+
+def _record_findings(session: Session, client: redis.Redis | None, experiment: ExperimentInput, findings: list[Finding]) -> tuple[int, int]:
+    """Record new findings once, audit them, apply their actions; commit. Returns (new, applied)."""
+    recorded = applied = 0
+    changed = False
+    for finding in findings:
+        variant = experiment.arms[finding.variant_index]
+        inserted = session.execute(
+            insert(Recommendation)
+            .values(
+                experiment_id=experiment.id, variant_id=variant.variant_id, kind=finding.kind, rule=finding.rule,
+                event_type=finding.event_type, action=finding.action, message=finding.message, details=finding.details,
+            )
+            .on_conflict_do_nothing(constraint="uq_sira_recommendations_once")
+            .returning(Recommendation.id)
+        ).scalar_one_or_none()
+        if inserted is None:
+            continue  # another scan recorded it first
+        recorded += 1
+        audit.record(
+            session,
+            actor=SIRA_ACTOR,
+            action=f"sira_{finding.kind}",
+            experiment_id=experiment.id,
+            after={
+                "recommendation_id": str(inserted), "variant_id": str(variant.variant_id), "variant": variant.name,
+                "kind": finding.kind, "rule": finding.rule, "event_type": finding.event_type,
+                "action": finding.action, "message": finding.message,
+            },
+        )
+        did_change, outcome = _apply_action(session, experiment, finding)
+        changed |= did_change
+        applied += did_change
+        session.execute(
+            text("UPDATE sira_recommendations SET details = details || :outcome WHERE id = :id").bindparams(
+                bindparam("outcome", type_=Recommendation.details.type)
+            ),
+            {"outcome": {"action_outcome": outcome}, "id": inserted},
+        )
+        notifications.warning(
+            "SIRA %s: experiment '%s' (%s), variant '%s' (%s): %s [action %s: %s]",
+            finding.kind, experiment.name, experiment.id, variant.name, variant.variant_id,
+            finding.message, finding.action, outcome,
+        )
+    if changed:
+        # Like the API's commit_mutation: never leave a cached definition that
+        # still routes users to a paused arm or a stopped experiment.
+        if client is None or not cache.invalidate_definition(client, experiment.id):
+            session.rollback()
+            raise RuntimeError(f"cannot invalidate the cached definition of {experiment.id}; will retry next scan")
+    session.commit()
+    if changed and client is not None:
+        cache.invalidate_definition(client, experiment.id)
+    return recorded, applied
+
+
+def fail_fast_scan(
+    client: redis.Redis | None, *, experiment_ids: list[uuid.UUID] | None = None
+) -> ScanSummary:
+    """Evaluate fail-fast and guardrails on every running experiment; act on new findings."""
+    summary = ScanSummary()
+    with db.session_scope() as session:
+        ids = experiment_ids if experiment_ids is not None else running_experiment_ids(session)
+    for chunk in chunks(ids, CHUNK_SIZE):
+        with db.session_scope() as session:
+            experiments = [e for e in load_inputs(session, chunk) if e.status == ExperimentStatus.RUNNING.value]
+            existing = {
+                (row.experiment_id, row.variant_id, row.kind)
+                for row in session.execute(_EXISTING, {"experiment_ids": [e.id for e in experiments]})
+            }
+        summary.experiments += len(experiments)
+        for experiment in experiments:
+            findings = [
+                f for f in fail_fast_findings(experiment) + guardrail_findings(experiment)
+                if (experiment.id, experiment.arms[f.variant_index].variant_id, f.kind) not in existing
+            ]
+            if not findings:
+                continue
+            session = db.new_session()
+            try:
+                recorded, applied = _record_findings(session, client, experiment, findings)
+                summary.recommendations += recorded
+                summary.actions_applied += applied
+            except Exception as exc:  # noqa: BLE001 - one experiment must not stop the scan
+                session.rollback()
+                log.exception("fail-fast scan failed for experiment %s", experiment.id)
+                summary.errors.append(f"{experiment.id}: {exc}")
+            finally:
+                session.close()
+    return summary
