@@ -1,0 +1,141 @@
+"""Metric ingestion endpoints: ``track`` one event, or post a batch of up to 1,000.
+
+Both validate, check the user's assignment and stage the events in Redis for the
+Celery drain (:mod:`services.ingestion`); neither writes metric rows. A 202 means
+the event is durably queued; the same ``event_id`` sent again is counted once.
+"""
+from __future__ import annotations
+
+import uuid
+
+import marshmallow as ma
+from flask import request
+from flask_smorest import Blueprint
+from marshmallow import fields, validate
+
+from core.errors import Invalid
+from models.enums import EVENT_TYPES
+from services import ingestion
+
+from . import context
+from .auth import require
+
+blp = Blueprint("events", __name__, url_prefix="/api", description="Metric ingestion (queued, counted exactly once)")
+
+
+# These schemas document the bodies in OpenAPI. Validation itself is
+# services.ingestion.validate_event (hand-written for the batch path's speed);
+# tests/api/test_track.py checks that both describe the same fields.
+class TrackEventSchema(ma.Schema):
+    event_id = fields.String(
+        validate=validate.Length(min=1, max=ingestion.MAX_EVENT_ID),
+        metadata={"description": "Client idempotency key (generated when absent): resending it counts once."},
+    )
+    variant_id = fields.UUID(metadata={"description": "Must match the user's assignment when given."})
+    molam_id = fields.String(required=True, validate=validate.Length(min=1, max=ingestion.MAX_MOLAM_ID))
+    event_type = fields.String(required=True, validate=validate.OneOf(EVENT_TYPES))
+    value = fields.Float(allow_nan=False, metadata={"description": "Finite number (amount, duration, rate)."})
+    currency = fields.String(metadata={"description": "ISO 4217 code, upper-case."})
+    metadata = fields.Dict(metadata={"description": f"JSON object of at most {ingestion.MAX_METADATA_BYTES} bytes."})
+    occurred_at = fields.DateTime(metadata={"description": "ISO 8601; defaults to the time received."})
+
+
+class BatchEventSchema(TrackEventSchema):
+    experiment_id = fields.UUID(required=True)
+
+
+class BatchSchema(ma.Schema):
+    events = fields.List(
+        fields.Nested(BatchEventSchema), required=True, validate=validate.Length(min=1, max=ingestion.MAX_BATCH_REQUEST)
+    )
+
+
+class TrackAcceptedSchema(ma.Schema):
+    event_id = fields.String()
+    status = fields.String(metadata={"description": 'Always "queued".'})
+
+
+class RejectedEventSchema(ma.Schema):
+    index = fields.Integer()
+    errors = fields.Dict(metadata={"description": "Field name → messages."})
+
+
+class BatchAcceptedSchema(ma.Schema):
+    accepted = fields.List(fields.String(), metadata={"description": "Event ids queued, in request order."})
+    rejected = fields.List(fields.Nested(RejectedEventSchema))
+
+
+def _json_body() -> object:
+    body = request.get_json(silent=True)
+    if body is None:
+        raise Invalid("the request body must be JSON", errors={"json": {"_schema": ["invalid or missing JSON body"]}})
+    return body
+
+
+@blp.route("/experiments/<uuid:experiment_id>/track", methods=["POST"])
+@require("track")
+@blp.doc(requestBody={"required": True, "content": {"application/json": {"schema": TrackEventSchema}}})
+@blp.response(202, TrackAcceptedSchema)
+@blp.alt_response(404, description="Unknown experiment")
+@blp.alt_response(409, description="Experiment archived")
+@blp.alt_response(422, description="Invalid event, unassigned user or variant mismatch (errors name the field)")
+@blp.alt_response(503, description="Redis unreachable or backlog full: nothing was queued (Retry-After)")
+def track(experiment_id: uuid.UUID):
+    """Queue one event for an assigned user."""
+    received_at, received_iso = ingestion.now_utc()
+    record, errors = ingestion.validate_event(
+        _json_body(), experiment_id=str(experiment_id), received_at=received_at, received_iso=received_iso
+    )
+    if errors:
+        raise Invalid("invalid event", errors={"json": errors})
+    found = ingestion.lookup(context.redis_client(), context.session, [(record[1], record[3])])
+    refusal = ingestion.check_assignment(record, found)
+    if refusal is not None:
+        raise refusal
+    ingestion.stage(context.redis_client(), [record])
+    ingestion.count_accepted([record])
+    return {"event_id": record[0], "status": "queued"}
+
+
+@blp.route("/events/batch", methods=["POST"])
+@require("track")
+@blp.doc(requestBody={"required": True, "content": {"application/json": {"schema": BatchSchema}}})
+@blp.response(202, BatchAcceptedSchema)
+@blp.alt_response(422, description="The envelope is invalid (per-event problems are listed in `rejected`)")
+@blp.alt_response(503, description="Redis unreachable or backlog full: nothing was queued (Retry-After)")
+def batch():
+    """Queue up to 1,000 events; valid ones are queued even when neighbours are rejected."""
+    body = _json_body()
+    events = body.get("events") if isinstance(body, dict) else None
+    if not isinstance(events, list) or not 1 <= len(events) <= ingestion.MAX_BATCH_REQUEST:
+        raise Invalid(
+            "invalid batch",
+            errors={"json": {"events": [f"must be a list of 1 to {ingestion.MAX_BATCH_REQUEST} events"]}},
+        )
+    if len(body) > 1:
+        unknown = sorted(str(k) for k in body if k != "events")
+        raise Invalid("invalid batch", errors={"json": {name: ["unknown field"] for name in unknown}})
+    received_at, received_iso = ingestion.now_utc()
+    records: list[tuple[int, list]] = []
+    rejected: list[dict] = []
+    for index, raw in enumerate(events):
+        record, errors = ingestion.validate_event(
+            raw, experiment_id=None, received_at=received_at, received_iso=received_iso
+        )
+        if errors:
+            rejected.append({"index": index, "errors": errors})
+        else:
+            records.append((index, record))
+    accepted: list[list] = []
+    if records:
+        found = ingestion.lookup(context.redis_client(), context.session, [(r[1], r[3]) for _, r in records])
+        for index, record in records:
+            refusal = ingestion.check_assignment(record, found)
+            if refusal is None:
+                accepted.append(record)
+            else:
+                rejected.append({"index": index, "errors": refusal.errors["json"]})
+        ingestion.stage(context.redis_client(), accepted)
+        ingestion.count_accepted(accepted)
+    rejected.sort(key=lambda r: r["index"])
+    return {"accepted": [record[0] for record in accepted], "rejected": rejected}

@@ -1,0 +1,529 @@
+"""The write side of ingestion: drain the stream, write raw events and rollups in one transaction.
+
+A drain reads the ``ingest:events`` stream through the ``ingest-writers`` consumer
+group, about ``BATCH_EVENTS`` events at a time, and writes each batch with one COPY
+into a temporary staging table plus one set-based statement (raw insert with
+duplicates skipped, dead letters, per-user then per-variant rollup upserts). Stream
+entries are acknowledged and deleted only after the commit; a crash before that
+leaves them pending, and the next drain (or any other consumer, once they have been
+idle for ``CLAIM_IDLE_MS``) writes them again, the unique ``event_id`` making the
+second write a no-op.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Sequence
+
+import psycopg
+import redis
+from psycopg import errors as pg_errors
+
+from core import db
+from core.codes import CURRENCIES
+
+from .ingestion import (
+    ENTRY_EVENTS,
+    EVENT_TYPE_SET,
+    GROUP,
+    MAX_EVENT_ID,
+    MAX_MOLAM_ID,
+    RECORD_FIELDS,
+    STREAM_KEY,
+    parse_uuid,
+)
+
+log = logging.getLogger(__name__)
+
+#: Events written per PostgreSQL transaction (a drain reads until it has about this many).
+BATCH_EVENTS = 4000
+#: Pending entries idle this long belong to a dead consumer and are claimed.
+CLAIM_IDLE_MS = 15_000
+#: Advisory lock class shared by drains (shared) and reconcile (exclusive) per experiment.
+ROLLUP_LOCK_CLASS = 147
+
+
+_STAGING_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS ingest_staging (
+    event_id text NOT NULL,
+    experiment_id uuid NOT NULL,
+    variant_id uuid NOT NULL,
+    molam_id text NOT NULL,
+    event_type text NOT NULL,
+    value double precision,
+    currency text,
+    metadata jsonb NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    received_at timestamptz NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+
+_COPY_STAGING = f"COPY ingest_staging ({', '.join(RECORD_FIELDS)}) FROM STDIN"
+
+_LOCK_EXPERIMENTS = (
+    f"SELECT pg_advisory_xact_lock_shared({ROLLUP_LOCK_CLASS}, hashtext(e)) FROM unnest(%s::text[]) AS e"
+)
+
+# One statement: insert the raw events (duplicates skipped), dead-letter events whose
+# variant is not a variant of their experiment, then fold what was *inserted* into the
+# per-user rollups and, from the per-user deltas, into the per-variant rollups.
+#
+# * users: a user-rollup row that did not exist before has events equal to this batch's
+#   delta (existing rows always hold >= 1 event), so "new user" is exact under concurrency:
+#   ON CONFLICT DO UPDATE waits for a concurrent inserter and then updates its row.
+# * user_value_sum_squares grows by new_sum^2 - old_sum^2 = d * (2 * new_sum - d).
+# * Every lock is taken in one global order (event ids, user keys, variant keys, each
+#   sorted), and the variant rows, the contended ones, last, just before the commit.
+_WRITE_BATCH = """
+WITH ins AS (
+    INSERT INTO experiment_metrics
+        (event_id, experiment_id, variant_id, molam_id, event_type, value, currency, metadata, occurred_at, received_at)
+    SELECT s.event_id, s.experiment_id, s.variant_id, s.molam_id, s.event_type, s.value, s.currency,
+           s.metadata, s.occurred_at, s.received_at
+    FROM ingest_staging s
+    JOIN experiment_variants v ON v.id = s.variant_id AND v.experiment_id = s.experiment_id
+    ORDER BY s.event_id
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING experiment_id, variant_id, molam_id, event_type, value, occurred_at
+), dead AS (
+    INSERT INTO experiment_metric_dead_letters (event_id, payload, error)
+    SELECT DISTINCT ON (s.event_id) s.event_id, to_jsonb(s),
+           'variant ' || s.variant_id || ' is not a variant of experiment ' || s.experiment_id
+    FROM ingest_staging s
+    WHERE NOT EXISTS (
+        SELECT 1 FROM experiment_variants v WHERE v.id = s.variant_id AND v.experiment_id = s.experiment_id
+    ) AND NOT EXISTS (SELECT 1 FROM experiment_metric_dead_letters d WHERE d.event_id = s.event_id)
+    RETURNING 1
+), per_user AS (
+    SELECT experiment_id, molam_id, event_type, variant_id, count(*) AS events,
+           coalesce(sum(value), 0) AS value_sum, min(occurred_at) AS first_at, max(occurred_at) AS last_at
+    FROM ins
+    GROUP BY experiment_id, molam_id, event_type, variant_id
+), upserted AS (
+    INSERT INTO experiment_user_rollups AS u
+        (experiment_id, molam_id, event_type, variant_id, events, value_sum, first_event_at, last_event_at)
+    SELECT experiment_id, molam_id, event_type, variant_id, events, value_sum, first_at, last_at
+    FROM per_user
+    ORDER BY experiment_id, molam_id, event_type
+    ON CONFLICT (experiment_id, molam_id, event_type) DO UPDATE SET
+        events = u.events + EXCLUDED.events,
+        value_sum = u.value_sum + EXCLUDED.value_sum,
+        first_event_at = LEAST(u.first_event_at, EXCLUDED.first_event_at),
+        last_event_at = GREATEST(u.last_event_at, EXCLUDED.last_event_at)
+    RETURNING u.experiment_id, u.molam_id, u.event_type, u.events, u.value_sum
+), user_delta AS (
+    SELECT p.experiment_id, p.variant_id, p.event_type,
+           count(*) FILTER (WHERE n.events = p.events) AS new_users,
+           sum(p.value_sum * (2 * n.value_sum - p.value_sum)) AS user_value_sum_squares
+    FROM per_user p
+    JOIN upserted n USING (experiment_id, molam_id, event_type)
+    GROUP BY p.experiment_id, p.variant_id, p.event_type
+), event_delta AS (
+    SELECT experiment_id, variant_id, event_type, count(*) AS events, count(value) AS value_count,
+           coalesce(sum(value), 0) AS value_sum, coalesce(sum(value * value), 0) AS value_sum_squares
+    FROM ins
+    GROUP BY experiment_id, variant_id, event_type
+), rolled AS (
+    INSERT INTO experiment_variant_rollups AS r
+        (experiment_id, variant_id, event_type, events, users, value_count, value_sum, value_sum_squares,
+         user_value_sum_squares, updated_at)
+    SELECT e.experiment_id, e.variant_id, e.event_type, e.events, d.new_users, e.value_count, e.value_sum,
+           e.value_sum_squares, d.user_value_sum_squares, now()
+    FROM event_delta e
+    JOIN user_delta d USING (experiment_id, variant_id, event_type)
+    ORDER BY e.experiment_id, e.variant_id, e.event_type
+    ON CONFLICT (experiment_id, variant_id, event_type) DO UPDATE SET
+        events = r.events + EXCLUDED.events,
+        users = r.users + EXCLUDED.users,
+        value_count = r.value_count + EXCLUDED.value_count,
+        value_sum = r.value_sum + EXCLUDED.value_sum,
+        value_sum_squares = r.value_sum_squares + EXCLUDED.value_sum_squares,
+        user_value_sum_squares = r.user_value_sum_squares + EXCLUDED.user_value_sum_squares,
+        updated_at = now()
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM dead), (SELECT count(*) FROM rolled)
+"""
+
+# Idempotent: a batch redelivered after its dead letters committed does not file them twice.
+_INSERT_DEAD_LETTER = """
+INSERT INTO experiment_metric_dead_letters (event_id, payload, error)
+SELECT %(event_id)s, %(payload)s::jsonb, %(error)s
+WHERE %(event_id)s::text IS NULL OR NOT EXISTS (
+    SELECT 1 FROM experiment_metric_dead_letters WHERE event_id = %(event_id)s::text
+)
+"""
+
+
+@dataclass
+class WriteResult:
+    received: int = 0
+    inserted: int = 0
+    dead_lettered: int = 0
+
+    @property
+    def duplicates(self) -> int:
+        return self.received - self.inserted - self.dead_lettered
+
+    def add(self, other: "WriteResult") -> None:
+        self.received += other.received
+        self.inserted += other.inserted
+        self.dead_lettered += other.dead_lettered
+
+
+class DatabaseUnavailable(RuntimeError):
+    """PostgreSQL kept failing with transient errors; the batch stays pending in the stream."""
+
+
+#: Errors worth retrying the same batch for: the batch is fine, the database is not (yet).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,  # connection trouble, deadlocks, serialization failures, admin shutdown
+    psycopg.InterfaceError,
+    pg_errors.LockNotAvailable,
+    pg_errors.QueryCanceled,
+)
+
+
+def coerce_record(raw: object) -> tuple[Any, ...]:
+    """Re-check a staged record at write time; ``ValueError`` makes it a dead letter.
+
+    The API validated it, but the stream is an interface: an old producer, a manual
+    XADD or a bug must not wedge the pipeline.
+    """
+    if not isinstance(raw, list) or len(raw) != len(RECORD_FIELDS):
+        raise ValueError("malformed record: expected a list of %d fields" % len(RECORD_FIELDS))
+    event_id, experiment_id, variant_id, molam_id, event_type, value, currency, metadata, occurred, received = raw
+    if not isinstance(event_id, str) or not 0 < len(event_id) <= MAX_EVENT_ID:
+        raise ValueError("event_id must be a non-empty string of at most 128 characters")
+    for name, candidate in (("experiment_id", experiment_id), ("variant_id", variant_id)):
+        if parse_uuid(candidate) is None:
+            raise ValueError(f"{name} must be a UUID")
+    if not isinstance(molam_id, str) or not 0 < len(molam_id) <= MAX_MOLAM_ID:
+        raise ValueError("molam_id must be a non-empty string of at most 200 characters")
+    if event_type not in EVENT_TYPE_SET:
+        raise ValueError(f"unknown event_type {event_type!r}")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+        raise ValueError("value must be a finite number")
+    if currency is not None and currency not in CURRENCIES:
+        raise ValueError(f"unknown currency {currency!r}")
+    if not isinstance(metadata, str):
+        raise ValueError("metadata must be serialised JSON")
+    for name, candidate in (("occurred_at", occurred), ("received_at", received)):
+        if not isinstance(candidate, str):
+            raise ValueError(f"{name} must be an ISO datetime string")
+        try:
+            datetime.fromisoformat(candidate)
+        except ValueError:
+            raise ValueError(f"{name} must be an ISO datetime string") from None
+    return tuple(raw)
+
+
+def _write_once(pg: psycopg.Connection, records: Sequence[tuple[Any, ...]], *, clear: bool = False) -> WriteResult:
+    with pg.cursor() as cursor:
+        cursor.execute(_STAGING_DDL)
+        if clear:  # ON COMMIT DELETE ROWS empties it between transactions, not between savepoints
+            cursor.execute("DELETE FROM ingest_staging")
+        cursor.execute(_LOCK_EXPERIMENTS, (sorted({r[1] for r in records}),))
+        with cursor.copy(_COPY_STAGING) as copy:
+            for record in records:
+                copy.write_row(record)
+        inserted, dead, _ = cursor.execute(_WRITE_BATCH).fetchone()
+    return WriteResult(received=len(records), inserted=inserted, dead_lettered=dead)
+
+
+def _dead_letter(pg: psycopg.Connection, event_id: str | None, payload: object, error: str) -> None:
+    with pg.cursor() as cursor:
+        cursor.execute(
+            _INSERT_DEAD_LETTER,
+            {"event_id": event_id, "payload": json.dumps(payload, default=str), "error": error[:2000]},
+        )
+
+
+def write_records(pg: psycopg.Connection, records: Sequence[tuple[Any, ...]]) -> WriteResult:
+    """Write one batch in one transaction (committed here); isolate poison on a data error.
+
+    Transient errors (connection loss, deadlock, serialization failure) propagate after
+    a rollback so the caller can retry the whole batch. Any other database error means
+    some event in the batch cannot be written: each event is then retried on its own
+    (one savepoint per event, one transaction) and those that still fail go to the
+    dead-letter table with the error, so one bad event never blocks its neighbours.
+    """
+    try:
+        result = _write_once(pg, records)
+        pg.commit()
+        return result
+    except TRANSIENT_ERRORS:
+        _safe_rollback(pg)
+        raise
+    except psycopg.Error as exc:
+        _safe_rollback(pg)
+        log.warning("batch of %d events failed (%s); isolating the poison", len(records), exc)
+    result = WriteResult()
+    try:
+        for record in records:
+            pg.execute("SAVEPOINT one_event")
+            try:
+                result.add(_write_once(pg, [record], clear=True))
+                pg.execute("RELEASE SAVEPOINT one_event")
+            except TRANSIENT_ERRORS:
+                raise
+            except psycopg.Error as exc:
+                pg.execute("ROLLBACK TO SAVEPOINT one_event")
+                _dead_letter(pg, record[0], dict(zip(RECORD_FIELDS, record)), f"write failed: {exc}")
+                result.received += 1
+                result.dead_lettered += 1
+        pg.commit()
+    except BaseException:
+        _safe_rollback(pg)
+        raise
+    return result
+
+
+def _safe_rollback(pg: psycopg.Connection) -> None:
+    try:
+        pg.rollback()
+    except psycopg.Error:
+        pass
+
+
+def write_with_retry(
+    records: Sequence[tuple[Any, ...]], *, attempts: int = 4, first_delay_s: float = 0.2
+) -> WriteResult:
+    """:func:`write_records` on a pooled connection, retrying transient failures with backoff."""
+    delay = first_delay_s
+    for attempt in range(1, attempts + 1):
+        connection = db.get_engine().raw_connection()
+        try:
+            return write_records(connection.driver_connection, records)
+        except TRANSIENT_ERRORS as exc:
+            connection.invalidate()
+            if attempt == attempts:
+                raise DatabaseUnavailable(f"batch of {len(records)} events failed {attempts} times: {exc}") from exc
+            log.warning("transient database error (attempt %d/%d): %s", attempt, attempts, exc)
+            time.sleep(delay * (0.5 + random.random()))
+            delay *= 2
+        finally:
+            connection.close()
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- draining
+
+
+@dataclass
+class DrainReport:
+    entries: int = 0
+    written: WriteResult = field(default_factory=WriteResult)
+    malformed: int = 0
+    batches: int = 0
+    claimed: int = 0
+    #: True when the run stopped on its time budget with entries still waiting.
+    backlog: bool = False
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "entries": self.entries,
+            "received": self.written.received + self.malformed,
+            "inserted": self.written.inserted,
+            "duplicates": self.written.duplicates,
+            "dead_lettered": self.written.dead_lettered + self.malformed,
+            "batches": self.batches,
+            "claimed": self.claimed,
+            "backlog": self.backlog,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def default_consumer() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def ensure_group(client: redis.Redis) -> None:
+    try:
+        client.xgroup_create(STREAM_KEY, GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def _read(client: redis.Redis, consumer: str, stream_id: str, count: int) -> list[tuple[bytes, dict]]:
+    response = client.xreadgroup(GROUP, consumer, {STREAM_KEY: stream_id}, count=count)
+    if not response:
+        return []
+    entries = response[0][1]
+    vanished = [entry_id for entry_id, fields in entries if not fields]
+    if vanished:  # pending but deleted from the stream: nothing left to write
+        client.xack(STREAM_KEY, GROUP, *vanished)
+    return [(entry_id, fields) for entry_id, fields in entries if fields]
+
+
+def _read_batch(client: redis.Redis, consumer: str) -> tuple[list[tuple[bytes, dict]], bool]:
+    """New entries holding about ``BATCH_EVENTS`` events; second value: the stream ran dry."""
+    entries: list[tuple[bytes, dict]] = []
+    events = 0
+    while events < BATCH_EVENTS:
+        # Entries hold 1 to ENTRY_EVENTS events: never ask for more than could fit.
+        wanted = max(1, (BATCH_EVENTS - events) // ENTRY_EVENTS)
+        got = _read(client, consumer, ">", wanted)
+        entries.extend(got)
+        for _, fields in got:
+            events += _events_in(fields)
+        if len(got) < wanted:
+            return entries, True
+    return entries, False
+
+
+def _events_in(fields: dict) -> int:
+    try:
+        return max(1, int(fields.get(b"n", 1)))
+    except ValueError:
+        return 1
+
+
+def _decode(entries: list[tuple[bytes, dict]]) -> tuple[list[tuple[Any, ...]], list[tuple[str | None, object, str]]]:
+    records: list[tuple[Any, ...]] = []
+    poison: list[tuple[str | None, object, str]] = []
+    for entry_id, fields in entries:
+        payload = fields.get(b"e")
+        try:
+            batch = json.loads(payload) if payload is not None else None
+        except ValueError as exc:
+            poison.append((None, {"stream_entry": entry_id.decode(), "raw": payload.decode(errors="replace")}, f"undecodable entry: {exc}"))
+            continue
+        if not isinstance(batch, list):
+            poison.append((None, {"stream_entry": entry_id.decode(), "raw": str(fields)[:4000]}, "entry holds no event list"))
+            continue
+        for raw in batch:
+            try:
+                records.append(coerce_record(raw))
+            except ValueError as exc:
+                event_id = raw[0] if isinstance(raw, list) and raw and isinstance(raw[0], str) else None
+                poison.append((event_id, raw, str(exc)))
+    return records, poison
+
+
+def _acknowledge(client: redis.Redis, entry_ids: list[bytes]) -> None:
+    """XACK then XDEL, atomically: the stream's length is the backlog."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.xack(STREAM_KEY, GROUP, *entry_ids)
+        pipe.xdel(STREAM_KEY, *entry_ids)
+        pipe.execute()
+
+
+def process_entries(client: redis.Redis, entries: list[tuple[bytes, dict]], report: DrainReport) -> None:
+    """Write the entries' events in one transaction, then acknowledge them."""
+    if not entries:
+        return
+    records, poison = _decode(entries)
+    if poison:
+        _write_poison(poison)
+        report.malformed += len(poison)
+    if records:
+        report.written.add(write_with_retry(records))
+    report.batches += 1
+    report.entries += len(entries)
+    _acknowledge(client, [entry_id for entry_id, _ in entries])
+
+
+def _write_poison(poison: list[tuple[str | None, object, str]]) -> None:
+    connection = db.get_engine().raw_connection()
+    try:
+        pg = connection.driver_connection
+        for event_id, payload, error in poison:
+            _dead_letter(pg, event_id, payload, error)
+        pg.commit()
+    finally:
+        connection.close()
+
+
+def drain(
+    client: redis.Redis,
+    *,
+    consumer: str | None = None,
+    budget_s: float = 2.0,
+    claim_idle_ms: int = CLAIM_IDLE_MS,
+) -> DrainReport:
+    """Drain the stream for up to ``budget_s`` seconds.
+
+    Order: this consumer's own pending entries (a previous run that failed before
+    acknowledging), then entries left pending by dead consumers (idle longer than
+    ``claim_idle_ms``, e.g. a worker killed with SIGKILL), then new entries.
+    """
+    started = time.monotonic()
+    consumer = consumer or default_consumer()
+    report = DrainReport()
+    ensure_group(client)
+
+    # Own pending entries first: "0" re-reads what this consumer was given but never acked.
+    while True:
+        entries = _read(client, consumer, "0", max(1, BATCH_EVENTS // ENTRY_EVENTS))
+        if not entries:
+            break
+        process_entries(client, entries, report)
+
+    cursor = "0-0"
+    while True:
+        cursor, claimed, *_ = client.xautoclaim(
+            STREAM_KEY, GROUP, consumer, min_idle_time=claim_idle_ms, start_id=cursor,
+            count=max(1, BATCH_EVENTS // ENTRY_EVENTS),
+        )
+        claimed = [(entry_id, fields) for entry_id, fields in claimed if fields is not None]
+        if claimed:
+            report.claimed += len(claimed)
+            process_entries(client, claimed, report)
+        if cursor in (b"0-0", "0-0"):
+            break
+
+    while True:
+        entries, dry = _read_batch(client, consumer)
+        process_entries(client, entries, report)
+        if dry:
+            break
+        if time.monotonic() - started >= budget_s:
+            report.backlog = True
+            break
+    report.seconds = time.monotonic() - started
+    return report
+
+
+@dataclass
+class Backlog:
+    length: int
+    pending: int
+    lag: int | None
+    consumers: int
+
+
+def backlog(client: redis.Redis) -> Backlog:
+    """Stream length (entries not yet written), pending (delivered, not acknowledged) and lag."""
+    length = client.xlen(STREAM_KEY)
+    try:
+        groups = client.xinfo_groups(STREAM_KEY)
+    except redis.ResponseError:
+        groups = []
+    for group in groups:
+        if group.get("name") in (GROUP, GROUP.encode()):
+            return Backlog(length, int(group.get("pending", 0)), group.get("lag"), int(group.get("consumers", 0)))
+    return Backlog(length, 0, None, 0)
+
+
+def prune_consumers(client: redis.Redis, idle_ms: int = 3600_000) -> int:
+    """Forget consumers (dead worker processes) with nothing pending and idle for an hour."""
+    removed = 0
+    try:
+        consumers = client.xinfo_consumers(STREAM_KEY, GROUP)
+    except redis.ResponseError:
+        return 0
+    for consumer in consumers:
+        if int(consumer.get("pending", 0)) == 0 and int(consumer.get("idle", 0)) >= idle_ms:
+            client.xgroup_delconsumer(STREAM_KEY, GROUP, consumer["name"])
+            removed += 1
+    return removed

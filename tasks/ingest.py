@@ -1,0 +1,49 @@
+"""Ingestion drain: beat ticks it every second; a run that hits its budget re-queues itself.
+
+The stream is the durable queue, not the task message: a drain message lost or run
+twice changes nothing (entries are acknowledged after their commit, and drains share
+the work through the consumer group). So the task acknowledges its message on
+receipt (``acks_late=False``), and its successor is queued at most once at a time.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from core.redis import get_redis
+from services import ingestion_writer
+
+from .celery_app import celery, current_settings
+
+log = logging.getLogger(__name__)
+
+#: Seconds one run may drain before it yields its worker process (and re-queues itself).
+DRAIN_BUDGET_S = 2.0
+#: Set while a successor drain is queued, so a backlog keeps at most one extra run in the queue.
+SUCCESSOR_FLAG = "ingest:drain:queued"
+
+
+@celery.task(name="ingest.drain_events", acks_late=False, ignore_result=True)
+def drain_events() -> dict[str, Any]:
+    """Write staged events to PostgreSQL; returns what it did (visible in Flower)."""
+    client = get_redis(current_settings().redis_url)
+    client.delete(SUCCESSOR_FLAG)
+    try:
+        report = ingestion_writer.drain(client, budget_s=DRAIN_BUDGET_S)
+    except ingestion_writer.DatabaseUnavailable as exc:
+        # The batch stays pending under this consumer; the next tick (or, after
+        # CLAIM_IDLE_MS, any other consumer) writes it.
+        log.warning("ingestion paused: %s", exc)
+        return {"error": str(exc)}
+    if report.backlog and client.set(SUCCESSOR_FLAG, "1", nx=True, ex=30):
+        drain_events.apply_async()
+    summary = report.as_dict()
+    if report.entries:
+        log.info("drained %s", summary)
+    return summary
+
+
+@celery.task(name="ingest.prune_consumers", ignore_result=True)
+def prune_consumers() -> dict[str, int]:
+    """Forget stream consumers left by worker processes that are gone (nothing pending)."""
+    return {"removed": ingestion_writer.prune_consumers(get_redis(current_settings().redis_url))}
