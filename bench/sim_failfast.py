@@ -148,8 +148,9 @@ def run_table(replications: int, seed: int, config: FailFastConfig) -> list[dict
 
 def print_table(rows: list[dict], replications: int, config: FailFastConfig) -> None:
     print(
-        f"\nFail-fast, {replications:,} replications per row, look every {LOOK_EVERY} users per arm "
-        f"up to {MAX_PER_ARM:,} (alpha={config.alpha}, threshold={config.threshold}, "
+        f"\nFail-fast, {replications:,} replications per row, "
+        f"look every {LOOK_EVERY} users per arm up to {MAX_PER_ARM:,} "
+        f"(alpha={config.alpha}, threshold={config.threshold}, "
         f"target_samples={config.target_samples:,}, min_samples={config.min_samples})\n"
     )
     header = (
@@ -169,7 +170,10 @@ def print_table(rows: list[dict], replications: int, config: FailFastConfig) -> 
 def tune(replications: int, seed: int, config: FailFastConfig) -> None:
     """Scan target_samples for the sequential rule (validity holds for every value)."""
     print("\nSequential rule, scan of target_samples (where the CS is tightest):\n")
-    print("| target_samples | false stop 2 arms | false stop 4 arms | median n/arm 2 arms | median n/arm 4 arms | flagged by 20k (2 / 4 arms) |")
+    print(
+        "| target_samples | false stop 2 arms | false stop 4 arms | median n/arm 2 arms "
+        "| median n/arm 4 arms | flagged by 20k (2 / 4 arms) |"
+    )
     print("|---|---|---|---|---|---|")
     data = {}
     for arms in (2, 4):

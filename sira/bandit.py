@@ -48,7 +48,7 @@ class WeightsResult:
 
 
 def posteriors(arms: Sequence[ProportionStats]) -> tuple[np.ndarray, np.ndarray]:
-    """Beta posterior parameters under a uniform prior: alpha = successes + 1, beta = failures + 1."""
+    """Beta posteriors under a uniform prior: alpha = successes + 1, beta = failures + 1."""
     alphas = np.array([arm.successes + 1.0 for arm in arms], dtype=float)
     betas = np.array([arm.failures + 1.0 for arm in arms], dtype=float)
     return alphas, betas

@@ -102,9 +102,10 @@ def _roll_out(variants, control, win_probability) -> list[dict]:
             f"{key} ({values['control']!r} -> {values['variant']!r})"
             for key, values in changed.items()
         )
-        iterate = f"then iterate on {changes}: test further values of {'this key' if len(changed) == 1 else 'these keys'}"
+        keys = "this key" if len(changed) == 1 else "these keys"
+        iterate = f"then iterate on {changes}: test further values of {keys}"
     else:
-        iterate = "its configuration does not differ from the control's, so check what else changed"
+        iterate = "its configuration equals the control's, so check what else changed"
     baseline = f" vs {control.rate:.2%} for control" if control else ""
     return [
         {
@@ -153,10 +154,10 @@ def _extend_or_cut(
         ]
         if cut:
             names = ", ".join(f"'{name}'" for name in cut)
+            has, it = ("has", "it") if len(cut) == 1 else ("have", "them")
             parts.append(
-                f"{names} {'has' if len(cut) == 1 else 'have'} less than a "
-                f"{cut_probability:.0%} chance of being best; cutting "
-                f"{'it' if len(cut) == 1 else 'them'} sends the traffic to the arms still in contention."
+                f"{names} {has} less than a {cut_probability:.0%} chance of being best; "
+                f"cutting {it} sends the traffic to the arms still in contention."
             )
     if not parts:
         return []
@@ -247,7 +248,16 @@ def suggestions(
     if min(v.users for v in variants) >= min_samples:
         found += _roll_out(variants, control, win_probability)
     found += _extend_or_cut(
-        variants, control, win_probability, cut_probability, target_uplift, alpha, power, min_samples
+        variants,
+        control,
+        win_probability,
+        cut_probability,
+        target_uplift,
+        alpha,
+        power,
+        min_samples,
     )
-    found += _targeted(variants, control, segments, min_samples, win_probability, lose_probability)
+    found += _targeted(
+        variants, control, segments, min_samples, win_probability, lose_probability
+    )
     return found
