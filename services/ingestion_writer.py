@@ -20,11 +20,12 @@ import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import psycopg
 import redis
 from psycopg import errors as pg_errors
+from sqlalchemy.exc import DBAPIError
 
 from core import db
 from core.codes import CURRENCIES
@@ -41,6 +42,7 @@ from .ingestion import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Events written per PostgreSQL transaction (a drain reads until it has about this many).
 BATCH_EVENTS = 4000
@@ -155,7 +157,7 @@ SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM dead), (SELECT count(*)
 # Idempotent: a batch redelivered after its dead letters committed does not file them twice.
 _INSERT_DEAD_LETTER = """
 INSERT INTO experiment_metric_dead_letters (event_id, payload, error)
-SELECT %(event_id)s, %(payload)s::jsonb, %(error)s
+SELECT %(event_id)s::text, %(payload)s::jsonb, %(error)s::text
 WHERE %(event_id)s::text IS NULL OR NOT EXISTS (
     SELECT 1 FROM experiment_metric_dead_letters WHERE event_id = %(event_id)s::text
 )
@@ -293,25 +295,40 @@ def _safe_rollback(pg: psycopg.Connection) -> None:
         pass
 
 
-def write_with_retry(
-    records: Sequence[tuple[Any, ...]], *, attempts: int = 4, first_delay_s: float = 0.2
-) -> WriteResult:
-    """:func:`write_records` on a pooled connection, retrying transient failures with backoff."""
+def with_retry(
+    work: Callable[[psycopg.Connection], T], what: str, *, attempts: int = 4, first_delay_s: float = 0.2
+) -> T:
+    """Run ``work`` on a pooled connection, retrying transient failures with jittered backoff.
+
+    After ``attempts`` failures it raises :class:`DatabaseUnavailable`; the caller has not
+    acknowledged anything, so the entries stay pending and are written later.
+    """
     delay = first_delay_s
     for attempt in range(1, attempts + 1):
-        connection = db.get_engine().raw_connection()
+        connection = None
         try:
-            return write_records(connection.driver_connection, records)
+            try:
+                connection = db.get_engine().raw_connection()
+            except DBAPIError as exc:  # SQLAlchemy wraps connect failures
+                raise exc.orig if isinstance(exc.orig, TRANSIENT_ERRORS) else exc
+            return work(connection.driver_connection)
         except TRANSIENT_ERRORS as exc:
-            connection.invalidate()
+            if connection is not None:
+                connection.invalidate()
             if attempt == attempts:
-                raise DatabaseUnavailable(f"batch of {len(records)} events failed {attempts} times: {exc}") from exc
-            log.warning("transient database error (attempt %d/%d): %s", attempt, attempts, exc)
+                raise DatabaseUnavailable(f"{what} failed {attempts} times: {exc}") from exc
+            log.warning("transient database error writing %s (attempt %d/%d): %s", what, attempt, attempts, exc)
             time.sleep(delay * (0.5 + random.random()))
             delay *= 2
         finally:
-            connection.close()
+            if connection is not None:
+                connection.close()
     raise AssertionError("unreachable")
+
+
+def write_with_retry(records: Sequence[tuple[Any, ...]], **retry: Any) -> WriteResult:
+    """:func:`write_records` with :func:`with_retry`."""
+    return with_retry(lambda pg: write_records(pg, records), f"a batch of {len(records)} events", **retry)
 
 
 # --------------------------------------------------------------------------- draining
@@ -434,14 +451,16 @@ def process_entries(client: redis.Redis, entries: list[tuple[bytes, dict]], repo
 
 
 def _write_poison(poison: list[tuple[str | None, object, str]]) -> None:
-    connection = db.get_engine().raw_connection()
-    try:
-        pg = connection.driver_connection
-        for event_id, payload, error in poison:
-            _dead_letter(pg, event_id, payload, error)
-        pg.commit()
-    finally:
-        connection.close()
+    def work(pg: psycopg.Connection) -> None:
+        try:
+            for event_id, payload, error in poison:
+                _dead_letter(pg, event_id, payload, error)
+            pg.commit()
+        except BaseException:
+            _safe_rollback(pg)
+            raise
+
+    with_retry(work, f"{len(poison)} dead letters")
 
 
 def drain(
