@@ -4,7 +4,7 @@ Both quantities drive decisions (traffic weights, fail-fast, insights) and are
 recomputed for every running experiment on every refresh, so they must be exact
 enough to compare against a 0.95 threshold and cheap enough to run a thousand
 times a second.  Monte Carlo is neither: 10,000 draws still carry a standard error
-of about 0.002 and cost more than the integrals below.
+of up to 0.005 and cost more than the integrals below.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ _MAX_CLOSED_FORM_TERMS = 5_000
 
 # Quadrature layout.  Each arm contributes panel edges every standard deviation across
 # mean +/- 6 sd (this resolves a narrow bulk) and at 8, 11, 15, 21 and 29 sd (this
-# follows a skewed tail: a Beta with both parameters >= 1 is log-concave, so
-# P(|X - mean| > t sd) <= e^(1 - t) and less than 1e-12 of its mass lies beyond 29
-# sd).  Edges are clipped to [0, 1] and the edges of all arms are merged, so wherever
+# follows a skewed tail: a Beta with both parameters >= 1 is log-concave, so by
+# Lovasz and Vempala's tail bound P(|X - mean| > t sd) <= e^(1 - t) and less than
+# 1e-12 of its mass lies beyond 29 sd).  Edges are clipped to [0, 1] and the edges of all arms are merged, so wherever
 # any arm's density or CDF changes quickly the panels are short on that arm's scale.
 # Each panel gets a 6-point Gauss-Legendre rule.  Against scipy's adaptive quad the
-# result agrees to about 1e-11 (tests/sira/test_posterior.py).
+# result agrees to about 1e-11 (tests/sira/test_pure_posterior.py).
 _BULK_EDGES_SD = np.linspace(-6.0, 6.0, 13)
 _TAIL_EDGES_SD = np.array([8.0, 11.0, 15.0, 21.0, 29.0])
 _EDGE_OFFSETS_SD = np.concatenate([-_TAIL_EDGES_SD[::-1], _BULK_EDGES_SD, _TAIL_EDGES_SD])
