@@ -61,6 +61,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(results.blp)
     api.register_blueprint(results.reports_blp)
     app.register_blueprint(health.blp)
+    from . import bandit_history, dashboard
+
+    api.register_blueprint(bandit_history.blp)
+    app.register_blueprint(dashboard.blp)
     from . import cli_ingest, events
 
     api.register_blueprint(events.blp)

@@ -1,0 +1,375 @@
+// One experiment: definition, lifecycle, variants (pause/resume), results per
+// variant, SIRA insights, bandit history chart and reports.
+
+import * as api from "../api.js";
+import { can } from "../auth.js";
+import { historyChart } from "../chart.js";
+import { h, replace, select } from "../dom.js";
+import { dateTime, decimal, integer, interval, percent, relative, shortTime, signedPercent } from "../format.js";
+import { renderMarkdown } from "../markdown.js";
+import { inlineError, showError, showSuccess } from "../notify.js";
+import { autoRefresh, card, definitionList, loading, modeBadge, pager, statusBadge } from "./common.js";
+
+const REFRESH_SECONDS = 15;
+
+const LIFECYCLE = [
+  { action: "start", label: "Start", from: ["draft", "stopped"], call: api.startExperiment, style: "btn-primary" },
+  { action: "stop", label: "Stop", from: ["running"], call: api.stopExperiment, style: "btn-warning",
+    confirm: "Stop this experiment? New users stop being assigned; existing assignments are kept and start resumes it." },
+  { action: "archive", label: "Archive", from: ["draft", "stopped"], call: api.archiveExperiment, style: "",
+    confirm: "Archive this experiment? Archiving is final." },
+  { action: "delete", label: "Delete", from: ["draft"], call: api.deleteExperiment, style: "btn-danger",
+    confirm: "Delete this draft for good?" },
+];
+
+function targetingText(targeting) {
+  const entries = Object.entries(targeting || {});
+  if (!entries.length) return "everyone";
+  return h("div", { class: "stack-xs" }, entries.map(([key, value]) =>
+    h("div", {}, h("span", { class: "muted" }, `${key}: `), Array.isArray(value) ? value.map((v) => h("span", { class: "chip" }, v)) : String(value))));
+}
+
+function json(value) {
+  return h("pre", { class: "code code-inline" }, JSON.stringify(value, null, 2));
+}
+
+function downloadBlob(blob, filename) {
+  const url = URL.createObjectURL(blob);
+  const link = h("a", { href: url, download: filename });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+export function detailView(root, { id, navigate }) {
+  let experiment = null;
+  let results = null;
+  let metric = null;
+  let chartMetric = "weight";
+  let busy = false;
+
+  const head = h("div", { class: "page-head" }, loading());
+  const definitionBody = h("div", {}, loading());
+  const variantsBody = h("div", {}, loading());
+  const resultsBody = h("div", {}, loading());
+  const insightsBody = h("div", {}, loading());
+  const historyBody = h("div", {}, loading());
+  const reportsBody = h("div", {}, loading());
+  const reportViewer = h("div", { class: "report-viewer" });
+  const updated = h("span", { class: "muted small" });
+  let reportsPage = 1;
+
+  replace(
+    root,
+    h("a", { class: "back", href: "#/experiments" }, "← Experiments"),
+    head,
+    h("div", { class: "grid grid-detail" },
+      card("Definition", definitionBody),
+      card("Variants", variantsBody)),
+    can("results") ? card("Results per variant", resultsBody) : null,
+    can("insights") ? card("SIRA insights", insightsBody) : null,
+    can("results") ? card("Bandit weights over time", historyBody) : null,
+    can("reports") ? card("SIRA reports", reportsBody, reportViewer) : null,
+  );
+
+  async function act(label, call, successMessage) {
+    if (busy) return;
+    busy = true;
+    for (const button of root.querySelectorAll("button[data-mutation]")) button.disabled = true;
+    try {
+      await call();
+      showSuccess(successMessage);
+      return true;
+    } catch (error) {
+      showError(error, `Could not ${label}`);
+      return false;
+    } finally {
+      busy = false;
+      await refreshAll();
+    }
+  }
+
+  function renderHead() {
+    const actions = LIFECYCLE.filter((step) => step.from.includes(experiment.status) && can(step.action)).map((step) =>
+      h("button", {
+        type: "button", class: ["btn", step.style], dataset: { mutation: step.action },
+        onclick: async () => {
+          if (step.confirm && !window.confirm(step.confirm)) return;
+          if (step.action === "delete") {
+            try {
+              await step.call(id);
+              showSuccess(`Deleted “${experiment.name}”.`);
+              navigate("/experiments");
+            } catch (error) {
+              showError(error, "Could not delete");
+            }
+            return;
+          }
+          await act(step.action, () => step.call(id), `${step.label}: done.`);
+        },
+      }, step.label));
+    const exports = can("export")
+      ? ["events", "assignments"].map((kind) =>
+        h("button", {
+          type: "button", class: "btn btn-ghost",
+          onclick: async () => {
+            try {
+              downloadBlob(await api.exportData(id, kind, "csv"), `${experiment.name.replace(/[^\w-]+/g, "_")}-${kind}.csv`);
+            } catch (error) {
+              showError(error, `Could not export ${kind}`);
+            }
+          },
+        }, `Export ${kind} (CSV)`))
+      : [];
+    const editable = can("update") && experiment.status !== "archived";
+    replace(
+      head,
+      h("div", { class: "title-block" },
+        h("h1", {}, experiment.name, " ", statusBadge(experiment.status), " ", modeBadge(experiment.mode)),
+        h("div", { class: "muted small" }, `id ${experiment.id} · version ${experiment.version} · created by ${experiment.created_by} ${relative(experiment.created_at)}`)),
+      h("div", { class: "page-actions" },
+        updated,
+        editable ? h("button", { type: "button", class: "btn btn-ghost", onclick: () => editNameDescription() }, "Edit") : null,
+        exports,
+        can("audit") ? h("a", { class: "btn btn-ghost", href: `#/audit?experiment_id=${experiment.id}` }, "Audit trail") : null,
+        actions),
+    );
+  }
+
+  function editNameDescription() {
+    const name = h("input", { class: "input", value: experiment.name, maxlength: 200 });
+    const description = h("textarea", { class: "input", rows: 3, value: experiment.description });
+    const error = h("div");
+    replace(definitionBody,
+      h("form", {
+        class: "stack",
+        onsubmit: async (event) => {
+          event.preventDefault();
+          try {
+            experiment = await api.updateExperiment(id, { name: name.value.trim(), description: description.value });
+            showSuccess("Saved.");
+            renderAll();
+          } catch (failure) {
+            replace(error, inlineError(failure, "Not saved"));
+          }
+        },
+      },
+      h("label", { class: "field" }, h("span", { class: "field-label" }, "Name"), name),
+      h("label", { class: "field" }, h("span", { class: "field-label" }, "Description"), description),
+      error,
+      h("div", { class: "btn-row" },
+        h("button", { type: "submit", class: "btn btn-primary" }, "Save"),
+        h("button", { type: "button", class: "btn btn-ghost", onclick: () => renderDefinition() }, "Cancel"))));
+  }
+
+  function renderDefinition() {
+    const e = experiment;
+    replace(definitionBody, definitionList([
+      ["Description", e.description || h("span", { class: "muted" }, "none")],
+      ["Primary metric", e.primary_metric],
+      ["Coverage", `${e.coverage}% of eligible users`],
+      ["Targeting", targetingText(e.targeting)],
+      ["Fail-fast", `${e.fail_fast?.rule ?? "–"} · min ${e.fail_fast?.min_samples ?? "–"} samples · threshold ${e.fail_fast?.threshold ?? "–"} · action ${e.fail_fast?.action ?? "–"}`],
+      ["Guardrails", [(e.guardrails || []).map((g) => h("span", { class: "chip" }, g)), ` → ${e.guardrail_action ?? "–"}`]],
+      e.mode === "bandit" ? ["Bandit", `burn-in ${e.bandit?.min_samples ?? "–"} users per arm · floor ${percent(e.bandit?.floor, 1)}`] : null,
+      ["Started", e.started_at ? `${dateTime(e.started_at)} (${relative(e.started_at)})` : "–"],
+      ["Stopped", e.stopped_at ? dateTime(e.stopped_at) : "–"],
+      ["Updated", dateTime(e.updated_at)],
+    ]));
+  }
+
+  function renderVariants() {
+    const mayPause = can("pause_variant") && experiment.status !== "archived";
+    replace(variantsBody, h("div", { class: "table-wrap" },
+      h("table", { class: "table" },
+        h("thead", {}, h("tr", {}, ["Variant", "Share", "Config", "State", ""].map((c) => h("th", {}, c)))),
+        h("tbody", {}, experiment.variants.map((v) => h("tr", {},
+          h("td", {}, v.name, v.is_control ? h("span", { class: "tag" }, "control") : null),
+          h("td", { class: "num" }, `${v.traffic_share}%`),
+          h("td", {}, json(v.config)),
+          h("td", {}, v.paused ? h("span", { class: "badge badge-paused", title: v.paused_reason || "" }, "paused") : h("span", { class: "badge badge-live" }, "live"),
+            v.paused && v.paused_reason ? h("div", { class: "muted small" }, v.paused_reason) : null),
+          h("td", { class: "actions" }, mayPause
+            ? (v.paused
+              ? h("button", { type: "button", class: "btn btn-small", dataset: { mutation: "resume" }, onclick: () => act("resume the variant", () => api.resumeVariant(id, v.id), `Resumed “${v.name}”.`) }, "Resume")
+              : h("button", {
+                type: "button", class: "btn btn-small btn-warning", dataset: { mutation: "pause" },
+                onclick: () => {
+                  const reason = window.prompt(`Pause “${v.name}”: it receives no new users (users already in it keep it).\nReason (optional):`, "");
+                  if (reason === null) return;
+                  act("pause the variant", () => api.pauseVariant(id, v.id, reason.trim() || undefined), `Paused “${v.name}”.`);
+                },
+              }, "Pause"))
+            : null)))))));
+  }
+
+  function renderResults() {
+    if (!results) return;
+    const types = Object.keys(results.variants[0]?.metrics || {});
+    metric = metric && types.includes(metric) ? metric : results.primary_metric;
+    const lowerIsBetter = (results.lower_is_better || []).includes(metric);
+    const hasValues = results.variants.some((v) => (v.metrics[metric]?.value_count ?? 0) > 0);
+    const srm = results.srm;
+    const rows = results.variants.map((v) => {
+      const m = v.metrics[metric] || {};
+      const uplift = m.uplift;
+      const upliftClass = uplift?.lower > 0 ? (lowerIsBetter ? "worse" : "better") : uplift?.upper < 0 ? (lowerIsBetter ? "better" : "worse") : "";
+      return h("tr", { class: v.paused ? "row-paused" : "" },
+        h("td", {}, v.name, v.is_control ? h("span", { class: "tag" }, "control") : null),
+        h("td", { class: "num" }, integer(v.assigned_users)),
+        h("td", { class: "num", title: `${integer(m.users)} of ${integer(v.assigned_users)} assigned users had at least one ${metric} event (${integer(m.events)} events)` }, integer(m.users)),
+        h("td", { class: "num" }, h("strong", {}, percent(m.rate)), h("div", { class: "muted small" }, interval(m.interval?.lower, m.interval?.upper))),
+        h("td", { class: ["num", upliftClass] }, v.is_control ? h("span", { class: "muted" }, "baseline")
+          : uplift ? [signedPercent(uplift.estimate), h("div", { class: "muted small" }, interval(uplift.lower, uplift.upper, signedPercent) || uplift.message || "")] : "–"),
+        h("td", { class: "num" }, v.is_control ? "–" : percent(m.prob_beat_control, 1)),
+        h("td", { class: "num" }, percent(v.prob_best, 1)),
+        h("td", { class: "num" }, percent(v.weight, 1)),
+        hasValues ? h("td", { class: "num" }, decimal(m.value_mean, 2), h("div", { class: "muted small" }, interval(m.value_interval?.lower, m.value_interval?.upper, (x) => decimal(x, 2)))) : null,
+        h("td", {}, v.paused ? h("span", { class: "badge badge-paused" }, "paused") : h("span", { class: "badge badge-live" }, "live")),
+      );
+    });
+    replace(resultsBody,
+      h("div", { class: "toolbar" },
+        h("label", { class: "inline-field" }, "Metric ",
+          select({ class: "input input-small", onchange: (event) => { metric = event.target.value; renderResults(); } },
+            types.map((t) => [t, t === results.primary_metric ? `${t} (primary)` : t]), metric)),
+        lowerIsBetter ? h("span", { class: "tag tag-warn" }, "fewer is better") : null,
+        results.burn_in ? h("span", { class: "tag" }, "bandit burn-in") : null,
+        h("span", { class: "muted small" }, `computed ${shortTime(results.computed_at)}`)),
+      srm ? h("div", { class: ["callout", srm.flagged ? "callout-danger" : srm.p_value === null || srm.p_value === undefined ? "callout-neutral" : "callout-ok"] },
+        h("strong", {}, srm.flagged ? "Sample ratio mismatch" : "SRM check"), " ",
+        srm.p_value !== null && srm.p_value !== undefined ? `χ² = ${decimal(srm.chi2, 2)}, p = ${Number(srm.p_value).toPrecision(3)}. ` : "",
+        srm.message) : null,
+      h("div", { class: "table-wrap" },
+        h("table", { class: "table results-table" },
+          h("thead", {}, h("tr", {},
+            h("th", {}, "Variant"),
+            ["Assigned users", `Users with ${metric}`, "Rate [95% CI]", "Uplift vs control [95% CI]", "P(beat control)", "P(best)", "Weight", hasValues ? "Value / user [95% CI]" : null]
+              .filter(Boolean).map((label) => h("th", { class: "num" }, label)),
+            h("th", {}, "State"))),
+          h("tbody", {}, rows))),
+      h("p", { class: "muted small" }, "Rates are per assigned user (a user counts once). P(best) is on the primary metric; weight is the share of new users the arm receives now."),
+    );
+  }
+
+  function findingList(items, emptyText) {
+    if (!items?.length) return h("p", { class: "muted" }, emptyText);
+    return h("ul", { class: "findings" }, items.map((item) =>
+      h("li", {},
+        item.variant ? h("strong", {}, `${item.variant}: `) : null,
+        item.message,
+        item.action ? h("span", { class: "tag" }, item.outcome ? `${item.action} → ${item.outcome}` : item.action) : null,
+        item.created_at ? h("span", { class: "muted small" }, ` ${dateTime(item.created_at)}`) : null)));
+  }
+
+  function renderInsights(insights) {
+    const ff = insights.fail_fast || {};
+    const guard = insights.guardrails || {};
+    const names = Object.fromEntries(experiment.variants.map((v) => [v.id, v.name]));
+    const named = (items) => (items || []).map((item) => ({ ...item, variant: item.variant || names[item.variant_id] }));
+    replace(insightsBody,
+      h("div", { class: "callout callout-info" }, h("strong", {}, "Recommendation "), insights.recommendation || "–"),
+      h("div", { class: "grid grid-2" },
+        h("div", {},
+          h("h3", {}, "Fail-fast ", h("span", { class: "muted small" }, `${ff.rule ?? ""} · min ${ff.min_samples ?? "–"} · action ${ff.action ?? "–"}`)),
+          findingList(named(ff.flags), "No arm flagged now."),
+          ff.recommendations?.length ? [h("h4", {}, "Recorded"), findingList(named(ff.recommendations), "")] : null),
+        h("div", {},
+          h("h3", {}, "Guardrails ", h("span", { class: "muted small" }, `${(guard.event_types || []).join(", ") || "none"} · action ${guard.action ?? "–"}`)),
+          findingList(named(guard.flags), "No guardrail breached."),
+          guard.recommendations?.length ? [h("h4", {}, "Recorded"), findingList(named(guard.recommendations), "")] : null)),
+      h("h3", {}, "Suggested next experiments"),
+      insights.suggestions?.length
+        ? h("ul", { class: "suggestions" }, insights.suggestions.map((suggestion) => {
+          const { kind, title, detail, message, ...rest } = suggestion;
+          return h("li", {},
+            h("div", {}, h("span", { class: "tag tag-kind" }, (kind || "suggestion").replace(/_/g, " ")), " ", h("strong", {}, title || "")),
+            detail || message ? h("div", {}, detail || message) : null,
+            Object.keys(rest).length ? h("details", {}, h("summary", {}, "figures"), json(rest)) : null);
+        }))
+        : h("p", { class: "muted" }, "None yet: SIRA suggests follow-ups once there is data."),
+      h("p", { class: "muted small" }, `computed ${dateTime(insights.computed_at)}`),
+    );
+  }
+
+  function renderHistory(history) {
+    if (!history.snapshots.length) {
+      replace(historyBody, h("p", { class: "muted" },
+        experiment.status === "draft"
+          ? "No history yet: SIRA records posteriors and weights once the experiment runs."
+          : "No history recorded yet: SIRA appends a snapshot whenever a recompute changes counts or weights."));
+      return;
+    }
+    replace(historyBody,
+      h("div", { class: "segmented", role: "group", "aria-label": "Series" },
+        [["weight", "Weight"], ["prob_best", "P(best)"]].map(([value, label]) =>
+          h("button", { type: "button", class: ["segment", chartMetric === value && "active"], "aria-pressed": String(chartMetric === value), onclick: () => { chartMetric = value; renderHistory(history); } }, label))),
+      historyChart(history, chartMetric));
+  }
+
+  async function loadReports() {
+    try {
+      const { items, pagination } = await api.listReports({ experimentId: id, page: reportsPage });
+      replace(reportsBody,
+        items.length
+          ? h("div", { class: "table-wrap" }, h("table", { class: "table table-hover" },
+            h("thead", {}, h("tr", {}, ["Date", "Recommendation", ""].map((c) => h("th", {}, c)))),
+            h("tbody", {}, items.map((report) => h("tr", {},
+              h("td", {}, report.report_date),
+              h("td", {}, report.recommendation || "–"),
+              h("td", { class: "actions" }, h("button", { type: "button", class: "btn btn-small", onclick: () => openReport(report) }, "Read")))))))
+          : h("p", { class: "muted" }, "No report yet: SIRA writes one a day for running experiments."),
+        items.length ? pager(pagination, (p) => { reportsPage = p; loadReports(); }) : null);
+    } catch (error) {
+      replace(reportsBody, inlineError(error, "Could not load reports"));
+    }
+  }
+
+  async function openReport(report) {
+    replace(reportViewer, loading());
+    try {
+      const markdown = await api.getReportMarkdown(report.id);
+      replace(reportViewer,
+        h("div", { class: "report-head" },
+          h("strong", {}, `Report of ${report.report_date}`),
+          h("button", { type: "button", class: "btn btn-small btn-ghost", onclick: () => replace(reportViewer) }, "Close")),
+        renderMarkdown(markdown));
+      reportViewer.scrollIntoView({ behavior: "smooth", block: "start" });
+    } catch (error) {
+      replace(reportViewer, inlineError(error, "Could not load the report"));
+    }
+  }
+
+  function renderAll() {
+    renderHead();
+    renderDefinition();
+    renderVariants();
+  }
+
+  async function refreshAll() {
+    try {
+      experiment = await api.getExperiment(id);
+    } catch (error) {
+      replace(head, h("div", {}, inlineError(error, "Could not load the experiment")));
+      replace(definitionBody);
+      replace(variantsBody);
+      return;
+    }
+    renderAll();
+    const jobs = [];
+    if (can("results")) {
+      jobs.push(api.getResults(id).then((r) => { results = r; renderResults(); }, (error) => replace(resultsBody, inlineError(error, "Could not load results"))));
+      jobs.push(api.getBanditHistory(id).then(renderHistory, (error) => replace(historyBody, inlineError(error, "Could not load the bandit history"))));
+    }
+    if (can("insights")) {
+      jobs.push(api.getInsights(id).then(renderInsights, (error) => replace(insightsBody, inlineError(error, "Could not load insights"))));
+    }
+    if (can("reports")) jobs.push(loadReports());
+    await Promise.all(jobs);
+    replace(updated, `Updated ${shortTime(new Date())}`);
+  }
+
+  refreshAll();
+  return autoRefresh(() => (busy || root.querySelector("form") ? Promise.resolve() : refreshAll()), REFRESH_SECONDS);
+}
