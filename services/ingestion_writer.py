@@ -47,7 +47,7 @@ T = TypeVar("T")
 #: Events written per PostgreSQL transaction (a drain reads until it has about this many).
 BATCH_EVENTS = 4000
 #: Pending entries idle this long belong to a dead consumer and are claimed.
-CLAIM_IDLE_MS = 15_000
+CLAIM_IDLE_MS = 10_000
 #: Advisory lock class shared by drains (shared) and reconcile (exclusive) per experiment.
 ROLLUP_LOCK_CLASS = 147
 
