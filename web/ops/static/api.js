@@ -47,7 +47,11 @@ async function request(method, path, { query, body, accept = "application/json" 
     } catch {
       payload = null;
     }
-    const message = payload?.message || text.trim().slice(0, 300) || `${response.status} ${response.statusText}`;
+    // flask-smorest's 422 carries no message, only {code, status, errors}: the errors are shown field by field.
+    const message = payload?.message
+      || (payload?.errors ? `${payload.status || response.statusText}: see the fields below` : null)
+      || (payload ? null : text.trim().slice(0, 300))
+      || `${response.status} ${response.statusText}`;
     const error = new ApiError({ status: response.status, method, path, payload, message });
     if (response.status === 401) window.dispatchEvent(new CustomEvent("ops:unauthorized", { detail: error }));
     throw error;

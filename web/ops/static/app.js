@@ -4,7 +4,7 @@ import * as api from "./api.js";
 import { allowed, clearToken, consumeTokenFromUrl, currentClaims, decodeToken, getToken, isExpired, setMatrix, setToken } from "./auth.js";
 import { h, replace } from "./dom.js";
 import { dateTime, relative } from "./format.js";
-import { clearBanners, inlineError, showError } from "./notify.js";
+import { clearBanners, clearErrors, inlineError, showError } from "./notify.js";
 import { auditView } from "./views/audit.js";
 import { createView } from "./views/create.js";
 import { detailView } from "./views/detail.js";
@@ -30,7 +30,7 @@ function parseRoute() {
 
 function renderSession() {
   const claims = currentClaims();
-  nav.hidden = !claims;
+  nav.hidden = !claims || !allowed("list", claims.roles);
   if (!claims) {
     replace(sessionArea);
     return;
@@ -120,6 +120,14 @@ function render() {
   window.scrollTo(0, 0);
 }
 
+function takeTokenFromUrl() {
+  try {
+    consumeTokenFromUrl();
+  } catch (error) {
+    showError(error, "The token in the URL is not usable");
+  }
+}
+
 async function start() {
   window.addEventListener("unhandledrejection", (event) => showError(event.reason, "Unexpected error"));
   window.addEventListener("error", (event) => showError(event.error || new Error(event.message), "Unexpected error"));
@@ -133,11 +141,7 @@ async function start() {
       showError(event.detail, "The API refused the token (sign out and paste another)");
     }
   });
-  try {
-    consumeTokenFromUrl();
-  } catch (error) {
-    showError(error, "The token in the URL is not usable");
-  }
+  takeTokenFromUrl();
   try {
     const [rbac, words] = await Promise.all([api.loadRbac(), api.loadVocabulary()]);
     setMatrix(rbac);
@@ -147,7 +151,12 @@ async function start() {
     return;
   }
   renderSession();
-  window.addEventListener("hashchange", render);
+  window.addEventListener("hashchange", () => {
+    clearErrors();
+    if (window.location.hash.startsWith("#token=")) takeTokenFromUrl();
+    renderSession();
+    render();
+  });
   render();
   setInterval(renderSession, 60000);
 }

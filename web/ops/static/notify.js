@@ -77,6 +77,11 @@ export function clearBanners() {
   area().replaceChildren();
 }
 
+/** On navigation: errors about the page being left no longer apply. */
+export function clearErrors() {
+  for (const node of area().querySelectorAll(".banner-error")) node.remove();
+}
+
 /** An inline error block for a card that failed to load. */
 export function inlineError(error, context) {
   const { message } = describe(error);

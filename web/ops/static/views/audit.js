@@ -80,7 +80,7 @@ export function auditView(root, { params, navigate }) {
     try {
       const { items, pagination } = await api.listAudit({ experimentId: experimentId || undefined, page: pageNumber });
       replace(tableArea,
-        items.length ? h("div", { class: "table-wrap" }, h("table", { class: "table audit-table" },
+        items.length ? h("div", { class: "table-wrap table-card" }, h("table", { class: "table audit-table" },
           h("thead", {}, h("tr", {}, ["#", "When", "Actor", "Action", "Experiment", "Change", "Hash"].map((c) => h("th", {}, c)))),
           h("tbody", {}, items.map((entry) => {
             const keys = changedKeys(entry.before, entry.after);
@@ -89,7 +89,10 @@ export function auditView(root, { params, navigate }) {
               h("td", { class: "nowrap" }, dateTime(entry.created_at)),
               h("td", {}, entry.actor, h("div", {}, (entry.actor_roles || []).map((r) => h("span", { class: "chip" }, r)))),
               h("td", {}, h("span", { class: "tag" }, entry.action)),
-              h("td", {}, entry.experiment_id ? h("a", { href: `#/experiments/${entry.experiment_id}`, title: entry.experiment_id }, shortId(entry.experiment_id)) : "–"),
+              h("td", {}, entry.experiment_id
+                ? [h("a", { href: `#/experiments/${entry.experiment_id}`, title: entry.experiment_id }, entry.after?.name || entry.before?.name || shortId(entry.experiment_id)),
+                  h("div", { class: "muted small mono" }, shortId(entry.experiment_id))]
+                : "–"),
               h("td", {},
                 keys.length ? h("span", { class: "muted small" }, keys.slice(0, 6).join(", ") + (keys.length > 6 ? "…" : "")) : null,
                 entry.before || entry.after

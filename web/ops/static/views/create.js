@@ -4,7 +4,7 @@
 import * as api from "../api.js";
 import { can } from "../auth.js";
 import { field, h, replace, select } from "../dom.js";
-import { fieldErrors, showError, showSuccess } from "../notify.js";
+import { clearBanners, fieldErrors, showError, showSuccess } from "../notify.js";
 import { card } from "./common.js";
 
 const MAX_CONFIG_BYTES = 16 * 1024;
@@ -48,7 +48,7 @@ export function createView(root, { vocabulary, navigate }) {
 
   const input = (attributes) => h("input", { class: "input", ...attributes });
   const controls = {
-    name: input({ name: "name", required: true, maxlength: 200, placeholder: "Checkout Button Color" }),
+    name: input({ name: "name", required: true, maxlength: 200, placeholder: "e.g. Checkout Button Color" }),
     description: h("textarea", { class: "input", name: "description", rows: 2, maxlength: 10000, placeholder: "What is tested and why" }),
     mode: select({ class: "input", name: "mode" }, vocabulary.modes.map((m) => [m, m === "ab" ? "A/B/n — fixed split" : "Bandit — SIRA shifts traffic"]), "ab"),
     primary_metric: select({ class: "input", name: "primary_metric" }, vocabulary.event_types, "conversion"),
@@ -93,7 +93,7 @@ export function createView(root, { vocabulary, navigate }) {
             h("button", { type: "button", class: "btn btn-small btn-ghost", disabled: state.variants.length <= MIN_VARIANTS, title: `at least ${MIN_VARIANTS} variants`, onclick: () => { state.variants.splice(index, 1); if (!state.variants.some((v) => v.control)) state.variants[0].control = true; renderVariants(); refresh(); } }, "Remove")),
           h("div", { class: "grid grid-variant" },
             field("Name", h("input", { class: "input", value: variant.name, maxlength: 200, oninput: (e) => { variant.name = e.target.value; refresh(); } }), null, `variants.${index}.name`),
-            field("Traffic share (%)", h("input", { class: "input", type: "number", min: "0", max: "100", step: "0.01", value: variant.share, oninput: (e) => { variant.share = e.target.value; refresh(); } }), null, `variants.${index}.traffic_share`)),
+            field("Share (%)", h("input", { class: "input", type: "number", min: "0", max: "100", step: "0.01", value: variant.share, oninput: (e) => { variant.share = e.target.value; refresh(); } }), null, `variants.${index}.traffic_share`)),
           field("Config (JSON object)", configBox, "what the product receives for this variant, e.g. {\"button_color\": \"green\"}", `variants.${index}.config`),
           h("span", { class: "field-error", dataset: { errorFor: `variants.${index}.is_control` } }));
       }),
@@ -235,6 +235,7 @@ export function createView(root, { vocabulary, navigate }) {
     if (startButton) startButton.disabled = true;
     try {
       const experiment = await api.createExperiment(body);
+      clearBanners();
       showSuccess(`Created draft “${experiment.name}”.`);
       if (andStart) {
         try {

@@ -13,10 +13,10 @@ import { autoRefresh, card, definitionList, loading, modeBadge, pager, statusBad
 const REFRESH_SECONDS = 15;
 
 const LIFECYCLE = [
-  { action: "start", label: "Start", from: ["draft", "stopped"], call: api.startExperiment, style: "btn-primary" },
-  { action: "stop", label: "Stop", from: ["running"], call: api.stopExperiment, style: "btn-warning",
+  { action: "start", label: "Start", done: "Started", from: ["draft", "stopped"], call: api.startExperiment, style: "btn-primary" },
+  { action: "stop", label: "Stop", done: "Stopped", from: ["running"], call: api.stopExperiment, style: "btn-warning",
     confirm: "Stop this experiment? New users stop being assigned; existing assignments are kept and start resumes it." },
-  { action: "archive", label: "Archive", from: ["draft", "stopped"], call: api.archiveExperiment, style: "",
+  { action: "archive", label: "Archive", done: "Archived", from: ["draft", "stopped"], call: api.archiveExperiment, style: "",
     confirm: "Archive this experiment? Archiving is final." },
   { action: "delete", label: "Delete", from: ["draft"], call: api.deleteExperiment, style: "btn-danger",
     confirm: "Delete this draft for good?" },
@@ -106,7 +106,7 @@ export function detailView(root, { id, navigate }) {
             }
             return;
           }
-          await act(step.action, () => step.call(id), `${step.label}: done.`);
+          await act(step.action, () => step.call(id), `${step.done} “${experiment.name}”.`);
         },
       }, step.label));
     const exports = can("export")
