@@ -58,17 +58,16 @@ export function isExpired(claims, now = Date.now()) {
 }
 
 /**
- * Take a token handed over in the URL (`/ops#token=…&to=/audit` or `?token=…`),
- * store it and remove it from the address bar and history. Returns the route to open.
+ * Take a token handed over in the URL fragment (`/ops#token=…&to=/audit`), store it
+ * and remove it from the address bar and history. Returns the route to open.
+ * Only the fragment: it never reaches the server, so no access log records the token.
  */
 export function consumeTokenFromUrl() {
   const url = new URL(window.location.href);
   const fragment = new URLSearchParams(url.hash.startsWith("#token=") ? url.hash.slice(1) : "");
-  const token = fragment.get("token") || url.searchParams.get("token");
+  const token = fragment.get("token");
   if (!token) return null;
-  const route = fragment.get("to") || url.searchParams.get("to") || "/experiments";
-  url.searchParams.delete("token");
-  url.searchParams.delete("to");
+  const route = fragment.get("to") || "/experiments";
   url.hash = route.startsWith("/") ? route : `/${route}`;
   history.replaceState(null, "", url.pathname + url.search + url.hash);
   setToken(token);

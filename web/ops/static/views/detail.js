@@ -42,7 +42,17 @@ function downloadBlob(blob, filename) {
   setTimeout(() => URL.revokeObjectURL(url), 10000);
 }
 
+/** Auto-refresh re-renders a card only when its data changed, so open <details> and focus survive. */
+function changed(cache, key, data) {
+  const { computed_at: _ignored, ...stable } = data || {};
+  const signature = JSON.stringify(stable);
+  if (cache[key] === signature) return false;
+  cache[key] = signature;
+  return true;
+}
+
 export function detailView(root, { id, navigate }) {
+  const rendered = {};
   let experiment = null;
   let results = null;
   let metric = null;
@@ -86,6 +96,7 @@ export function detailView(root, { id, navigate }) {
       return false;
     } finally {
       busy = false;
+      delete rendered.experiment; // re-render the buttons this disabled, even if nothing changed
       await refreshAll();
     }
   }
@@ -356,14 +367,25 @@ export function detailView(root, { id, navigate }) {
       replace(variantsBody);
       return;
     }
-    renderAll();
+    if (changed(rendered, "experiment", experiment)) renderAll();
+    const failed = (key, body, context) => (error) => {
+      delete rendered[key];
+      replace(body, inlineError(error, context));
+    };
     const jobs = [];
     if (can("results")) {
-      jobs.push(api.getResults(id).then((r) => { results = r; renderResults(); }, (error) => replace(resultsBody, inlineError(error, "Could not load results"))));
-      jobs.push(api.getBanditHistory(id).then(renderHistory, (error) => replace(historyBody, inlineError(error, "Could not load the bandit history"))));
+      jobs.push(api.getResults(id).then((r) => {
+        results = r;
+        if (changed(rendered, "results", r)) renderResults();
+      }, failed("results", resultsBody, "Could not load results")));
+      jobs.push(api.getBanditHistory(id).then((history) => {
+        if (changed(rendered, "history", history)) renderHistory(history);
+      }, failed("history", historyBody, "Could not load the bandit history")));
     }
     if (can("insights")) {
-      jobs.push(api.getInsights(id).then(renderInsights, (error) => replace(insightsBody, inlineError(error, "Could not load insights"))));
+      jobs.push(api.getInsights(id).then((insights) => {
+        if (changed(rendered, "insights", insights)) renderInsights(insights);
+      }, failed("insights", insightsBody, "Could not load insights")));
     }
     if (can("reports")) jobs.push(loadReports());
     await Promise.all(jobs);
