@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import bindparam, literal, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Session
 
@@ -177,8 +177,14 @@ _ASSIGNED = text(
 ).bindparams(bindparam("variant_ids", type_=ARRAY(UUID(as_uuid=True))))
 
 
-def load_inputs(session: Session, experiment_ids: Sequence[uuid.UUID]) -> list[ExperimentInput]:
-    """Experiments (in the given order, unknown ids skipped) with their arms' counts."""
+def load_inputs(
+    session: Session, experiment_ids: Sequence[uuid.UUID], *, with_config: bool = True
+) -> list[ExperimentInput]:
+    """Experiments (in the given order, unknown ids skipped) with their arms' counts.
+
+    The jobs pass ``with_config=False``: variant configs are only needed by insights,
+    and parsing thousands of JSON documents per cycle is a measurable share of it.
+    """
     if not experiment_ids:
         return []
     experiments = session.execute(
@@ -189,7 +195,8 @@ def load_inputs(session: Session, experiment_ids: Sequence[uuid.UUID]) -> list[E
     ).all()
     variants = session.execute(
         select(
-            Variant.experiment_id, Variant.id, Variant.name, Variant.config, Variant.is_control,
+            Variant.experiment_id, Variant.id, Variant.name,
+            Variant.config if with_config else literal(None).label("config"), Variant.is_control,
             Variant.traffic_share, Variant.paused,
         )
         .where(Variant.experiment_id.in_(list(experiment_ids)))

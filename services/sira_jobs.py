@@ -21,13 +21,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import redis
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import BigInteger, Boolean, Double, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.orm import Session
 
 from core import db
 from core.errors import Conflict
-from models import BanditHistory, BanditState, Recommendation
+from models import Recommendation
 from models.enums import ExperimentMode, ExperimentStatus
 from sira.bandit import bandit_weights, posteriors
 from sira.failfast import ArmFlag, FailFastConfig, evaluate, guardrail_flags
@@ -185,38 +185,62 @@ def _store_states(session: Session, experiments: list[ExperimentInput], now: dat
         for row in session.execute(_PREVIOUS_STATE, {"experiment_ids": ids})
     }
     all_states = [arm_states(e) for e in experiments]
-    rows = [
-        {
-            "experiment_id": s.experiment_id, "variant_id": s.variant_id, "users": s.users,
-            "successes": s.successes, "alpha": s.alpha, "beta": s.beta, "prob_best": s.prob_best,
-            "weight": s.weight, "burn_in": s.burn_in, "computed_at": now,
-        }
-        for states in all_states for s in states
-    ]
-    if rows:
-        statement = insert(BanditState)
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=[BanditState.experiment_id, BanditState.variant_id],
-                set_={
-                    column: statement.excluded[column]
-                    for column in ("users", "successes", "alpha", "beta", "prob_best", "weight", "burn_in", "computed_at")
-                },
-            ),
-            rows,
-        )
-    history = [
-        {
-            "experiment_id": s.experiment_id, "variant_id": s.variant_id, "users": s.users,
-            "successes": s.successes, "alpha": s.alpha, "beta": s.beta, "prob_best": s.prob_best,
-            "weight": s.weight, "computed_at": now,
-        }
-        for states in all_states if states and _changed(previous, states)
-        for s in states
-    ]
-    if history:
-        session.execute(insert(BanditHistory), history)
-    return all_states, len(history)
+    flat = [s for states in all_states for s in states]
+    if flat:
+        session.execute(_UPSERT_STATE, {**_columns(flat), "computed_at": now})
+    changed = [s for states in all_states if states and _changed(previous, states) for s in states]
+    if changed:
+        session.execute(_APPEND_HISTORY, {**_columns(changed), "computed_at": now})
+    return all_states, len(changed)
+
+
+def _columns(states: list[ArmState]) -> dict[str, list[Any]]:
+    return {
+        "experiment_ids": [s.experiment_id for s in states],
+        "variant_ids": [s.variant_id for s in states],
+        "users": [s.users for s in states],
+        "successes": [s.successes for s in states],
+        "alphas": [s.alpha for s in states],
+        "betas": [s.beta for s in states],
+        "prob_bests": [s.prob_best for s in states],
+        "weights": [s.weight for s in states],
+        "burn_ins": [s.burn_in for s in states],
+    }
+
+
+_ARRAYS = (
+    bindparam("experiment_ids", type_=ARRAY(UUID(as_uuid=True))),
+    bindparam("variant_ids", type_=ARRAY(UUID(as_uuid=True))),
+    bindparam("users", type_=ARRAY(BigInteger)),
+    bindparam("successes", type_=ARRAY(BigInteger)),
+    bindparam("alphas", type_=ARRAY(Double)),
+    bindparam("betas", type_=ARRAY(Double)),
+    bindparam("prob_bests", type_=ARRAY(Double)),
+    bindparam("weights", type_=ARRAY(Double)),
+    bindparam("burn_ins", type_=ARRAY(Boolean)),
+)
+_UNNEST = "unnest(:experiment_ids, :variant_ids, :users, :successes, :alphas, :betas, :prob_bests, :weights, :burn_ins)"
+
+# One statement per chunk (arrays unnested server-side) rather than one row each.
+_UPSERT_STATE = text(
+    f"""
+    INSERT INTO experiment_bandit_state
+        (experiment_id, variant_id, users, successes, alpha, beta, prob_best, weight, burn_in, computed_at)
+    SELECT e, v, u, s, a, b, p, w, bi, :computed_at FROM {_UNNEST} AS t(e, v, u, s, a, b, p, w, bi)
+    ON CONFLICT (experiment_id, variant_id) DO UPDATE SET
+        users = excluded.users, successes = excluded.successes, alpha = excluded.alpha, beta = excluded.beta,
+        prob_best = excluded.prob_best, weight = excluded.weight, burn_in = excluded.burn_in,
+        computed_at = excluded.computed_at
+    """
+).bindparams(*_ARRAYS)
+
+_APPEND_HISTORY = text(
+    f"""
+    INSERT INTO experiment_bandit_history
+        (experiment_id, variant_id, users, successes, alpha, beta, prob_best, weight, computed_at)
+    SELECT e, v, u, s, a, b, p, w, :computed_at FROM {_UNNEST} AS t(e, v, u, s, a, b, p, w, bi)
+    """
+).bindparams(*_ARRAYS)
 
 
 def weights_ttl_seconds(recompute_interval_s: float) -> int:
@@ -258,7 +282,7 @@ def refresh_d7(session: Session, client: redis.Redis, experiment_ids: list[uuid.
         return 0
     counts = {}
     for chunk in chunks(due, CHUNK_SIZE):
-        counts.update(compute_d7(session, load_inputs(session, chunk), now))
+        counts.update(compute_d7(session, load_inputs(session, chunk, with_config=False), now))
     session.rollback()
     store_d7(client, counts, now)
     return len(due)
@@ -279,7 +303,7 @@ def recompute_posteriors(
     ttl_s = weights_ttl_seconds(recompute_interval_s)
     for chunk in chunks(ids, CHUNK_SIZE):
         with db.session_scope() as session:
-            experiments = [e for e in load_inputs(session, chunk) if e.status == ExperimentStatus.RUNNING.value]
+            experiments = [e for e in load_inputs(session, chunk, with_config=False) if e.status == ExperimentStatus.RUNNING.value]
             all_states, history_rows = _store_states(session, experiments, now)
         summary.experiments += len(experiments)
         summary.arms += sum(len(states) for states in all_states)
@@ -496,7 +520,7 @@ def fail_fast_scan(
         ids = experiment_ids if experiment_ids is not None else running_experiment_ids(session)
     for chunk in chunks(ids, CHUNK_SIZE):
         with db.session_scope() as session:
-            experiments = [e for e in load_inputs(session, chunk) if e.status == ExperimentStatus.RUNNING.value]
+            experiments = [e for e in load_inputs(session, chunk, with_config=False) if e.status == ExperimentStatus.RUNNING.value]
             existing = {
                 (row.experiment_id, row.variant_id, row.kind)
                 for row in session.execute(_EXISTING, {"experiment_ids": [e.id for e in experiments]})
