@@ -20,6 +20,24 @@ from .ratelimit import init_rate_limiting
 log = logging.getLogger(__name__)
 
 
+class MolamApi(Api):
+    """flask-smorest's Api whose error payloads always carry a ``message``.
+
+    Validation errors (422) come with ``errors`` only; the message names the
+    offending fields so a client reading just ``message`` still knows what to fix.
+    """
+
+    def handle_http_exception(self, error):  # noqa: ANN001, ANN201
+        payload, status, headers = super().handle_http_exception(error)
+        if "message" not in payload:
+            errors = payload.get("errors") or {}
+            fields = sorted({name for location in errors.values() if isinstance(location, dict) for name in location})
+            payload["message"] = (
+                f"invalid request: {', '.join(fields)}" if fields else getattr(error, "description", None) or payload["status"]
+            )
+        return payload, status, headers
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask(__name__)
@@ -49,7 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     db.init_engine(settings.database_url)
     CORS(app, origins=[o.strip() for o in settings.cors_origin.split(",")], expose_headers=["X-Pagination", "X-Request-ID"])
 
-    api = Api(app)
+    api = MolamApi(app)
     from . import assignments, audit, experiments, export, health
 
     api.register_blueprint(experiments.blp)

@@ -54,6 +54,7 @@ def main() -> int:
 
     print("\nMolam Experiments is starting:")
     print(f"  API            http://localhost:{settings.port}/api/experiments")
+    print(f"  Ops dashboard  http://localhost:{settings.port}/ops")
     print(f"  OpenAPI        http://localhost:{settings.port}/openapi.json  (docs: /docs)")
     print(f"  Health         http://localhost:{settings.port}/healthz  /readyz")
     print(f"  Metrics        http://localhost:{settings.port}/metrics")

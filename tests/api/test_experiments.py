@@ -215,3 +215,9 @@ def test_shares_may_have_cents(client, auth):
     response = client.post("/api/experiments", json=body, headers=auth())
     assert response.status_code == 201, response.get_json()
     assert [v["traffic_share"] for v in response.get_json()["variants"]] == [33.34, 33.33, 33.33]
+
+
+def test_validation_error_message_names_the_fields(client, auth):
+    body = experiment_body(coverage=0, mode="casino")
+    payload = client.post("/api/experiments", json=body, headers=auth()).get_json()
+    assert payload["message"] == "invalid request: coverage, mode"
