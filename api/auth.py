@@ -83,13 +83,29 @@ def mint_dev_token(
     return jwt.encode(claims, private_path.read_text(), algorithm="RS256")
 
 
+VERIFIED_TOKEN_CACHE_SIZE = 4096
+
+
 class TokenVerifier:
     def __init__(self, public_key_pem: str, issuer: str | None, audience: str | None):
         self._key = serialization.load_pem_public_key(public_key_pem.encode())
         self._issuer = issuer
         self._audience = audience
+        # Verified tokens, until their exp: services send the same token on every
+        # assign call, and an RS256 check costs more than the rest of a cached assign.
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     def verify(self, token: str) -> Principal:
+        known = self._verified.get(token)
+        if known is not None and time.time() < known[1]:
+            return known[0]
+        principal, expires_at = self._verify(token)
+        if len(self._verified) >= VERIFIED_TOKEN_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (principal, expires_at)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         options = {"require": ["exp", "sub"], "verify_aud": self._audience is not None}
         claims = jwt.decode(
             token,
@@ -105,7 +121,7 @@ class TokenVerifier:
             raise jwt.InvalidTokenError("roles claim must be a non-empty list of strings")
         if not isinstance(claims["sub"], str) or not claims["sub"]:
             raise jwt.InvalidTokenError("sub claim must be a non-empty string")
-        return Principal(sub=claims["sub"], roles=tuple(roles))
+        return Principal(sub=claims["sub"], roles=tuple(roles)), float(claims["exp"])
 
 
 def authenticate() -> Principal:

@@ -31,8 +31,9 @@ from typing import Any, Callable
 
 import redis
 from sqlalchemy import exc as sa_exc, text
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Connection
 
+from core import db
 from core.errors import Conflict, NotFound, Unavailable
 from core.metrics import EXPERIMENT_ASSIGNMENTS, SIRA_DECISION_LATENCY
 from models.enums import TARGETING_LIST_KEYS, ExperimentMode, ExperimentStatus
@@ -306,12 +307,12 @@ def _cached_variant(definition: Definition, raw: bytes | None) -> tuple[VariantD
 # --- the service -----------------------------------------------------------------------
 
 
-def assign(client: redis.Redis | None, session: Callable[[], Session], experiment_id: uuid.UUID | str, user: UserContext) -> dict[str, Any]:
+def assign(client: redis.Redis | None, experiment_id: uuid.UUID | str, user: UserContext) -> dict[str, Any]:
     """Return the user's variant, deciding and recording it on the first call.
 
-    ``session`` is a provider: a returning user with a warm cache never opens a
-    database session. Raises NotFound (unknown experiment), Conflict (not running)
-    and Unavailable (PostgreSQL down and the answer is not cached).
+    A returning user with a warm cache costs one Redis round trip and no database
+    connection. Raises NotFound (unknown experiment), Conflict (not running) and
+    Unavailable (PostgreSQL down and the answer is not cached).
     """
     experiment_id = str(experiment_id)
     client, raw_definition, raw_assignment = _read_cached(client, experiment_id, user.molam_id)
@@ -323,7 +324,8 @@ def assign(client: redis.Redis | None, session: Callable[[], Session], experimen
         return _assigned(definition, user.molam_id, cached[0], cached[1], new=False)
     with SIRA_DECISION_LATENCY.time():
         try:
-            return _decide(client, session(), definition, user)
+            with _autocommit() as connection:
+                return _decide(client, connection, definition, user)
         except _DATABASE_DOWN as exc:
             raise Unavailable(
                 "PostgreSQL is unreachable: new assignments cannot be recorded; retry shortly",
@@ -331,12 +333,12 @@ def assign(client: redis.Redis | None, session: Callable[[], Session], experimen
             ) from exc
 
 
-def _decide(client: redis.Redis | None, session: Session, definition: Definition, user: UserContext) -> dict[str, Any]:
+def _decide(client: redis.Redis | None, connection: Connection, definition: Definition, user: UserContext) -> dict[str, Any]:
     reason = targeting_reason(definition, user)
     if reason is not None:
         # The request's attributes may have changed since the user was assigned:
         # an assignment, once made, is kept (sticky) whatever the user sends later.
-        row = _existing(session, definition.id, user.molam_id)
+        row = _existing(connection, definition.id, user.molam_id)
         if row is None:
             return _not_eligible(definition, user.molam_id, reason)
         return _finish(client, definition, user.molam_id, row, new=False)
@@ -346,11 +348,11 @@ def _decide(client: redis.Redis | None, session: Session, definition: Definition
         return _not_eligible(definition, user.molam_id, "outside_coverage")
     for attempt in range(2):
         variant = _choose(client, definition, user.molam_id)
-        row = _insert(session, definition.id, variant.id, user)
+        row = _insert(connection, definition.id, variant.id, user)
         if row is not None:
             EXPERIMENT_ASSIGNMENTS.labels(experiment_id=definition.id).inc()
             return _finish(client, definition, user.molam_id, row, new=True)
-        row = _existing(session, definition.id, user.molam_id)
+        row = _existing(connection, definition.id, user.molam_id)
         if row is not None:
             return _finish(client, definition, user.molam_id, row, new=False)
         # Nothing inserted and nothing there: the cached definition is stale (the
@@ -359,6 +361,15 @@ def _decide(client: redis.Redis | None, session: Session, definition: Definition
         if not definition.is_running:
             raise Conflict(f"experiment {definition.id} is {definition.status}; users are assigned only while it is running")
     raise Unavailable("the experiment changed during assignment; retry", retry_after=1)
+
+
+def _autocommit() -> Connection:
+    """A pooled connection in autocommit mode: each statement is its own transaction.
+
+    The miss path needs exactly one statement in the common case (the INSERT), so
+    this saves the BEGIN and COMMIT round trips a session would add.
+    """
+    return db.get_engine().connect().execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _choose(client: redis.Redis | None, definition: Definition, molam_id: str) -> VariantDefinition:
@@ -386,8 +397,10 @@ def _published_weights(client: redis.Redis | None, experiment_id: str) -> dict[s
     return published if isinstance(published, dict) else None
 
 
-def _insert(session: Session, experiment_id: str, variant_id: str, user: UserContext) -> tuple[Any, datetime] | None:
-    row = session.execute(
+def _insert(connection: Connection, experiment_id: str, variant_id: str, user: UserContext) -> tuple[Any, datetime] | None:
+    # Autocommit: the row is committed when the statement returns, so Redis never
+    # holds an assignment that PostgreSQL could still roll back.
+    row = connection.execute(
         _INSERT_ASSIGNMENT,
         {
             "experiment_id": experiment_id,
@@ -401,15 +414,11 @@ def _insert(session: Session, experiment_id: str, variant_id: str, user: UserCon
             "running": ExperimentStatus.RUNNING.value,
         },
     ).first()
-    # Committed before anything is cached: Redis never holds an assignment that
-    # PostgreSQL could still roll back.
-    session.commit()
     return None if row is None else (row[0], row[1])
 
 
-def _existing(session: Session, experiment_id: str, molam_id: str) -> tuple[Any, datetime] | None:
-    row = session.execute(_SELECT_ASSIGNMENT, {"experiment_id": experiment_id, "molam_id": molam_id}).first()
-    session.rollback()
+def _existing(connection: Connection, experiment_id: str, molam_id: str) -> tuple[Any, datetime] | None:
+    row = connection.execute(_SELECT_ASSIGNMENT, {"experiment_id": experiment_id, "molam_id": molam_id}).first()
     return None if row is None else (row[0], row[1])
 
 
@@ -424,7 +433,7 @@ def _finish(client: redis.Redis | None, definition: Definition, molam_id: str, r
     return _assigned(definition, molam_id, variant, assigned_at, new=new)
 
 
-def stored_assignment(client: redis.Redis | None, session: Callable[[], Session], experiment_id: uuid.UUID | str, molam_id: str) -> dict[str, Any]:
+def stored_assignment(client: redis.Redis | None, experiment_id: uuid.UUID | str, molam_id: str) -> dict[str, Any]:
     """The user's recorded assignment (any experiment status); NotFound when there is none."""
     experiment_id = str(experiment_id)
     client, raw_definition, raw_assignment = _read_cached(client, experiment_id, molam_id)
@@ -433,7 +442,8 @@ def stored_assignment(client: redis.Redis | None, session: Callable[[], Session]
     if cached is not None:
         return _stored(definition, molam_id, cached[0], cached[1])
     try:
-        row = _existing(session(), experiment_id, molam_id)
+        with _autocommit() as connection:
+            row = _existing(connection, experiment_id, molam_id)
     except _DATABASE_DOWN as exc:
         raise Unavailable("PostgreSQL is unreachable and this assignment is not cached; retry shortly", retry_after=DATABASE_RETRY_AFTER_S) from exc
     if row is None:

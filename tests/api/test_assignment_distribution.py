@@ -12,7 +12,6 @@ from collections import Counter
 import numpy as np
 from scipy import stats
 
-from core import db
 from core.redis import get_redis
 from services import assignment as service
 from services.cache import weights_key
@@ -25,11 +24,7 @@ ALPHA = 0.001
 def _assign_directly(settings, experiment_id: str, molam_ids: list[str]) -> list[dict]:
     """The service function the endpoint calls, without HTTP (the API is covered below)."""
     client = get_redis(settings.redis_url)
-    session = db.new_session()
-    try:
-        return [service.assign(client, lambda: session, experiment_id, service.UserContext(molam_id=m)) for m in molam_ids]
-    finally:
-        session.close()
+    return [service.assign(client, experiment_id, service.UserContext(molam_id=m)) for m in molam_ids]
 
 
 def test_fixed_split_matches_traffic_shares(client, auth, create_experiment, settings):

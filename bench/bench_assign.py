@@ -1,0 +1,338 @@
+"""Benchmark of the assignment hot path against a bare Flask + Redis baseline.
+
+Starts, the production way (gunicorn, ``gunicorn.conf.py``), the API on a
+PostgreSQL database and Redis database of its own, and ``bench/baseline_app.py``
+with the same server settings; loads both with ``wrk`` at each concurrency and
+prints requests/s and p50/p95/p99 for
+
+* ``baseline``  - POST /baseline: one Redis GET and one SET;
+* ``returning`` - POST /assign for users already assigned (cached in Redis);
+* ``new``       - POST /assign with a unique molam_id per request (decision + INSERT).
+
+Usage: ``.venv/bin/python bench/bench_assign.py [--duration 15] [--connections 16 64]``
+(needs ``wrk``: ``apt-get install -y wrk``). Results are printed as a Markdown table
+and written to ``bench/results/assign.json``. Figures and method: bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import jwt  # noqa: E402
+import psycopg  # noqa: E402
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
+from psycopg import sql  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+LUA_COMMON = """
+local counter = 0
+local threads = {}
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+function done(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.status + summary.errors.timeout
+  io.write(string.format(
+    'WRK_RESULT {"requests": %d, "duration_us": %d, "errors": %d, "non_2xx": %d, '
+    .. '"p50_us": %d, "p95_us": %d, "p99_us": %d, "max_us": %d}\\n',
+    summary.requests, summary.duration, errors, summary.errors.status,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max))
+end
+"""
+
+LUA_RETURNING = LUA_COMMON + """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer __TOKEN__"
+local users = __USERS__
+function request()
+  counter = counter + 1
+  local n = math.random(users) - 1
+  return wrk.format(nil, nil, nil, '{"molam_id": "returning-' .. n .. '", "country": "SN", "lang": "fr", "txn_count": 7}')
+end
+"""
+
+LUA_NEW = LUA_COMMON + """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer __TOKEN__"
+local run = "__RUN__"
+function request()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, '{"molam_id": "new-' .. run .. '-' .. tid .. '-' .. counter .. '", "country": "SN", "lang": "fr", "txn_count": 7}')
+end
+"""
+
+LUA_BASELINE = LUA_COMMON + """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer __TOKEN__"
+local users = __USERS__
+function request()
+  local n = math.random(users) - 1
+  return wrk.format(nil, nil, nil, '{"molam_id": "returning-' .. n .. '", "country": "SN", "lang": "fr", "txn_count": 7}')
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def lua(template: str, **values: object) -> str:
+    for name, value in values.items():
+        template = template.replace(f"__{name.upper()}__", str(value))
+    return template
+
+
+def wait_port(port: int, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def wait_http(url: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except Exception:  # noqa: BLE001
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def recreate_database(admin_url: str, name: str) -> str:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    base = admin_url.rsplit("/", 1)[0]
+    return f"{base}/{name}"
+
+
+def post_json(url: str, body: dict, token: str) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"{url}: {exc.code} {exc.read().decode()[:500]}") from exc
+
+
+class Server:
+    """A gunicorn process group (started with the project's gunicorn.conf.py)."""
+
+    def __init__(self, app: str, port: int, env: dict[str, str], args: argparse.Namespace, log: Path):
+        command = [
+            str(BIN / "gunicorn"), "--config", str(ROOT / "gunicorn.conf.py"),
+            "-w", str(args.workers), "-k", args.worker_class, "--threads", str(args.threads),
+            "-b", f"127.0.0.1:{port}", "--log-level", "warning", app,
+        ]
+        self.log = log.open("w")
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def run_wrk(url: str, script: str, connections: int, duration: int, threads: int) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+        path = f.name
+    try:
+        out = subprocess.run(
+            ["wrk", "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{duration}s", "--timeout", "10s", "-s", path, url],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    finally:
+        os.unlink(path)
+    line = next(l for l in out.splitlines() if l.startswith("WRK_RESULT "))
+    result = json.loads(line.split(" ", 1)[1])
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def profile(server: Server, seconds: int, out: Path) -> None:
+    pid = server.worker_pids()[0]
+    subprocess.run(
+        [str(BIN / "py-spy"), "record", "-p", str(pid), "-d", str(seconds), "-f", "speedscope", "-o", str(out), "--nonblocking"],
+        capture_output=True, check=False,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=15, help="seconds per wrk run")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of wrk warm-up before each server's runs")
+    parser.add_argument("--connections", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "3")))
+    parser.add_argument("--worker-class", default="gthread")
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument("--users", type=int, default=5000, help="returning users assigned before the runs")
+    parser.add_argument("--rate-limit", action="store_true", help="keep rate limiting on (limit set very high) to measure its cost")
+    parser.add_argument("--scenarios", nargs="+", default=["baseline", "returning", "new"])
+    parser.add_argument("--admin-database-url", default=os.environ.get("BENCH_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--database", default="molam_experiments_bench_assign")
+    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"))
+    parser.add_argument("--profile", type=Path, help="record a py-spy profile of one API worker during 'returning' to this file")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "assign.json")
+    args = parser.parse_args()
+
+    if subprocess.run(["which", "wrk"], capture_output=True).returncode != 0:
+        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+        return 2
+
+    database_url = recreate_database(args.admin_database_url, args.database)
+    import redis
+
+    redis.Redis.from_url(args.redis_url).flushdb()
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    now = int(time.time())
+
+    def mint(role: str, sub: str) -> str:
+        return jwt.encode({"sub": sub, "roles": [role], "iat": now, "exp": now + 6 * 3600}, private, algorithm="RS256")
+
+    admin_token, service_token = mint("ops_admin", "bench-admin"), mint("pay_module", "bench-pay")
+    metrics_dir = Path(tempfile.mkdtemp(prefix="bench-prom-"))
+    env = {
+        **os.environ,
+        "APP_ENV": "production",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": args.redis_url,
+        "MOLAM_ID_PUBLIC_KEY": public_pem,
+        "RATE_LIMIT_ENABLED": "1" if args.rate_limit else "0",
+        "ASSIGN_RATE_LIMIT": "100000000/minute",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("MOLAM_ID_ISSUER", None)
+    env.pop("MOLAM_ID_AUDIENCE", None)
+    subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, env=env, check=True, capture_output=True)
+
+    logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+    api = Server("api.wsgi:app", free_port(), env, args, logs / "api.log")
+    baseline = Server("bench.baseline_app:app", free_port(), env, args, logs / "baseline.log")
+    results: dict = {
+        "settings": {k: getattr(args, k) for k in ("duration", "workers", "worker_class", "threads", "wrk_threads", "users", "rate_limit")},
+        "cpus": os.cpu_count(),
+        "load_before": os.getloadavg(),
+        "runs": {},
+    }
+    try:
+        wait_http(f"{api.url}/healthz")
+        wait_port(int(baseline.url.rsplit(":", 1)[1]))
+        experiment = post_json(
+            f"{api.url}/api/experiments",
+            {
+                "name": "bench",
+                "targeting": {"country": ["SN", "FR"], "lang": ["fr"], "min_txn": 1},
+                "variants": [
+                    {"name": "control", "config": {"button_color": "blue"}, "traffic_share": 50, "is_control": True},
+                    {"name": "green", "config": {"button_color": "green"}, "traffic_share": 50},
+                ],
+            },
+            admin_token,
+        )
+        post_json(f"{api.url}/api/experiments/{experiment['id']}/start", {}, admin_token)
+        assign_url = f"{api.url}/api/experiments/{experiment['id']}/assign"
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(lambda n: post_json(assign_url, {"molam_id": f"returning-{n}", "country": "SN", "lang": "fr", "txn_count": 7}, service_token), range(args.users)))
+
+        scripts = {
+            "baseline": (f"{baseline.url}/baseline", lua(LUA_BASELINE, token=service_token, users=args.users)),
+            "returning": (assign_url, lua(LUA_RETURNING, token=service_token, users=args.users)),
+            "new": (assign_url, None),
+        }
+        for scenario in args.scenarios:
+            url, script = scripts[scenario]
+            warm_script = script or lua(LUA_NEW, token=service_token, run="warm")
+            run_wrk(url, warm_script, max(args.connections), args.warmup, args.wrk_threads)
+            for connections in args.connections:
+                script_now = script or lua(LUA_NEW, token=service_token, run=f"c{connections}-{time.time_ns()}")
+                if args.profile and scenario == "returning" and connections == args.connections[0]:
+                    profiler = ThreadPoolExecutor(max_workers=1).submit(profile, api, max(1, args.duration - 2), args.profile)
+                    result = run_wrk(url, script_now, connections, args.duration, args.wrk_threads)
+                    profiler.result()
+                else:
+                    result = run_wrk(url, script_now, connections, args.duration, args.wrk_threads)
+                results["runs"][f"{scenario}@{connections}"] = result
+                print(
+                    f"{scenario:>9} c={connections:<3} {result['rps']:8.0f} req/s  p50 {result['p50_us'] / 1000:6.2f} ms  "
+                    f"p95 {result['p95_us'] / 1000:6.2f} ms  p99 {result['p99_us'] / 1000:6.2f} ms  errors {result['errors']}",
+                    flush=True,
+                )
+        with urllib.request.urlopen(f"{api.url}/metrics", timeout=10) as response:
+            exposition = response.read().decode()
+        results["metrics_sample"] = [l for l in exposition.splitlines() if l.startswith(("experiment_assignments_total", "sira_decisions_latency_seconds_count"))]
+    finally:
+        api.stop()
+        baseline.stop()
+    results["load_after"] = os.getloadavg()
+
+    runs = results["runs"]
+    lines = ["| scenario | connections | req/s | % of baseline | p50 ms | p95 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|---|"]
+    for key, result in runs.items():
+        scenario, connections = key.split("@")
+        base = runs.get(f"baseline@{connections}")
+        ratio = f"{100 * result['rps'] / base['rps']:.0f}%" if base else "-"
+        lines.append(
+            f"| {scenario} | {connections} | {result['rps']:.0f} | {ratio} | {result['p50_us'] / 1000:.2f} | "
+            f"{result['p95_us'] / 1000:.2f} | {result['p99_us'] / 1000:.2f} | {result['errors']} |"
+        )
+    table = "\n".join(lines)
+    results["table"] = table
+    print()
+    print(table)
+    print(f"\nload average before/after: {results['load_before']} / {results['load_after']}; metrics: {results.get('metrics_sample')}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

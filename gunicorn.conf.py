@@ -1,0 +1,49 @@
+"""gunicorn settings, read from the working directory by ``gunicorn api.wsgi:app``.
+
+Prometheus under several workers: each worker process writes its samples to files
+in ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` (whichever worker answers) sums
+them. The variable must be set before any worker imports prometheus_client, so it
+is set here, in the master, with a default under ./var; stale files from a previous
+run are removed at start and a dead worker's live gauges when it exits.
+
+Command-line options (``-w``, ``-k``, ``--threads``, ``-b``) override these defaults.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_root = Path(__file__).resolve().parent
+os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", str(Path(os.environ.get("MOLAM_VAR_DIR", _root / "var")) / "prometheus")
+)
+
+# Recommended for 2 cores (see bench/README.md, "Assignment"): a few processes, a few
+# threads each; the threads overlap Redis/PostgreSQL round trips, keep-alive spares
+# callers a TCP handshake per assignment.
+workers = int(os.environ.get("WEB_CONCURRENCY", "3"))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+keepalive = 5
+
+
+def on_starting(server) -> None:  # noqa: ANN001
+    directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+
+
+def post_fork(server, worker) -> None:  # noqa: ANN001
+    # Only matters with --preload: never share the master's sockets with a worker.
+    from core import db
+    from core.redis import reset_clients
+
+    db.dispose_engine()
+    reset_clients()
+
+
+def child_exit(server, worker) -> None:  # noqa: ANN001
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
