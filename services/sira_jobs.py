@@ -61,10 +61,6 @@ LOCK_KEYS = {
 }
 
 
-def weights_key(experiment_id: uuid.UUID | str) -> str:
-    return f"sira:weights:{experiment_id}"
-
-
 @contextmanager
 def job_lock(job: str) -> Iterator[bool]:
     """Yield True if this process holds ``job``'s lock for the block, False if another does.
@@ -262,7 +258,7 @@ def publish_weights(
             "burn_in": states[0].burn_in,
             "computed_at": now.isoformat(),
         }
-        pipe.set(weights_key(experiment.id), json.dumps(document), ex=ttl_s)
+        pipe.set(cache.weights_key(experiment.id), json.dumps(document), ex=ttl_s)
         published += 1
     if published:
         pipe.execute()
