@@ -88,11 +88,7 @@ def track(experiment_id: uuid.UUID):
     )
     if errors:
         raise Invalid("invalid event", errors={"json": errors})
-    found = ingestion.lookup(context.redis_client(), context.session, [(record[1], record[3])])
-    refusal = ingestion.check_assignment(record, found)
-    if refusal is not None:
-        raise refusal
-    ingestion.stage(context.redis_client(), [record])
+    ingestion.accept_one(context.redis_client(), context.session, record)
     ingestion.count_accepted([record])
     return {"event_id": record[0], "status": "queued"}
 

@@ -32,7 +32,8 @@ from core.codes import CURRENCIES
 from core.errors import Conflict, DomainError, Invalid, NotFound, Unavailable
 from models.enums import EVENT_TYPES, ExperimentStatus
 
-from .cache import definition_key
+from . import definitions
+from .cache import assignment_key, definition_key
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ GROUP = "ingest-writers"
 ENTRY_EVENTS = 100
 #: Refuse new events (503) rather than let Redis run out of memory when nothing drains.
 MAX_BACKLOG_ENTRIES = 500_000
-ASSIGNMENT_CACHE_TTL_S = 24 * 3600
+ASSIGNMENT_CACHE_TTL_S = 7 * 24 * 3600  # as services.assignment caches it
 MAX_BATCH_REQUEST = 1000
 MAX_METADATA_BYTES = 4096
 MAX_EVENT_ID = 128
@@ -196,10 +197,6 @@ def validate_event(
 # --------------------------------------------------------------------------- assignment lookup
 
 
-def assignment_key(experiment_id: str, molam_id: str) -> str:
-    return f"exp:asg:{experiment_id}:{molam_id}"
-
-
 _status_by_definition: dict[bytes, str | None] = {}
 
 
@@ -218,8 +215,9 @@ def _status_from_definition(raw: bytes) -> str | None:
 
 
 def _variant_from_assignment(raw: bytes) -> str | None:
+    """The cached variant, or ``None`` (a miss) when the document is not what we expect."""
     try:
-        return json.loads(raw)["variant_id"]
+        return parse_uuid(json.loads(raw)["variant_id"])
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -274,14 +272,13 @@ def _lookup_postgres(
     statuses: dict[str, str | None],
     variants: dict[tuple[str, str], str | None],
 ) -> None:
-    if experiments:
-        rows = session.execute(
-            text("SELECT id::text, status FROM experiments WHERE id = ANY(CAST(:ids AS uuid[]))"),
-            {"ids": experiments},
-        )
-        found = dict(rows.all())
-        for experiment_id in experiments:
-            statuses[experiment_id] = found.get(experiment_id)
+    # A definition miss goes through the assignment path's loader, which also re-caches
+    # ``exp:def:{id}`` (safely against concurrent mutations): track traffic alone keeps it warm.
+    for experiment_id in experiments:
+        try:
+            statuses[experiment_id] = definitions.load_definition(experiment_id, client).status
+        except NotFound:
+            statuses[experiment_id] = None
     if not pairs:
         return
     rows = session.execute(
@@ -377,6 +374,71 @@ def stage(client: redis.Redis, records: Sequence[list[Any]]) -> None:
         raise Unavailable(f"Redis is unreachable; the event was not accepted ({exc})", retry_after=2) from exc
     if appended < 0:
         raise Unavailable("the ingestion backlog is full; retry shortly", retry_after=5)
+
+
+# --------------------------------------------------------------------------- single-event hot path
+
+# One round trip for the common case of ``track``: read the cached definition and the
+# user's cached assignment, check them, and append the event, atomically. Anything the
+# cache cannot answer (a miss, an unreadable document) returns 0 and the caller takes
+# the general path (:func:`lookup` with its PostgreSQL fallback, then :func:`stage`),
+# so the rules live in :func:`check_assignment`; this script only short-cuts them.
+_TRACK_LUA = """
+local definition = redis.call('GET', KEYS[1])
+local assignment = redis.call('GET', KEYS[2])
+if not definition or not assignment then return {0} end
+local ok, d = pcall(cjson.decode, definition)
+if not ok or type(d) ~= 'table' or type(d['status']) ~= 'string' then return {0} end
+local ok2, a = pcall(cjson.decode, assignment)
+if not ok2 or type(a) ~= 'table' or type(a['variant_id']) ~= 'string' then return {0} end
+local variant = a['variant_id']
+if not string.match(variant, '^[0-9a-f-]+$') then return {0} end
+if d['status'] == 'archived' or (ARGV[2] ~= '' and ARGV[2] ~= variant) then
+  return {2, d['status'], variant}
+end
+if redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[1]) then return {3} end
+redis.call('XADD', KEYS[3], '*', 'n', 1, 'e', ARGV[3] .. variant .. ARGV[4])
+return {1, variant}
+"""
+_track_scripts: dict[int, Any] = {}
+
+
+def accept_one(client: redis.Redis, session_factory: Callable[[], Session], record: list[Any]) -> None:
+    """Check and stage one validated ``track`` event (usually one Redis round trip).
+
+    Raises the refusing :class:`DomainError` (404, 409, 422) or :class:`Unavailable`.
+    """
+    script = _track_scripts.get(id(client))
+    if script is None:
+        script = _track_scripts[id(client)] = client.register_script(_TRACK_LUA)
+    experiment_id, molam_id = record[1], record[3]
+    # The staged entry is ``[[event_id, experiment_id, "<variant>", ...]]``; the script
+    # splices in the variant it read, so the record is serialised before it is known.
+    head = "[" + json.dumps(record[:2], separators=(",", ":"), ensure_ascii=False)[:-1] + ',"'
+    tail = '",' + json.dumps(record[3:], separators=(",", ":"), ensure_ascii=False)[1:] + "]"
+    try:
+        outcome = script(
+            keys=[definition_key(experiment_id), assignment_key(experiment_id, molam_id), STREAM_KEY],
+            args=[MAX_BACKLOG_ENTRIES, record[2] or "", head, tail],
+        )
+    except redis.RedisError as exc:
+        raise Unavailable(f"Redis is unreachable; the event was not accepted ({exc})", retry_after=2) from exc
+    code = outcome[0]
+    if code == 1:
+        record[2] = outcome[1].decode()
+        return
+    if code == 2:
+        refusal = check_assignment(
+            record, Lookup({experiment_id: outcome[1].decode()}, {(experiment_id, molam_id): outcome[2].decode()})
+        )
+        if refusal is not None:
+            raise refusal
+    if code == 3:
+        raise Unavailable("the ingestion backlog is full; retry shortly", retry_after=5)
+    refusal = check_assignment(record, lookup(client, session_factory, [(experiment_id, molam_id)]))
+    if refusal is not None:
+        raise refusal
+    stage(client, [record])
 
 
 # --------------------------------------------------------------------------- acceptance

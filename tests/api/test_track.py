@@ -181,6 +181,7 @@ def test_cache_miss_reads_postgres_and_caches_the_assignment(client, auth, runni
     cached = json.loads(redis_client.get(key))
     assert cached["variant_id"] == held["u3"] and "assigned_at" in cached
     assert 0 < redis_client.ttl(key) <= ingestion.ASSIGNMENT_CACHE_TTL_S
+    assert redis_client.get(f"exp:def:{experiment['id']}") is not None  # the definition is re-cached too
 
 
 def test_a_cached_assignment_is_trusted_without_postgres(client, auth, running, settings):
@@ -301,3 +302,33 @@ def test_openapi_schemas_describe_the_validated_fields(app):
         spec = c.get("/openapi.json").get_json()
     assert "/api/experiments/{experiment_id}/track" in spec["paths"]
     assert "/api/events/batch" in spec["paths"]
+
+
+def test_the_one_round_trip_path_applies_the_same_rules(client, auth, running, settings):
+    """Once the definition and the assignment are cached, track is one Lua call: same answers."""
+    experiment, held = running
+    redis_client = get_redis(settings.redis_url)
+    assert track(client, auth, experiment["id"], {"molam_id": "u1", "event_type": "click"}).status_code == 202
+    definition_key, assignment_key = f"exp:def:{experiment['id']}", f"exp:asg:{experiment['id']}:u1"
+    assert redis_client.exists(definition_key, assignment_key) == 2
+    other = next(v["id"] for v in experiment["variants"] if v["id"] != held["u1"])
+
+    mismatch = track(client, auth, experiment["id"], {"molam_id": "u1", "event_type": "click", "variant_id": other})
+    assert mismatch.status_code == 422 and "variant_id" in field_errors(mismatch)
+    assert track(client, auth, experiment["id"],
+                 {"molam_id": "u1", "event_type": "click", "variant_id": held["u1"]}).status_code == 202
+
+    document = json.loads(redis_client.get(definition_key))
+    redis_client.set(definition_key, json.dumps(dict(document, status="archived")))
+    assert track(client, auth, experiment["id"], {"molam_id": "u1", "event_type": "click"}).status_code == 409
+    redis_client.set(definition_key, json.dumps(document))
+
+    # An unreadable cached assignment is not trusted: PostgreSQL answers and re-caches it.
+    redis_client.set(assignment_key, '{"variant_id": "\\" injected"}')
+    assert track(client, auth, experiment["id"], {"molam_id": "u1", "event_type": "view"}).status_code == 202
+    assert json.loads(redis_client.get(assignment_key))["variant_id"] == held["u1"]
+
+    drain_all(redis_client)
+    assert count_rows(settings, "experiment_metrics") == 3
+    assert count_rows(settings, "experiment_metric_dead_letters") == 0
+    assert rollup_mismatches(settings) == []
