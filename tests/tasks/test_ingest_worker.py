@@ -55,12 +55,16 @@ def start_worker(settings, broker_url, tmp_path: Path):
     yield start
     for process in started:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
+            process.terminate()  # warm shutdown of the main process; it stops its pool and beat
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+                pass
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # anything left of the group
+        except ProcessLookupError:
+            pass
+        process.wait()
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
