@@ -270,8 +270,11 @@ def refresh_d7(session: Session, client: redis.Redis, experiment_ids: list[uuid.
     cached = read_d7(client, experiment_ids)
     due = []
     for experiment_id in experiment_ids:
-        document = cached[experiment_id]
-        if document is None or datetime.fromisoformat(document["computed_at"]) <= now - D7_REFRESH_AFTER:
+        try:
+            fresh = datetime.fromisoformat(cached[experiment_id]["computed_at"]) > now - D7_REFRESH_AFTER
+        except (TypeError, KeyError, ValueError):
+            fresh = False  # missing or unreadable: recompute
+        if not fresh:
             due.append(experiment_id)
     due = due[:limit]
     if not due:

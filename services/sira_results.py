@@ -220,7 +220,22 @@ def read_d7(client: redis.Redis | None, experiment_ids: list[uuid.UUID]) -> dict
     except redis.RedisError as exc:
         log.warning("could not read cached D7 retention: %s", exc)
         return {i: None for i in experiment_ids}
-    return {i: (json.loads(value) if value else None) for i, value in zip(experiment_ids, raw)}
+    return {i: _d7_document(value) for i, value in zip(experiment_ids, raw)}
+
+
+def _d7_document(raw: bytes | None) -> dict[str, Any] | None:
+    """A cached D7 document, or None when missing or not in the expected shape."""
+    if not raw:
+        return None
+    try:
+        document = json.loads(raw)
+        datetime.fromisoformat(document["computed_at"])
+        if isinstance(document["variants"], dict):
+            return document
+    except (ValueError, TypeError, KeyError):
+        pass
+    log.warning("ignoring a malformed cached D7 document")
+    return None
 
 
 def d7_retention_counts(

@@ -281,3 +281,39 @@ def test_recompute_many_experiments_matches_sira(app, settings, create_experimen
     with db.session_scope() as session:
         assert session is not None
     assert uuid.UUID(next(iter(stored)))
+
+
+def test_redis_down_state_still_stored_and_pause_retried(app, settings, create_experiment, redis_client):
+    """Without Redis the posteriors are still stored; a pause that cannot invalidate the
+    cached definition is rolled back (nothing recorded) and applied by the next scan."""
+    import redis as redis_lib
+
+    dead = redis_lib.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
+    experiment, control, green = losing_experiment(
+        create_experiment, settings, mode="bandit", guardrails=[], fail_fast={"action": "pause_variant"}
+    )
+    summary = sira_jobs.recompute_posteriors(dead)
+    assert summary.arms == 2 and summary.published == 0 and summary.errors
+    assert rows(settings, "SELECT count(*) FROM experiment_bandit_state")[0][0] == 2
+
+    scan = sira_jobs.fail_fast_scan(dead)
+    assert scan.recommendations == 0 and len(scan.errors) == 1 and "cached definition" in scan.errors[0]
+    assert rows(settings, "SELECT count(*) FROM sira_recommendations")[0][0] == 0
+    assert rows(settings, "SELECT count(*) FROM experiment_variants WHERE paused")[0][0] == 0
+    assert audit_entries(settings, "sira_fail_fast") == []
+
+    scan = sira_jobs.fail_fast_scan(redis_client)
+    assert scan.recommendations == 1 and scan.actions_applied == 1 and not scan.errors
+    assert rows(settings, "SELECT id::text FROM experiment_variants WHERE paused")[0][0] == green
+
+
+@pytest.mark.parametrize("garbage", [b'{"not": "a d7 document"}', b"not json", b'{"computed_at": "x", "variants": {}}'])
+def test_malformed_cached_d7_is_recomputed(app, settings, create_experiment, redis_client, client, auth, garbage):
+    experiment = create_experiment(start=True)
+    redis_client.set(f"sira:d7:{experiment['id']}", garbage)
+    response = client.get(f"/api/experiments/{experiment['id']}/results", headers=auth("ops_admin"))
+    assert response.status_code == 200
+    redis_client.set(f"sira:d7:{experiment['id']}", garbage)
+    assert sira_jobs.recompute_posteriors(redis_client).d7_refreshed == 1
+    document = json.loads(redis_client.get(f"sira:d7:{experiment['id']}"))
+    assert set(document["variants"]) == {v["id"] for v in experiment["variants"]}

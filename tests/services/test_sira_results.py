@@ -237,3 +237,19 @@ def test_lower_is_better_primary_metric_flips_the_posterior(app, settings, creat
     assert green_result["prob_best"] > 0.999
     assert green_result["metrics"]["churn"]["rate"] == pytest.approx(0.1)
     assert green_result["metrics"]["churn"]["prob_beat_control"] > 0.999
+
+
+def test_results_without_redis(app, settings, create_experiment):
+    """Redis down: D7 is computed from PostgreSQL instead of the cache; nothing else needs Redis."""
+    import redis as redis_lib
+
+    dead = redis_lib.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
+    experiment = create_experiment(start=True)
+    control, green = (v["id"] for v in experiment["variants"])
+    set_arm(settings.database_url, experiment["id"], control, assigned=200, successes=20)
+    from core import db
+
+    with db.session_scope() as session:
+        results = sira_results.experiment_results(session, dead, uuid.UUID(experiment["id"]))
+    assert results["variants"][0]["assigned_users"] == 200
+    assert results["variants"][0]["d7_retention"]["eligible"] == 0
