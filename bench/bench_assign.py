@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import jwt  # noqa: E402
+import psutil  # noqa: E402
 import psycopg  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
@@ -168,6 +169,17 @@ class Server:
         out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
         return [int(p) for p in out.split()]
 
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the workers (user + system): a load-independent cost."""
+        total = 0.0
+        for pid in self.worker_pids():
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -197,10 +209,12 @@ def run_wrk(url: str, script: str, connections: int, duration: int, threads: int
 
 def profile(server: Server, seconds: int, out: Path) -> None:
     pid = server.worker_pids()[0]
-    subprocess.run(
-        [str(BIN / "py-spy"), "record", "-p", str(pid), "-d", str(seconds), "-f", "speedscope", "-o", str(out), "--nonblocking"],
-        capture_output=True, check=False,
+    done = subprocess.run(
+        [str(BIN / "py-spy"), "record", "-p", str(pid), "-d", str(seconds), "-f", "raw" if out.suffix == ".txt" else "speedscope", "-o", str(out), "--nonblocking", "--gil"],
+        capture_output=True, text=True, check=False,
     )
+    if done.returncode != 0:
+        print(f"py-spy failed on {pid}: {done.stderr.strip()[-500:]}", file=sys.stderr)
 
 
 def main() -> int:
@@ -212,6 +226,7 @@ def main() -> int:
     parser.add_argument("--worker-class", default="gthread")
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per scenario (median kept)")
     parser.add_argument("--users", type=int, default=5000, help="returning users assigned before the runs")
     parser.add_argument("--rate-limit", action="store_true", help="keep rate limiting on (limit set very high) to measure its cost")
     parser.add_argument("--scenarios", nargs="+", default=["baseline", "returning", "new"])
@@ -258,7 +273,7 @@ def main() -> int:
     api = Server("api.wsgi:app", free_port(), env, args, logs / "api.log")
     baseline = Server("bench.baseline_app:app", free_port(), env, args, logs / "baseline.log")
     results: dict = {
-        "settings": {k: getattr(args, k) for k in ("duration", "workers", "worker_class", "threads", "wrk_threads", "users", "rate_limit")},
+        "settings": {k: getattr(args, k) for k in ("duration", "rounds", "workers", "worker_class", "threads", "wrk_threads", "users", "rate_limit")},
         "cpus": os.cpu_count(),
         "load_before": os.getloadavg(),
         "runs": {},
@@ -290,22 +305,35 @@ def main() -> int:
         }
         for scenario in args.scenarios:
             url, script = scripts[scenario]
-            warm_script = script or lua(LUA_NEW, token=service_token, run="warm")
-            run_wrk(url, warm_script, max(args.connections), args.warmup, args.wrk_threads)
+            run_wrk(url, script or lua(LUA_NEW, token=service_token, run="warm"), max(args.connections), args.warmup, args.wrk_threads)
+        # Other work on the machine comes and goes: interleave the scenarios in rounds
+        # and keep, per scenario, the round with the median request rate.
+        samples: dict[str, list[dict]] = {}
+        for round_number in range(args.rounds):
             for connections in args.connections:
-                script_now = script or lua(LUA_NEW, token=service_token, run=f"c{connections}-{time.time_ns()}")
-                if args.profile and scenario == "returning" and connections == args.connections[0]:
-                    profiler = ThreadPoolExecutor(max_workers=1).submit(profile, api, max(1, args.duration - 2), args.profile)
+                for scenario in args.scenarios:
+                    url, script = scripts[scenario]
+                    script_now = script or lua(LUA_NEW, token=service_token, run=f"r{round_number}-c{connections}-{time.time_ns()}")
+                    profiling = args.profile and scenario == "returning" and connections == args.connections[0] and round_number == 0
+                    if profiling:
+                        profiler = ThreadPoolExecutor(max_workers=1).submit(profile, api, max(1, args.duration - 2), args.profile)
+                    server = baseline if scenario == "baseline" else api
+                    cpu_before = server.cpu_seconds()
                     result = run_wrk(url, script_now, connections, args.duration, args.wrk_threads)
-                    profiler.result()
-                else:
-                    result = run_wrk(url, script_now, connections, args.duration, args.wrk_threads)
-                results["runs"][f"{scenario}@{connections}"] = result
-                print(
-                    f"{scenario:>9} c={connections:<3} {result['rps']:8.0f} req/s  p50 {result['p50_us'] / 1000:6.2f} ms  "
-                    f"p95 {result['p95_us'] / 1000:6.2f} ms  p99 {result['p99_us'] / 1000:6.2f} ms  errors {result['errors']}",
-                    flush=True,
-                )
+                    result["server_cpu_us_per_request"] = (server.cpu_seconds() - cpu_before) / max(1, result["requests"]) * 1e6
+                    if profiling:
+                        profiler.result()
+                    result["load"] = os.getloadavg()[0]
+                    samples.setdefault(f"{scenario}@{connections}", []).append(result)
+                    print(
+                        f"round {round_number} {scenario:>9} c={connections:<3} {result['rps']:8.0f} req/s  p50 {result['p50_us'] / 1000:6.2f} ms  "
+                        f"p95 {result['p95_us'] / 1000:6.2f} ms  p99 {result['p99_us'] / 1000:6.2f} ms  errors {result['errors']}  "
+                        f"cpu {result['server_cpu_us_per_request']:.0f} us/req  load {result['load']:.1f}",
+                        flush=True,
+                    )
+        for key, runs_of_key in samples.items():
+            ordered = sorted(runs_of_key, key=lambda r: r["rps"])
+            results["runs"][key] = {**ordered[len(ordered) // 2], "all_rps": [round(r["rps"]) for r in runs_of_key]}
         with urllib.request.urlopen(f"{api.url}/metrics", timeout=10) as response:
             exposition = response.read().decode()
         results["metrics_sample"] = [l for l in exposition.splitlines() if l.startswith(("experiment_assignments_total", "sira_decisions_latency_seconds_count"))]
@@ -315,14 +343,17 @@ def main() -> int:
     results["load_after"] = os.getloadavg()
 
     runs = results["runs"]
-    lines = ["| scenario | connections | req/s | % of baseline | p50 ms | p95 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| scenario | connections | req/s | % of baseline | p50 ms | p95 ms | p99 ms | errors | server CPU µs/req |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for key, result in runs.items():
         scenario, connections = key.split("@")
         base = runs.get(f"baseline@{connections}")
         ratio = f"{100 * result['rps'] / base['rps']:.0f}%" if base else "-"
         lines.append(
             f"| {scenario} | {connections} | {result['rps']:.0f} | {ratio} | {result['p50_us'] / 1000:.2f} | "
-            f"{result['p95_us'] / 1000:.2f} | {result['p99_us'] / 1000:.2f} | {result['errors']} |"
+            f"{result['p95_us'] / 1000:.2f} | {result['p99_us'] / 1000:.2f} | {result['errors']} | {result['server_cpu_us_per_request']:.0f} |"
         )
     table = "\n".join(lines)
     results["table"] = table
