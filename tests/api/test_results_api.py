@@ -258,3 +258,24 @@ def test_reports_rbac_validation_and_404(client, auth, create_experiment, settin
     assert client.get(f"/api/reports/{report_id}?format=pdf", headers=auth("ops_admin")).status_code == 422
     assert client.get(f"/api/reports?experiment_id={uuid.uuid4()}", headers=auth("ops_admin")).get_json() == []
     assert client.get(f"/api/reports?experiment_id={experiment['id']}", headers=auth("ops_admin")).status_code == 200
+
+
+def test_results_and_insights_never_read_raw_events(client, auth, running):
+    """Their cost must not grow with the number of events: no statement touches experiment_metrics."""
+    from sqlalchemy import event
+
+    from core import db
+
+    statements = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        statements.append(statement)
+
+    event.listen(db.get_engine(), "before_cursor_execute", capture)
+    try:
+        for path in ("results", "insights"):
+            assert client.get(f"/api/experiments/{running['id']}/{path}", headers=auth("ops_admin")).status_code == 200
+    finally:
+        event.remove(db.get_engine(), "before_cursor_execute", capture)
+    assert statements and not [s for s in statements if "experiment_metrics" in s]
+    assert any("experiment_variant_rollups" in s for s in statements)
