@@ -111,9 +111,8 @@ def render_markdown(content: dict[str, Any]) -> str:
             lines.append(f"Rule `{section['rule']}`, min samples {section['min_samples']}, action `{section['action']}`.")
         else:
             lines.append(f"Event types {', '.join(section['event_types']) or 'none'}, action `{section['action']}`.")
-        flagged = section["flags"] or section["recommendations"]
-        if not flagged:
-            lines.append("")
+        lines.append("")
+        if not (section["flags"] or section["recommendations"]):
             lines.append("No arm flagged.")
         for item in section["recommendations"]:
             lines.append(f"- {item['created_at'][:19]}Z — {item['message']} (action `{item['action']}`: {item['outcome']})")
