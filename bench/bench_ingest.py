@@ -199,14 +199,22 @@ def copy_baseline(database_url: str, bodies: list[bytes], variant_of: dict[str, 
     return elapsed
 
 
-def assign_users(database_url: str, experiment: dict, users: int) -> dict[str, str]:
+def assign_users(database_url: str, client: redis.Redis, experiment: dict, users: int) -> dict[str, str]:
+    """Assignments as the assign endpoint leaves them: a row in PostgreSQL and its Redis copy."""
     variants = [v["id"] for v in experiment["variants"]]
     held = {f"user-{n}": variants[n % len(variants)] for n in range(users)}
+    assigned_at = datetime.now(timezone.utc).isoformat()
     with psycopg.connect(database_url) as conn:
         with conn.cursor().copy("COPY experiment_assignments (experiment_id, variant_id, molam_id) FROM STDIN") as copy:
             for molam_id, variant_id in held.items():
                 copy.write_row((experiment["id"], variant_id, molam_id))
         conn.commit()
+    with client.pipeline(transaction=False) as pipe:
+        for molam_id, variant_id in held.items():
+            pipe.set(f"exp:asg:{experiment['id']}:{molam_id}",
+                     json.dumps({"variant_id": variant_id, "assigned_at": assigned_at}, separators=(",", ":")),
+                     ex=7 * 24 * 3600)
+        pipe.execute()
     return held
 
 
@@ -285,7 +293,7 @@ def main() -> int:
             ],
         }, admin_token)
         post_json(f"{api.url}/api/experiments/{experiment['id']}/start", {}, admin_token)
-        held = assign_users(database_url, experiment, args.users)
+        held = assign_users(database_url, client, experiment, args.users)
         track_url = f"{api.url}/api/experiments/{experiment['id']}/track"
         track_script = lambda run: lua(LUA_TRACK, token=service_token, users=args.users, run=run)  # noqa: E731
 
@@ -300,8 +308,11 @@ def main() -> int:
                   f"req/s p95 {track['p95_us'] / 1000:.1f} ms | {100 * track['rps'] / base['rps']:.0f}% of baseline "
                   f"| errors {track['errors']}", flush=True)
 
-        # Everything accepted so far is drained before (b) starts its clock.
+        # Everything accepted so far is drained before (b) starts its clock; a probe event
+        # written means the worker is up.
         worker = Worker(env, logs / "worker.log", args.celery_concurrency)
+        post_json(track_url, {"molam_id": "user-0", "event_type": "view", "event_id": "probe"}, service_token)
+        wait_drained(client, database_url, 1, 120)
         if "a" in results:
             started = time.monotonic()
             while backlog(client) != (0, 0):
@@ -347,6 +358,14 @@ def main() -> int:
             stop.set()
             sampler.join()
             drain_s = wait_drained(client, database_url, before + soak["requests"] - soak["non_2xx"], 120)
+            with psycopg.connect(database_url) as conn:
+                # recorded_at is the writing transaction's start: a lower bound by one batch's time.
+                latency = conn.execute(
+                    "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP "
+                    "(ORDER BY extract(epoch FROM recorded_at - received_at)), "
+                    "max(extract(epoch FROM recorded_at - received_at)) "
+                    "FROM experiment_metrics WHERE event_id LIKE 'c-%'"
+                ).fetchone()
             lengths = [s[1] for s in samples]
             half = len(lengths) // 2
             results["c"] = {
@@ -357,12 +376,15 @@ def main() -> int:
                 "mean_length_first_half": statistics.mean(lengths[:half]) if half else 0,
                 "mean_length_second_half": statistics.mean(lengths[half:]) if half else 0,
                 "drained_after_s": drain_s,
+                "accept_to_write_s": {"p50": latency[0][0], "p95": latency[0][1], "p99": latency[0][2],
+                                      "max": float(latency[1])},
                 "persisted_per_s": (samples[-1][3] / samples[-1][0]) if samples and samples[-1][0] else 0,
             }
             print(f"(c) {args.soak} s at {soak['rps']:.0f} req/s (p95 {soak['p95_us'] / 1000:.1f} ms) with the worker "
                   f"draining: stream length max {max(lengths)} entries (mean {results['c']['mean_length_first_half']:.0f} "
                   f"first half, {results['c']['mean_length_second_half']:.0f} second half), pending max "
-                  f"{results['c']['max_pending']}; the rest written {drain_s:.1f} s after the load stopped", flush=True)
+                  f"{results['c']['max_pending']}; the rest written {drain_s:.1f} s after the load stopped; accepted → "
+                  f"written p50 {latency[0][0]:.2f} s, p95 {latency[0][1]:.2f} s, max {float(latency[1]):.2f} s", flush=True)
     finally:
         if worker is not None:
             worker.stop()
