@@ -124,8 +124,8 @@ def validate_event(
     molam_id = raw.get("molam_id")
     if molam_id is None:
         errors["molam_id"] = ["required"]
-    elif not isinstance(molam_id, str) or not molam_id or len(molam_id) > MAX_MOLAM_ID:
-        errors["molam_id"] = [f"must be a non-empty string of at most {MAX_MOLAM_ID} characters"]
+    elif not isinstance(molam_id, str) or not molam_id or len(molam_id) > MAX_MOLAM_ID or "\x00" in molam_id:
+        errors["molam_id"] = [f"must be a non-empty string of at most {MAX_MOLAM_ID} characters (no NUL)"]
 
     event_type = raw.get("event_type")
     if event_type is None:
@@ -165,12 +165,14 @@ def validate_event(
             size = len(metadata_json.encode())
             if size > MAX_METADATA_BYTES:
                 errors["metadata"] = [f"is {size} bytes; at most {MAX_METADATA_BYTES} bytes"]
+            elif "\\u0000" in metadata_json:  # PostgreSQL's jsonb cannot store NUL
+                errors["metadata"] = ["must not contain NUL characters"]
 
     event_id = raw.get("event_id")
     if event_id is None:
         event_id = uuid.uuid4().hex
-    elif not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID:
-        errors["event_id"] = [f"must be a non-empty string of at most {MAX_EVENT_ID} characters"]
+    elif not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID or "\x00" in event_id:
+        errors["event_id"] = [f"must be a non-empty string of at most {MAX_EVENT_ID} characters (no NUL)"]
 
     occurred_iso = received_iso
     if raw.get("occurred_at") is not None:

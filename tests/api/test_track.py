@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from core.redis import get_redis
-from services import ingestion, ingestion_writer
+from services import ingestion
 from tests.ingestion_support import assign_users, count_rows, drain_all, rollup_mismatches
 
 SERVICE = "pay_module"
@@ -70,6 +70,9 @@ def test_track_queues_and_the_drain_writes_raw_event_and_rollups(client, auth, r
         ({"molam_id": None}, "molam_id"),
         ({"molam_id": ""}, "molam_id"),
         ({"molam_id": "x" * 201}, "molam_id"),
+        ({"molam_id": "a\x00b"}, "molam_id"),
+        ({"event_id": "e\x00"}, "event_id"),
+        ({"metadata": {"k": "nul\x00here"}}, "metadata"),
         ({"value": "12"}, "value"),
         ({"value": True}, "value"),
         ({"value": 1e400}, "value"),
