@@ -20,5 +20,5 @@ def baseline():
     body = request.get_json()
     key = f"bench:baseline:{body['molam_id']}"
     value = _client.get(key)
-    _client.set(key, body["molam_id"], ex=300)
+    _client.set(key, body["molam_id"])
     return jsonify(molam_id=body["molam_id"], seen=value is not None)

@@ -190,6 +190,19 @@ class Server:
         self.log.close()
 
 
+def postgres_cpu_seconds(database: str) -> float:
+    """CPU used so far by the PostgreSQL backends serving ``database`` (the API's pool)."""
+    total = 0.0
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if any(database in part for part in (process.info["cmdline"] or [])):
+                times = process.cpu_times()
+                total += times.user + times.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
 def run_wrk(url: str, script: str, connections: int, duration: int, threads: int) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
@@ -233,7 +246,8 @@ def main() -> int:
     parser.add_argument("--admin-database-url", default=os.environ.get("BENCH_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     parser.add_argument("--database", default="molam_experiments_bench_assign")
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"))
-    parser.add_argument("--profile", type=Path, help="record a py-spy profile of one API worker during 'returning' to this file")
+    parser.add_argument("--profile", type=Path, help="record a py-spy profile (GIL-holding samples) of one worker during --profile-scenario to this file (.txt: raw)")
+    parser.add_argument("--profile-scenario", default="returning", choices=["baseline", "returning", "new"])
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "assign.json")
     args = parser.parse_args()
 
@@ -314,13 +328,16 @@ def main() -> int:
                 for scenario in args.scenarios:
                     url, script = scripts[scenario]
                     script_now = script or lua(LUA_NEW, token=service_token, run=f"r{round_number}-c{connections}-{time.time_ns()}")
-                    profiling = args.profile and scenario == "returning" and connections == args.connections[0] and round_number == 0
+                    profiling = args.profile and scenario == args.profile_scenario and connections == args.connections[0] and round_number == 0
                     if profiling:
-                        profiler = ThreadPoolExecutor(max_workers=1).submit(profile, api, max(1, args.duration - 2), args.profile)
+                        profiler = ThreadPoolExecutor(max_workers=1).submit(
+                            profile, baseline if scenario == "baseline" else api, max(1, args.duration - 2), args.profile
+                        )
                     server = baseline if scenario == "baseline" else api
-                    cpu_before = server.cpu_seconds()
+                    cpu_before, pg_before = server.cpu_seconds(), postgres_cpu_seconds(args.database)
                     result = run_wrk(url, script_now, connections, args.duration, args.wrk_threads)
                     result["server_cpu_us_per_request"] = (server.cpu_seconds() - cpu_before) / max(1, result["requests"]) * 1e6
+                    result["postgres_cpu_us_per_request"] = (postgres_cpu_seconds(args.database) - pg_before) / max(1, result["requests"]) * 1e6
                     if profiling:
                         profiler.result()
                     result["load"] = os.getloadavg()[0]
@@ -328,7 +345,7 @@ def main() -> int:
                     print(
                         f"round {round_number} {scenario:>9} c={connections:<3} {result['rps']:8.0f} req/s  p50 {result['p50_us'] / 1000:6.2f} ms  "
                         f"p95 {result['p95_us'] / 1000:6.2f} ms  p99 {result['p99_us'] / 1000:6.2f} ms  errors {result['errors']}  "
-                        f"cpu {result['server_cpu_us_per_request']:.0f} us/req  load {result['load']:.1f}",
+                        f"cpu {result['server_cpu_us_per_request']:.0f}+{result['postgres_cpu_us_per_request']:.0f}(pg) us/req  load {result['load']:.1f}",
                         flush=True,
                     )
         for key, runs_of_key in samples.items():
@@ -344,8 +361,8 @@ def main() -> int:
 
     runs = results["runs"]
     lines = [
-        "| scenario | connections | req/s | % of baseline | p50 ms | p95 ms | p99 ms | errors | server CPU µs/req |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scenario | connections | req/s | % of baseline | p50 ms | p95 ms | p99 ms | errors | gunicorn CPU µs/req | PostgreSQL CPU µs/req |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, result in runs.items():
         scenario, connections = key.split("@")
@@ -353,7 +370,7 @@ def main() -> int:
         ratio = f"{100 * result['rps'] / base['rps']:.0f}%" if base else "-"
         lines.append(
             f"| {scenario} | {connections} | {result['rps']:.0f} | {ratio} | {result['p50_us'] / 1000:.2f} | "
-            f"{result['p95_us'] / 1000:.2f} | {result['p99_us'] / 1000:.2f} | {result['errors']} | {result['server_cpu_us_per_request']:.0f} |"
+            f"{result['p95_us'] / 1000:.2f} | {result['p99_us'] / 1000:.2f} | {result['errors']} | {result['server_cpu_us_per_request']:.0f} | {result['postgres_cpu_us_per_request']:.0f} |"
         )
     table = "\n".join(lines)
     results["table"] = table

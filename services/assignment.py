@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 import redis
-from sqlalchemy import exc as sa_exc, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from core import db
@@ -53,20 +53,21 @@ DATABASE_RETRY_AFTER_S = 2
 
 _DATABASE_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
 
-_INSERT_ASSIGNMENT = text(
-    """
+# Run on the driver's cursor (psycopg named parameters): on the miss path SQLAlchemy's
+# statement and result machinery cost more CPU than the statement itself.
+_INSERT_ASSIGNMENT = """
     INSERT INTO experiment_assignments (experiment_id, variant_id, molam_id, country, lang, currency, region, device)
-    SELECT :experiment_id, :variant_id, :molam_id, :country, :lang, :currency, :region, :device
+    SELECT %(experiment_id)s, %(variant_id)s, %(molam_id)s, %(country)s, %(lang)s, %(currency)s, %(region)s, %(device)s
     WHERE EXISTS (
         SELECT 1 FROM experiments e JOIN experiment_variants v ON v.experiment_id = e.id
-        WHERE e.id = :experiment_id AND e.status = :running AND v.id = :variant_id AND NOT v.paused
+        WHERE e.id = %(experiment_id)s AND e.status = %(running)s AND v.id = %(variant_id)s AND NOT v.paused
     )
     ON CONFLICT (experiment_id, molam_id) DO NOTHING
     RETURNING variant_id, assigned_at
-    """
-)
-_SELECT_ASSIGNMENT = text(
-    "SELECT variant_id, assigned_at FROM experiment_assignments WHERE experiment_id = :experiment_id AND molam_id = :molam_id"
+"""
+_SELECT_ASSIGNMENT = (
+    "SELECT variant_id, assigned_at FROM experiment_assignments "
+    "WHERE experiment_id = %(experiment_id)s AND molam_id = %(molam_id)s"
 )
 
 
@@ -262,7 +263,8 @@ def _cache_assignment(client: redis.Redis | None, experiment_id: str, molam_id: 
         return
     payload = json.dumps({"variant_id": variant_id, "assigned_at": assigned_at}, separators=(",", ":"))
     try:
-        client.set(assignment_key(experiment_id, molam_id), payload, ex=ASSIGNMENT_TTL_S)
+        # execute_command: redis-py's set() inspects its keyword arguments on every call.
+        client.execute_command("SET", assignment_key(experiment_id, molam_id), payload, "EX", ASSIGNMENT_TTL_S)
     except redis.RedisError as exc:
         _mark_down(client, exc)
 
@@ -400,7 +402,8 @@ def _published_weights(client: redis.Redis | None, experiment_id: str) -> dict[s
 def _insert(connection: Connection, experiment_id: str, variant_id: str, user: UserContext) -> tuple[Any, datetime] | None:
     # Autocommit: the row is committed when the statement returns, so Redis never
     # holds an assignment that PostgreSQL could still roll back.
-    row = connection.execute(
+    cursor = connection.connection.cursor()
+    row = cursor.execute(
         _INSERT_ASSIGNMENT,
         {
             "experiment_id": experiment_id,
@@ -413,12 +416,15 @@ def _insert(connection: Connection, experiment_id: str, variant_id: str, user: U
             "device": user.device,
             "running": ExperimentStatus.RUNNING.value,
         },
-    ).first()
+    ).fetchone()
+    cursor.close()
     return None if row is None else (row[0], row[1])
 
 
 def _existing(connection: Connection, experiment_id: str, molam_id: str) -> tuple[Any, datetime] | None:
-    row = connection.execute(_SELECT_ASSIGNMENT, {"experiment_id": experiment_id, "molam_id": molam_id}).first()
+    cursor = connection.connection.cursor()
+    row = cursor.execute(_SELECT_ASSIGNMENT, {"experiment_id": experiment_id, "molam_id": molam_id}).fetchone()
+    cursor.close()
     return None if row is None else (row[0], row[1])
 
 

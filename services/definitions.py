@@ -162,7 +162,7 @@ def load_definition(experiment_id: uuid.UUID | str, client: redis.Redis | None =
         raw = encode_definition(definition_document(experiment))
         if client is not None:
             try:
-                client.set(definition_key(experiment_id), raw, ex=DEFINITION_TTL_S)
+                client.execute_command("SET", definition_key(experiment_id), raw, "EX", DEFINITION_TTL_S)
             except redis.RedisError as exc:
                 log.warning("could not cache definition of %s: %s", experiment_id, exc)
     finally:
