@@ -30,7 +30,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Session
 
 from models import Experiment, Variant
-from models.enums import DEFAULT_GUARDRAILS, EVENT_TYPES, ExperimentStatus
+from models.enums import DEFAULT_GUARDRAILS, ExperimentStatus
 from sira.bandit import BanditConfig
 from sira.failfast import FailFastConfig
 from sira.stats import ProportionStats, SampleStats
@@ -269,7 +269,6 @@ def chunks(items: Sequence[uuid.UUID], size: int) -> Iterable[Sequence[uuid.UUID
 
 __all__ = [
     "ArmInput",
-    "EVENT_TYPES",
     "ExperimentInput",
     "RollupCounts",
     "chunks",

@@ -90,7 +90,6 @@ def test_results_equal_from_scratch_computation(app, settings, create_experiment
         users_per_arm=[800, 600, 650],
         rates={"conversion": [0.10, 0.13, 0.08], "refund": [0.02, 0.02, 0.05], "click": [0.5, 0.55, 0.45]},
     )
-    from api import context  # noqa: F401 - app context below gives the session
     from core import db
 
     with db.session_scope() as session:
