@@ -168,7 +168,7 @@ class Insights(MethodView):
     def get(self, experiment_id: uuid.UUID):
         """SIRA's reading of the experiment: posteriors, recommendation, fail-fast and
         guardrail status, and suggested next experiments."""
-        return sira_insights.experiment_insights(context.session(), context.redis_client(), experiment_id)
+        return sira_insights.experiment_insights(context.session(), experiment_id)
 
 
 def _refresh_bandit_state(experiment_id: uuid.UUID) -> None:

@@ -12,7 +12,6 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-import redis
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
@@ -194,8 +193,6 @@ def build_insights(session: Session, experiment: ExperimentInput, now: datetime)
     }
 
 
-def experiment_insights(
-    session: Session, client: redis.Redis | None, experiment_id: uuid.UUID, now: datetime | None = None
-) -> dict[str, Any]:
+def experiment_insights(session: Session, experiment_id: uuid.UUID, now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(timezone.utc)
     return build_insights(session, load_experiment(session, experiment_id), now)
