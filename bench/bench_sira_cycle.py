@@ -17,7 +17,7 @@ does (same code, same locks) and reports:
 Target: one cycle over 1,000 experiments × 5 arms in ≤ 2 s.
 
 Run:  .venv/bin/python bench/bench_sira_cycle.py [--experiments 1000] [--arms 5]
-      [--users-per-arm 1000] [--cycles 5]
+      [--users-per-arm 1000] [--cycles 5] [--keep]
 """
 from __future__ import annotations
 
@@ -168,6 +168,7 @@ def main() -> int:
     parser.add_argument("--arms", type=int, default=5)
     parser.add_argument("--users-per-arm", type=int, default=1000)
     parser.add_argument("--cycles", type=int, default=5)
+    parser.add_argument("--keep", action="store_true", help="keep the scratch database (about 1 GB) afterwards")
     args = parser.parse_args()
     logging.getLogger("sira.notifications").setLevel(logging.ERROR)  # one line per finding otherwise
 
@@ -204,6 +205,10 @@ def main() -> int:
         samples.append(elapsed)
     print(f"results of one experiment ({args.arms} arms × 6 event types): median {statistics.median(samples) * 1000:.1f} ms")
     client.delete(*[k for k in client.scan_iter("sira:*")] or ["sira:none"])
+    if not args.keep:
+        db.get_engine().dispose()
+        with psycopg.connect(plain(args.database_url), dbname="postgres", autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(psycopg.conninfo.conninfo_to_dict(plain(args.database_url))["dbname"])))
     return 0
 
 
