@@ -81,12 +81,18 @@ def kill_hard(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def test_tasks_have_explicit_names_and_workers_send_events():
+def test_tasks_have_explicit_names_and_workers_send_events(settings, broker_url):
     import celeryconfig
-    from tasks.celery_app import celery
 
-    celery.loader.import_default_modules()
-    assert {"ingest.drain_events", "ingest.prune_consumers"} <= set(celery.tasks)
+    # In a subprocess: importing tasks.celery_app points this process's engine at its own settings.
+    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+           "CELERY_BROKER_URL": broker_url}
+    names = subprocess.run(
+        [sys.executable, "-c", "from tasks.celery_app import celery; celery.loader.import_default_modules(); "
+                               "print(' '.join(sorted(celery.tasks)))"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert {"ingest.drain_events", "ingest.prune_consumers"} <= set(names)
     assert celeryconfig.worker_send_task_events is True
     assert "tasks.ingest" in celeryconfig.include
     assert celeryconfig.beat_schedule["ingest.drain_events"]["task"] == "ingest.drain_events"
