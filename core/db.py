@@ -29,6 +29,10 @@ def init_engine(database_url: str, **engine_kwargs: object) -> Engine:
     return _engine
 
 
+def is_initialised() -> bool:
+    return _engine is not None
+
+
 def get_engine() -> Engine:
     if _engine is None:
         raise RuntimeError("database engine not initialised; call init_engine first")

@@ -15,7 +15,10 @@ from core.redis import reset_clients
 settings = load_settings()
 celery = Celery("molam_experiments")
 celery.config_from_object("celeryconfig")
-db.init_engine(settings.database_url, pool_size=5, max_overflow=5)
+if not db.is_initialised():
+    # A worker or beat process. When imported into a process that already has an
+    # engine (the API, a test session), keep that engine rather than re-pointing it.
+    db.init_engine(settings.database_url, pool_size=5, max_overflow=5)
 
 
 @worker_process_init.connect
