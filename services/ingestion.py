@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from core.codes import CURRENCIES
 from core.errors import Conflict, DomainError, Invalid, NotFound, Unavailable
+from core.metrics import EXPERIMENT_METRICS
 from models.enums import EVENT_TYPES, ExperimentStatus
 
 from . import definitions
@@ -448,8 +449,6 @@ def accept_one(client: redis.Redis, session_factory: Callable[[], Session], reco
 
 def count_accepted(records: Iterable[list[Any]]) -> None:
     """``experiment_metrics_total{experiment_id,event_type}`` for events accepted for ingestion."""
-    from core.metrics import EXPERIMENT_METRICS
-
     for (experiment_id, event_type), n in Counter((r[1], r[4]) for r in records).items():
         EXPERIMENT_METRICS.labels(experiment_id=experiment_id, event_type=event_type).inc(n)
 

@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 DRAIN_BUDGET_S = 2.0
 #: Set while a successor drain is queued, so a backlog keeps at most one extra run in the queue.
 SUCCESSOR_FLAG = "ingest:drain:queued"
+#: While PostgreSQL keeps failing, drains skip beat ticks for 2, 4, 8 ... up to 60 seconds.
+BACKOFF_KEY = "ingest:drain:backoff_until"
+FAILURES_KEY = "ingest:drain:failures"
+MAX_BACKOFF_S = 60
 
 
 @celery.task(name="ingest.drain_events", acks_late=False, ignore_result=True)
@@ -28,13 +32,20 @@ def drain_events() -> dict[str, Any]:
     """Write staged events to PostgreSQL; returns what it did (visible in Flower)."""
     client = get_redis(current_settings().redis_url)
     client.delete(SUCCESSOR_FLAG)
+    if client.exists(BACKOFF_KEY):
+        return {"skipped": "backing off after database errors"}
     try:
         report = ingestion_writer.drain(client, budget_s=DRAIN_BUDGET_S)
     except ingestion_writer.DatabaseUnavailable as exc:
-        # The batch stays pending under this consumer; the next tick (or, after
-        # CLAIM_IDLE_MS, any other consumer) writes it.
-        log.warning("ingestion paused: %s", exc)
-        return {"error": str(exc)}
+        # Each run already retried with backoff; the batch stays pending under this
+        # consumer (or, after CLAIM_IDLE_MS, any other one) and later runs write it.
+        failures = client.incr(FAILURES_KEY)
+        client.expire(FAILURES_KEY, 10 * MAX_BACKOFF_S)
+        pause_s = min(2**failures, MAX_BACKOFF_S)
+        client.set(BACKOFF_KEY, "1", ex=pause_s)
+        log.warning("ingestion paused for %d s after %d failed runs: %s", pause_s, failures, exc)
+        return {"error": str(exc), "paused_s": pause_s}
+    client.delete(FAILURES_KEY)
     if report.backlog and client.set(SUCCESSOR_FLAG, "1", nx=True, ex=30):
         drain_events.apply_async()
     summary = report.as_dict()

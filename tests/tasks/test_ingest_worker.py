@@ -3,6 +3,7 @@ by the API reach PostgreSQL on their own, and a worker killed with SIGKILL mid-s
 and double-counts nothing once a new worker takes over."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -160,4 +161,42 @@ def test_kill_9_mid_stream_loses_nothing_and_counts_nothing_twice(client, auth, 
     assert ingestion_writer.backlog(redis_client).pending == 0  # the orphaned entries were claimed
     assert count_rows(settings, "experiment_metrics") == len(set(sent))
     assert count_rows(settings, "experiment_metric_dead_letters") == 0
+    assert rollup_mismatches(settings) == []
+
+
+# One worker process (one stream consumer) whose PostgreSQL goes away and comes back.
+OUTAGE_SCRIPT = """
+import json, sys
+from core import db
+from core.redis import get_redis
+from tasks.celery_app import current_settings
+from tasks.ingest import BACKOFF_KEY, drain_events
+
+db.init_engine("postgresql+psycopg://postgres@127.0.0.1:1/unreachable")
+print(json.dumps(drain_events()))
+print(json.dumps(drain_events()))
+get_redis(current_settings().redis_url).delete(BACKOFF_KEY)  # PostgreSQL is back; skip the wait
+db.init_engine(sys.argv[1])
+print(json.dumps(drain_events()))
+"""
+
+
+def test_database_outage_backs_off_and_loses_nothing(client, auth, create_experiment, settings, broker_url):
+    experiment = create_experiment(start=True)
+    assign_users(settings, experiment, ["u1"])
+    response = client.post(f"/api/experiments/{experiment['id']}/track",
+                           json={"molam_id": "u1", "event_type": "conversion", "value": 9}, headers=auth(SERVICE))
+    assert response.status_code == 202
+    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+           "CELERY_BROKER_URL": broker_url}
+    out = subprocess.run([sys.executable, "-c", OUTAGE_SCRIPT, settings.database_url], cwd=PROJECT_ROOT, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    failed, skipped, recovered = (json.loads(line) for line in out.strip().splitlines()[-3:])
+    assert failed["paused_s"] == 2 and "failed 4 times" in failed["error"]
+    assert skipped == {"skipped": "backing off after database errors"}
+    assert recovered["inserted"] == 1 and recovered["backlog"] is False
+    redis_client = get_redis(settings.redis_url)
+    assert ingestion_writer.backlog(redis_client).pending == 0
+    assert redis_client.get("ingest:drain:failures") is None
+    assert count_rows(settings, "experiment_metrics") == 1
     assert rollup_mismatches(settings) == []
