@@ -105,7 +105,7 @@ def validate_event(
 
     ``experiment_id`` comes from the URL for ``track``; ``None`` means the event
     must carry its own (batch). Written by hand rather than with marshmallow: the
-    batch path validates up to 1,000 events per request and this is about three
+    batch path validates up to 1,000 events per request and this is 3-4
     times faster (see docs/architecture.md); ``api.events`` documents the same
     fields as OpenAPI schemas, and a test keeps the two in step.
     """
