@@ -22,5 +22,9 @@ test: $(STAMP)
 flower: $(STAMP)
 	$(BIN)/celery -A tasks.celery_app flower --port=5555
 
+## Ingestion benchmark (needs wrk): track vs baseline, 500,000 batched events end to end, 60 s backlog soak.
+bench-ingest: $(STAMP)
+	$(BIN)/python bench/bench_ingest.py
+
 clean:
 	rm -rf var/test .pytest_cache
