@@ -430,7 +430,7 @@ def _decode(entries: list[tuple[bytes, dict]]) -> tuple[list[tuple[Any, ...]], l
         for raw in batch:
             try:
                 records.append(coerce_record(raw))
-            except ValueError as exc:
+            except (ValueError, TypeError, OverflowError) as exc:
                 event_id = raw[0] if isinstance(raw, list) and raw and isinstance(raw[0], str) else None
                 poison.append((event_id, raw, str(exc)))
     return records, poison

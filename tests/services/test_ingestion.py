@@ -2,6 +2,7 @@
 once, poison goes to dead letters, a PostgreSQL outage loses nothing, and reconcile repairs drift."""
 from __future__ import annotations
 
+import json
 import random
 import threading
 from datetime import datetime, timedelta, timezone
@@ -151,6 +152,9 @@ def test_poison_goes_to_dead_letters_and_neighbours_are_written(population, redi
     # Garbage written to the stream by something other than the API.
     redis_client.xadd(ingestion.STREAM_KEY, {"n": "1", "e": "this is not json"})
     redis_client.xadd(ingestion.STREAM_KEY, {"n": "2", "e": '[["short"], {"x": 1}]'})
+    huge = list(good[2])
+    huge[0], huge[5] = "poison-huge", 10**400
+    redis_client.xadd(ingestion.STREAM_KEY, {"n": "1", "e": json.dumps([huge])})
     totals = drain_all(redis_client)
     assert count_rows(settings, "experiment_metrics") == 20
     assert totals["inserted"] == 20
@@ -159,7 +163,7 @@ def test_poison_goes_to_dead_letters_and_neighbours_are_written(population, redi
     errors = {event_id: error for event_id, error in dead}
     assert "is not a variant of experiment" in errors["poison-variant"]
     assert "poison-json" in errors and "json" in errors["poison-json"].lower()
-    assert len(dead) == 5  # two poison events, one undecodable entry, two malformed records
+    assert len(dead) == 6  # two poison events, one undecodable entry, three malformed records
     assert ingestion_writer.backlog(redis_client).length == 0
     assert rollup_mismatches(settings) == []
 
