@@ -21,9 +21,9 @@ os.environ.setdefault(
 # Recommended for 2 cores (see bench/README.md, "Assignment"): a few processes, a few
 # threads each; the threads overlap Redis/PostgreSQL round trips, keep-alive spares
 # callers a TCP handshake per assignment.
-workers = int(os.environ.get("WEB_CONCURRENCY", "3"))
+workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+threads = int(os.environ.get("GUNICORN_THREADS", "2"))
 keepalive = 5
 
 
@@ -41,6 +41,15 @@ def post_fork(server, worker) -> None:  # noqa: ANN001
 
     db.dispose_engine()
     reset_clients()
+
+
+def post_worker_init(worker) -> None:  # noqa: ANN001
+    # The loaded application is ~150k long-lived objects (SQLAlchemy, marshmallow,
+    # numpy/scipy for SIRA): freezing them keeps the collector from walking them
+    # again (a full collection costs tens of milliseconds of one worker's time).
+    import gc
+
+    gc.freeze()
 
 
 def child_exit(server, worker) -> None:  # noqa: ANN001

@@ -235,11 +235,11 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=15, help="seconds per wrk run")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of wrk warm-up before each server's runs")
     parser.add_argument("--connections", type=int, nargs="+", default=[16, 64])
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "3")))
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "4")))
     parser.add_argument("--worker-class", default="gthread")
-    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--wrk-threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per scenario (median kept)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per scenario (median kept)")
     parser.add_argument("--users", type=int, default=5000, help="returning users assigned before the runs")
     parser.add_argument("--rate-limit", action="store_true", help="keep rate limiting on (limit set very high) to measure its cost")
     parser.add_argument("--scenarios", nargs="+", default=["baseline", "returning", "new"])
@@ -350,7 +350,15 @@ def main() -> int:
                     )
         for key, runs_of_key in samples.items():
             ordered = sorted(runs_of_key, key=lambda r: r["rps"])
-            results["runs"][key] = {**ordered[len(ordered) // 2], "all_rps": [round(r["rps"]) for r in runs_of_key]}
+            summary = {**ordered[len(ordered) // 2], "all_rps": [round(r["rps"]) for r in runs_of_key]}
+            scenario, connections = key.split("@")
+            baselines = samples.get(f"baseline@{connections}")
+            if baselines and scenario != "baseline":
+                # Each round's run against the baseline run just before it (same machine load).
+                ratios = sorted(r["rps"] / b["rps"] for r, b in zip(runs_of_key, baselines))
+                summary["paired_ratios"] = [round(x, 3) for x in ratios]
+                summary["median_paired_ratio"] = ratios[len(ratios) // 2]
+            results["runs"][key] = summary
         with urllib.request.urlopen(f"{api.url}/metrics", timeout=10) as response:
             exposition = response.read().decode()
         results["metrics_sample"] = [l for l in exposition.splitlines() if l.startswith(("experiment_assignments_total", "sira_decisions_latency_seconds_count"))]
@@ -361,13 +369,12 @@ def main() -> int:
 
     runs = results["runs"]
     lines = [
-        "| scenario | connections | req/s | % of baseline | p50 ms | p95 ms | p99 ms | errors | gunicorn CPU µs/req | PostgreSQL CPU µs/req |",
+        "| scenario | connections | req/s (median) | % of baseline (median of paired rounds) | p50 ms | p95 ms | p99 ms | errors | gunicorn CPU µs/req | PostgreSQL CPU µs/req |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, result in runs.items():
         scenario, connections = key.split("@")
-        base = runs.get(f"baseline@{connections}")
-        ratio = f"{100 * result['rps'] / base['rps']:.0f}%" if base else "-"
+        ratio = f"{100 * result['median_paired_ratio']:.0f}%" if "median_paired_ratio" in result else "100%"
         lines.append(
             f"| {scenario} | {connections} | {result['rps']:.0f} | {ratio} | {result['p50_us'] / 1000:.2f} | "
             f"{result['p95_us'] / 1000:.2f} | {result['p99_us'] / 1000:.2f} | {result['errors']} | {result['server_cpu_us_per_request']:.0f} | {result['postgres_cpu_us_per_request']:.0f} |"
