@@ -30,6 +30,11 @@ class EventType(str, enum.Enum):
 
 
 EVENT_TYPES: tuple[str, ...] = tuple(e.value for e in EventType)
+# Event types where a higher rate is worse: SIRA counts users WITHOUT the event as
+# successes when one of these is the primary metric, and P(beat control) means a lower rate.
+LOWER_IS_BETTER: frozenset[str] = frozenset(
+    {EventType.REFUND.value, EventType.CHURN.value, EventType.FRAUD_ALERT.value}
+)
 STATUSES: tuple[str, ...] = tuple(s.value for s in ExperimentStatus)
 MODES: tuple[str, ...] = tuple(m.value for m in ExperimentMode)
 

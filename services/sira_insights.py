@@ -16,6 +16,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from models import Recommendation
+from models.enums import LOWER_IS_BETTER
 from sira import insights as sira_insights
 from sira.insights import SegmentSummary, VariantSummary
 from sira.bandit import posteriors
@@ -24,7 +25,7 @@ from sira.stats import ProportionStats, wilson_interval
 
 from .sira_inputs import ExperimentInput
 from .sira_jobs import FAIL_FAST, GUARDRAIL_BREACH, Finding, fail_fast_findings, guardrail_findings
-from .sira_results import LOWER_IS_BETTER, decision_proportions, load_experiment, srm_block
+from .sira_results import decision_proportions, load_experiment, srm_block
 
 SEGMENT_DIMENSIONS = ("country", "lang", "device")
 

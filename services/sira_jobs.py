@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from core import db
 from core.errors import Conflict
 from models import Recommendation
-from models.enums import ExperimentMode, ExperimentStatus
+from models.enums import LOWER_IS_BETTER, ExperimentMode, ExperimentStatus
 from sira.bandit import bandit_weights, posteriors
 from sira.failfast import ArmFlag, FailFastConfig, evaluate, guardrail_flags
 from sira.stats import ProportionStats
@@ -38,7 +38,6 @@ from .audit import SIRA_ACTOR
 from .sira_inputs import ExperimentInput, chunks, load_inputs, running_experiment_ids
 from .sira_results import (
     D7_REFRESH_AFTER,
-    LOWER_IS_BETTER,
     compute_d7,
     decision_proportions,
     read_d7,

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import NotFound
 from models import BanditState
-from models.enums import EVENT_TYPES, ExperimentMode
+from models.enums import EVENT_TYPES, LOWER_IS_BETTER, ExperimentMode
 from sira.bandit import posteriors
 from sira.posterior import prob_beat_control, prob_best
 from sira.stats import (
@@ -46,9 +46,6 @@ from sira.stats import (
 from .sira_inputs import ExperimentInput, load_inputs
 
 log = logging.getLogger(__name__)
-
-# Event types that are bad news: fewer is better.
-LOWER_IS_BETTER = frozenset({"refund", "churn", "fraud_alert"})
 
 D7_KEY_TTL = timedelta(hours=6)
 D7_REFRESH_AFTER = timedelta(hours=1)

@@ -12,7 +12,7 @@ from scipy import integrate, stats
 from statsmodels.stats.proportion import proportion_confint
 
 from core.redis import get_redis
-from models.enums import EVENT_TYPES
+from models.enums import EVENT_TYPES, LOWER_IS_BETTER
 from services import sira_results
 from tests.sira_data import NOW, set_arm, simulate
 
@@ -130,7 +130,7 @@ def test_results_equal_from_scratch_computation(app, settings, create_experiment
             else:
                 assert got["uplift"]["estimate"] is None
             p_higher = prob_greater(c["users"] + 1, n_c - c["users"] + 1, exp["users"] + 1, n_v - exp["users"] + 1)
-            want_beat = 1 - p_higher if event_type in sira_results.LOWER_IS_BETTER else p_higher
+            want_beat = 1 - p_higher if event_type in LOWER_IS_BETTER else p_higher
             assert got["prob_beat_control"] == pytest.approx(want_beat, abs=1e-6)
 
     alphas = [expected[v["id"]]["metrics"]["conversion"]["users"] + 1 for v in experiment["variants"]]
