@@ -242,6 +242,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per scenario (median kept)")
     parser.add_argument("--users", type=int, default=5000, help="returning users assigned before the runs")
     parser.add_argument("--rate-limit", action="store_true", help="keep rate limiting on (limit set very high) to measure its cost")
+    parser.add_argument("--without-pre-ping", action="store_true", help="serve the API with pool_pre_ping off (to measure its cost)")
     parser.add_argument("--scenarios", nargs="+", default=["baseline", "returning", "new"])
     parser.add_argument("--admin-database-url", default=os.environ.get("BENCH_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
     parser.add_argument("--database", default="molam_experiments_bench_assign")
@@ -284,10 +285,11 @@ def main() -> int:
     subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, env=env, check=True, capture_output=True)
 
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
-    api = Server("api.wsgi:app", free_port(), env, args, logs / "api.log")
+    api_module = "bench.api_without_pre_ping:app" if args.without_pre_ping else "api.wsgi:app"
+    api = Server(api_module, free_port(), env, args, logs / "api.log")
     baseline = Server("bench.baseline_app:app", free_port(), env, args, logs / "baseline.log")
     results: dict = {
-        "settings": {k: getattr(args, k) for k in ("duration", "rounds", "workers", "worker_class", "threads", "wrk_threads", "users", "rate_limit")},
+        "settings": {k: getattr(args, k) for k in ("duration", "rounds", "workers", "worker_class", "threads", "wrk_threads", "users", "rate_limit", "without_pre_ping")},
         "cpus": os.cpu_count(),
         "load_before": os.getloadavg(),
         "runs": {},
