@@ -87,6 +87,8 @@ def assign(user: service.UserContext, experiment_id: uuid.UUID):
 @rate_limited
 @blp.response(200, StoredAssignmentOutSchema)
 @blp.alt_response(404, description="Unknown experiment, or no assignment for this user")
+@blp.alt_response(429, description="Rate limit exceeded (Retry-After)")
+@blp.alt_response(503, description="PostgreSQL unreachable and the assignment not cached (Retry-After)")
 def get_assignment(experiment_id: uuid.UUID, molam_id: str):
     """The user's stored assignment in an experiment."""
     return jsonify(service.stored_assignment(context.redis_client(), experiment_id, molam_id))
