@@ -22,6 +22,10 @@ test: $(STAMP)
 flower: $(STAMP)
 	$(BIN)/celery -A tasks.celery_app flower --port=5555
 
+## Assignment benchmark (needs wrk): cached and new-user assign vs a bare Flask+Redis baseline.
+bench-assign: $(STAMP)
+	$(BIN)/python bench/bench_assign.py
+
 ## Ingestion benchmark (needs wrk): track vs baseline, 500,000 batched events end to end, 60 s backlog soak.
 bench-ingest: $(STAMP)
 	$(BIN)/python bench/bench_ingest.py
