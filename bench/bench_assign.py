@@ -232,7 +232,7 @@ def profile(server: Server, seconds: int, out: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=15, help="seconds per wrk run")
+    parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of wrk warm-up before each server's runs")
     parser.add_argument("--connections", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "4")))
