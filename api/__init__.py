@@ -57,7 +57,6 @@ def create_app(settings: Settings | None = None) -> Flask:
             },
             "security": [{"bearerAuth": []}],
         },
-        JSON_SORT_KEYS=False,
         MAX_CONTENT_LENGTH=8 * 1024 * 1024,
     )
     app.extensions["settings"] = settings

@@ -1,6 +1,6 @@
 """Rate limiting of the assignment endpoints: Flask-Limiter on Redis, one budget per caller.
 
-The budget (``Settings.assign_rate_limit``, e.g. ``6000/minute``) is keyed by the
+The budget (``Settings.assign_rate_limit``, e.g. ``120000/minute``) is keyed by the
 caller's token ``sub`` and shared by ``POST /assign`` and ``GET /assignment``.
 The check runs after authentication (``@require`` wraps ``@rate_limited``), so the
 key is always a verified subject and an unauthenticated request costs no counter.

@@ -64,7 +64,7 @@ class Settings:
     molam_id_issuer: str | None = None
     molam_id_audience: str | None = None
     # Assignment hot path
-    assign_rate_limit: str = "6000/minute"
+    assign_rate_limit: str = "120000/minute"
     rate_limit_enabled: bool = True
     # SIRA schedules (seconds) and daily report time (UTC)
     recompute_interval_s: float = 30.0

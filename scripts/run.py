@@ -45,9 +45,8 @@ def main() -> int:
 
     from api.auth import mint_dev_token
 
-    workers = os.environ.get("WEB_CONCURRENCY", "3")
     commands = {
-        "api": [str(bin_dir / "gunicorn"), "-w", workers, "-b", f"0.0.0.0:{settings.port}", "--access-logfile", "-", "api.wsgi:app"],
+        "api": [str(bin_dir / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "-b", f"0.0.0.0:{settings.port}", "--access-logfile", "-", "api.wsgi:app"],
         "worker": [str(bin_dir / "celery"), "-A", "tasks.celery_app", "worker", "-E", "--loglevel=INFO", "--concurrency=2"],
         "beat": [str(bin_dir / "celery"), "-A", "tasks.celery_app", "beat", "--loglevel=INFO", "-s", str(VAR_DIR / "celerybeat-schedule")],
     }

@@ -39,3 +39,12 @@ def test_openapi_is_served(client):
     assert spec["info"]["title"].startswith("Molam Experiments")
     assert "/api/experiments" in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_metrics_count_experiments_by_status(client, create_experiment):
+    create_experiment()
+    create_experiment(start=True)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'experiments_total{status="draft"} 1.0' in text
+    assert 'experiments_total{status="running"} 1.0' in text
+    assert 'experiments_total{status="archived"} 0.0' in text
