@@ -63,6 +63,21 @@ def canonical_payload(
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+def canonical_entry(entry: AuditEntry) -> str:
+    return canonical_payload(
+        experiment_id=entry.experiment_id,
+        actor=entry.actor,
+        actor_roles=entry.actor_roles,
+        action=entry.action,
+        before=entry.before,
+        after=entry.after,
+        request_id=entry.request_id,
+        client_ip=entry.client_ip,
+        created_at=entry.created_at,
+        prev_hash=entry.prev_hash,
+    )
+
+
 def entry_hash(canonical: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -87,33 +102,19 @@ def record(
     prev_hash = session.execute(
         select(AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)
     ).scalar_one_or_none() or GENESIS_HASH
-    created_at = datetime.now(timezone.utc)
-    before, after = _jsonable(before), _jsonable(after)
-    canonical = canonical_payload(
-        experiment_id=experiment_id,
-        actor=actor.sub,
-        actor_roles=actor.roles,
-        action=action,
-        before=before,
-        after=after,
-        request_id=actor.request_id,
-        client_ip=actor.client_ip,
-        created_at=created_at,
-        prev_hash=prev_hash,
-    )
     entry = AuditEntry(
         experiment_id=experiment_id,
         actor=actor.sub,
         actor_roles=list(actor.roles),
         action=action,
-        before=before,
-        after=after,
+        before=_jsonable(before),
+        after=_jsonable(after),
         request_id=actor.request_id,
         client_ip=actor.client_ip,
-        created_at=created_at,
+        created_at=datetime.now(timezone.utc),
         prev_hash=prev_hash,
-        hash=entry_hash(canonical),
     )
+    entry.hash = entry_hash(canonical_entry(entry))
     session.add(entry)
     session.flush()
     return entry
@@ -136,19 +137,7 @@ def verify_chain(session: Session, batch_size: int = 2000) -> ChainVerification:
         count += 1
         if entry.prev_hash != expected_prev:
             return ChainVerification(False, count, entry.id, "prev_hash does not match the previous entry")
-        canonical = canonical_payload(
-            experiment_id=entry.experiment_id,
-            actor=entry.actor,
-            actor_roles=entry.actor_roles,
-            action=entry.action,
-            before=entry.before,
-            after=entry.after,
-            request_id=entry.request_id,
-            client_ip=entry.client_ip,
-            created_at=entry.created_at,
-            prev_hash=entry.prev_hash,
-        )
-        if entry_hash(canonical) != entry.hash:
+        if entry_hash(canonical_entry(entry)) != entry.hash:
             return ChainVerification(False, count, entry.id, "hash does not match the entry's content")
         expected_prev = entry.hash
     return ChainVerification(True, count, None)
