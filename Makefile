@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: run test flower bench bench-assign bench-ingest bench-sira lint clean
+.PHONY: run test flower bench-assign bench-ingest bench-sira bench-bandit bench-sim clean
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,19 @@ bench-assign: $(STAMP)
 ## Ingestion benchmark (needs wrk): track vs baseline, 500,000 batched events end to end, 60 s backlog soak.
 bench-ingest: $(STAMP)
 	$(BIN)/python bench/bench_ingest.py
+
+## SIRA: one recompute + fail-fast cycle over 1,000 running experiments x 5 arms (scratch database).
+bench-sira: $(STAMP)
+	$(BIN)/python bench/bench_sira_cycle.py
+
+## The bandit end to end through API, worker and beat (20,000 simulated users, 0.10 vs 0.12).
+bench-bandit: $(STAMP)
+	$(BIN)/python bench/bench_bandit_e2e.py
+
+## Statistical simulations: fail-fast false-stop rates and bandit regret.
+bench-sim: $(STAMP)
+	$(BIN)/python bench/sim_failfast.py --seeds 10000 --tune
+	$(BIN)/python bench/sim_regret.py --investigate
 
 clean:
 	rm -rf var/test .pytest_cache
