@@ -32,7 +32,7 @@ class AuditCollection(MethodView):
         pagination_parameters.item_count = session.execute(count).scalar_one()
         rows = session.execute(
             statement.order_by(AuditEntry.id.desc())
-            .offset(pagination_parameters.first_item)
+            .offset(context.page_offset(pagination_parameters))
             .limit(pagination_parameters.page_size)
         )
         return list(rows.scalars())

@@ -40,3 +40,12 @@ def request_id() -> str:
 def actor() -> Actor:
     principal = g.principal
     return Actor(sub=principal.sub, roles=principal.roles, request_id=request_id(), client_ip=request.remote_addr)
+
+
+# PostgreSQL's OFFSET is a bigint; any page past the last row is empty anyway.
+_MAX_OFFSET = 2**62
+
+
+def page_offset(pagination_parameters) -> int:  # noqa: ANN001
+    """The row offset of the requested page, clamped so an absurd ``page`` is an empty page, not a 500."""
+    return min(pagination_parameters.first_item, _MAX_OFFSET)

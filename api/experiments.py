@@ -47,7 +47,7 @@ class ExperimentCollection(MethodView):
         items, total = service.list_experiments(
             context.session(),
             status=query.get("status"),
-            offset=pagination_parameters.first_item,
+            offset=context.page_offset(pagination_parameters),
             limit=pagination_parameters.page_size,
         )
         pagination_parameters.item_count = total

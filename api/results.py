@@ -221,7 +221,7 @@ class ReportCollection(MethodView):
         items, total = sira_reports.list_reports(
             context.session(),
             experiment_id=query.get("experiment_id"),
-            offset=pagination_parameters.first_item,
+            offset=context.page_offset(pagination_parameters),
             limit=pagination_parameters.page_size,
         )
         pagination_parameters.item_count = total

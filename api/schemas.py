@@ -71,7 +71,7 @@ class TargetingSchema(StrictSchema):
 class VariantInSchema(StrictSchema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
     config = fields.Dict(keys=fields.String(), load_default=dict, validate=_json_object_under(MAX_CONFIG_BYTES, "config"))
-    traffic_share = fields.Decimal(required=True, places=2, validate=validate.Range(min=0, max=100), as_string=False)
+    traffic_share = fields.Decimal(required=True, places=2, validate=validate.Range(min=0, max=100), as_string=False, metadata={"minimum": 0, "maximum": 100})
     is_control = fields.Boolean(load_default=False)
 
 
@@ -111,7 +111,13 @@ class ExperimentCreateSchema(StrictSchema):
     targeting = fields.Nested(TargetingSchema, load_default=dict)
     variants = fields.List(fields.Nested(VariantInSchema), required=True)
     mode = fields.String(load_default="ab", validate=validate.OneOf(MODES))
-    coverage = fields.Decimal(load_default=100, places=2, validate=validate.Range(min=0, max=100, min_inclusive=False), as_string=False)
+    coverage = fields.Decimal(
+        load_default=100,
+        places=2,
+        validate=validate.Range(min=0, max=100, min_inclusive=False),
+        as_string=False,
+        metadata={"minimum": 0, "exclusiveMinimum": True, "maximum": 100, "default": 100},
+    )
     primary_metric = fields.String(load_default="conversion", validate=validate.OneOf(EVENT_TYPES))
     fail_fast = fields.Nested(FailFastSchema, load_default=lambda: FailFastSchema().load({}))
     guardrails = fields.List(
@@ -137,7 +143,12 @@ class ExperimentUpdateSchema(StrictSchema):
     targeting = fields.Nested(TargetingSchema)
     variants = fields.List(fields.Nested(VariantInSchema))
     mode = fields.String(validate=validate.OneOf(MODES))
-    coverage = fields.Decimal(places=2, validate=validate.Range(min=0, max=100, min_inclusive=False), as_string=False)
+    coverage = fields.Decimal(
+        places=2,
+        validate=validate.Range(min=0, max=100, min_inclusive=False),
+        as_string=False,
+        metadata={"minimum": 0, "exclusiveMinimum": True, "maximum": 100},
+    )
     primary_metric = fields.String(validate=validate.OneOf(EVENT_TYPES))
     fail_fast = fields.Nested(FailFastSchema)
     guardrails = fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)), validate=_unique_list)

@@ -131,7 +131,7 @@ def validate_event(
     event_type = raw.get("event_type")
     if event_type is None:
         errors["event_type"] = ["required"]
-    elif event_type not in EVENT_TYPE_SET:
+    elif not isinstance(event_type, str) or event_type not in EVENT_TYPE_SET:
         errors["event_type"] = [f"must be one of: {', '.join(EVENT_TYPES)}"]
 
     variant_id = raw.get("variant_id")

@@ -221,3 +221,10 @@ def test_validation_error_message_names_the_fields(client, auth):
     body = experiment_body(coverage=0, mode="casino")
     payload = client.post("/api/experiments", json=body, headers=auth()).get_json()
     assert payload["message"] == "invalid request: coverage, mode"
+
+
+@pytest.mark.parametrize("path", ["/api/experiments", "/api/audit", "/api/reports"])
+def test_absurd_page_is_an_empty_page(client, auth, create_experiment, path):
+    create_experiment()
+    response = client.get(f"{path}?page=47257189766493208576&page_size=20", headers=auth())
+    assert response.status_code == 200 and response.get_json() == []

@@ -48,3 +48,12 @@ def test_metrics_count_experiments_by_status(client, create_experiment):
     assert 'experiments_total{status="draft"} 1.0' in text
     assert 'experiments_total{status="running"} 1.0' in text
     assert 'experiments_total{status="archived"} 0.0' in text
+
+
+def test_openapi_numeric_bounds_are_numbers(client):
+    spec = client.get("/openapi.json").get_json()
+    for name, schema in spec["components"]["schemas"].items():
+        for prop, definition in schema.get("properties", {}).items():
+            for key in ("minimum", "maximum", "default"):
+                if definition.get("type") == "number" and key in definition:
+                    assert isinstance(definition[key], (int, float)), (name, prop, key)

@@ -335,3 +335,14 @@ def test_the_one_round_trip_path_applies_the_same_rules(client, auth, running, s
     assert count_rows(settings, "experiment_metrics") == 3
     assert count_rows(settings, "experiment_metric_dead_letters") == 0
     assert rollup_mismatches(settings) == []
+
+
+def test_non_string_event_type_is_a_422_not_a_crash(client, auth, create_experiment):
+    experiment = create_experiment(start=True)
+    body = {"molam_id": "u1", "event_type": {}, "variant_id": experiment["variants"][0]["id"]}
+    response = client.post(f"/api/experiments/{experiment['id']}/track", json=body, headers=auth("pay_module"))
+    assert response.status_code == 422
+    assert "event_type" in str(response.get_json()["errors"])
+    batch = client.post("/api/events/batch", json={"events": [{**body, "experiment_id": experiment["id"], "event_type": ["view"]}]}, headers=auth("pay_module"))
+    assert batch.status_code == 202
+    assert batch.get_json()["accepted"] == [] and "event_type" in str(batch.get_json()["rejected"][0]["errors"])
