@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: run test flower bench-assign bench-ingest bench-sira bench-bandit bench-sim clean
+.PHONY: run test fuzz flower bench-assign bench-ingest bench-sira bench-bandit bench-sim clean
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ bench-bandit: $(STAMP)
 bench-sim: $(STAMP)
 	$(BIN)/python bench/sim_failfast.py --seeds 10000 --tune
 	$(BIN)/python bench/sim_regret.py --investigate
+
+## Fuzz the running platform (start `make run` first) from its OpenAPI spec: no request may get a 5xx.
+fuzz: $(STAMP)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-fuzz.txt
+	$(BIN)/schemathesis run http://localhost:$${PORT:-3010}/openapi.json \
+		-H "Authorization: Bearer $$($(BIN)/flask --app api dev-token --role ops_admin)" \
+		-c not_a_server_error --max-examples $${FUZZ_EXAMPLES:-100} -w 2
 
 clean:
 	rm -rf var/test .pytest_cache
