@@ -229,6 +229,27 @@ def profile(server: Server, seconds: int, out: Path) -> None:
         print(f"py-spy failed on {pid}: {done.stderr.strip()[-500:]}", file=sys.stderr)
 
 
+def require_wrk() -> bool:
+    if subprocess.run(["which", "wrk"], capture_output=True).returncode != 0:
+        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+        return False
+    return True
+
+
+def ephemeral_signer(ttl_s: int = 6 * 3600):  # noqa: ANN201
+    """A throwaway RS256 key pair: (public PEM for MOLAM_ID_PUBLIC_KEY, mint(role, sub) -> token)."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    now = int(time.time())
+
+    def mint(role: str, sub: str) -> str:
+        return jwt.encode({"sub": sub, "roles": [role], "iat": now, "exp": now + ttl_s}, private, algorithm="RS256")
+
+    return public_pem, mint
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
@@ -251,21 +272,14 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "assign.json")
     args = parser.parse_args()
 
-    if subprocess.run(["which", "wrk"], capture_output=True).returncode != 0:
-        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+    if not require_wrk():
         return 2
 
     database_url = recreate_database(args.admin_database_url, args.database)
     import redis
 
     redis.Redis.from_url(args.redis_url).flushdb()
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public_pem = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    now = int(time.time())
-
-    def mint(role: str, sub: str) -> str:
-        return jwt.encode({"sub": sub, "roles": [role], "iat": now, "exp": now + 6 * 3600}, private, algorithm="RS256")
-
+    public_pem, mint = ephemeral_signer()
     admin_token, service_token = mint("ops_admin", "bench-admin"), mint("pay_module", "bench-pay")
     metrics_dir = Path(tempfile.mkdtemp(prefix="bench-prom-"))
     env = {

@@ -37,12 +37,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import jwt  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from psycopg import sql  # noqa: E402
+
+from bench.bench_assign import ephemeral_signer  # noqa: E402
 
 BIN = Path(sys.executable).parent
 RATES = {"Control": 0.10, "Better": 0.12}
@@ -142,15 +141,7 @@ def main() -> int:
             print(f"{url} is not empty; pass other --redis-url/--broker-url", file=sys.stderr)
             return 2
     database_url = recreate_database(args.admin_database_url, args.database)
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
-    now = int(time.time())
-
-    def mint(role: str) -> str:
-        return jwt.encode({"sub": f"bench-{role}", "roles": [role], "iat": now, "exp": now + 6 * 3600}, private, algorithm="RS256")
-
+    public_pem, mint = ephemeral_signer()
     var_dir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     env = {
         **os.environ,
@@ -180,8 +171,8 @@ def main() -> int:
         start("beat", [str(BIN / "celery"), "-A", "tasks.celery_app", "beat", "--loglevel=WARNING",
                        "-s", str(var_dir / "celerybeat-schedule")], env, logs),
     ]
-    admin = Client(port, mint("ops_admin"))
-    service = Client(port, mint("pay_module"))
+    admin = Client(port, mint("ops_admin", "bench-ops_admin"))
+    service = Client(port, mint("pay_module", "bench-pay_module"))
     try:
         wait_http(admin, "/healthz")
         status, experiment = admin.request("POST", "/api/experiments", {

@@ -35,13 +35,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import jwt  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 
 from bench.bench_assign import (  # noqa: E402 - same servers, wrk harness and baseline as the assignment bench
+    ephemeral_signer,
+    require_wrk,
     LUA_BASELINE,
     LUA_COMMON,
     Server,
@@ -240,20 +239,13 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "ingest.json")
     args = parser.parse_args()
 
-    if subprocess.run(["which", "wrk"], capture_output=True).returncode != 0:
-        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+    if not require_wrk():
         return 2
     database_url = recreate_database(args.admin_database_url, args.database)
     client = redis.Redis.from_url(args.redis_url)
     client.flushdb()
     redis.Redis.from_url(args.broker_url).flushdb()
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public_pem = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    now = int(time.time())
-
-    def mint(role: str, sub: str) -> str:
-        return jwt.encode({"sub": sub, "roles": [role], "iat": now, "exp": now + 6 * 3600}, private, algorithm="RS256")
-
+    public_pem, mint = ephemeral_signer()
     admin_token, service_token = mint("ops_admin", "bench-admin"), mint("pay_module", "bench-pay")
     env = {
         **os.environ,
