@@ -11,7 +11,7 @@ from flask_smorest import Api
 from core import db
 from core.config import Settings, load_settings
 from core.errors import DomainError
-from core.observability import init_metrics
+from api.observability import init_metrics
 
 from . import context
 from .auth import TokenVerifier, mint_dev_token, resolve_public_key
@@ -73,19 +73,20 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(assignments.blp)
     api.register_blueprint(audit.blp)
     api.register_blueprint(export.blp)
-    from . import results
+    from . import results, variants
 
     api.register_blueprint(results.blp)
     api.register_blueprint(results.reports_blp)
+    api.register_blueprint(variants.blp)
     app.register_blueprint(health.blp)
     from . import bandit_history, dashboard
 
     api.register_blueprint(bandit_history.blp)
     app.register_blueprint(dashboard.blp)
-    from . import cli_ingest, events
+    from . import cli_reconcile, events
 
     api.register_blueprint(events.blp)
-    cli_ingest.register(app)
+    cli_reconcile.register(app)
 
     _register_error_handlers(app, api)
     init_rate_limiting(app, settings)

@@ -9,7 +9,7 @@ from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from core.codes import COUNTRIES, CURRENCIES, LANGUAGES
-from services import assignment as service
+from services.experiments import assignment as service
 
 from . import context
 from .auth import require

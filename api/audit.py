@@ -6,7 +6,7 @@ from flask_smorest import Blueprint
 from sqlalchemy import func, select
 
 from models import AuditEntry
-from services import audit as service
+from services.experiments import audit as service
 
 from . import context
 from .auth import require

@@ -9,7 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
-from services import bandit_history as service
+from services.experiments import bandit_history as service
 
 from . import context
 from .auth import require

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from core import db
 from core.redis import get_redis
-from services.audit import Actor
+from services.experiments.audit import Actor
 
 
 def session() -> Session:

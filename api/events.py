@@ -15,7 +15,7 @@ from marshmallow import fields, validate
 
 from core.errors import Invalid
 from models.enums import EVENT_TYPES
-from services import ingestion
+from services.ingestion import staging as ingestion
 
 from . import context
 from .auth import require

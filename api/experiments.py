@@ -7,7 +7,8 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from core.errors import Unavailable
-from services import cache, experiments as service
+from services import cache
+from services.experiments import lifecycle as service
 
 from . import context
 from .auth import require

@@ -16,7 +16,7 @@ from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from core import db
-from services import experiments as experiment_service
+from services.experiments import lifecycle as experiment_service
 
 from . import context
 from .auth import require

@@ -1,4 +1,4 @@
-"""SIRA read side (results, insights, reports) and pausing or resuming a variant."""
+"""SIRA read side: results, insights and daily reports."""
 from __future__ import annotations
 
 import logging
@@ -10,17 +10,15 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
-from services import experiments as experiment_service
-from services import sira_insights, sira_jobs, sira_reports, sira_results
+from services.analysis import insights as sira_insights, reports as sira_reports, results as sira_results
 
 from . import context
 from .auth import require
-from .experiments import commit_mutation
-from .schemas import ExperimentOutSchema, QuerySchema, StrictSchema
+from .schemas import QuerySchema
 
 log = logging.getLogger(__name__)
 
-blp = Blueprint("results", __name__, url_prefix="/api/experiments", description="SIRA results, insights and variant pausing")
+blp = Blueprint("results", __name__, url_prefix="/api/experiments", description="SIRA results and insights")
 reports_blp = Blueprint("reports", __name__, url_prefix="/api/reports", description="SIRA daily reports")
 
 
@@ -124,10 +122,6 @@ class InsightsOutSchema(ma.Schema):
     computed_at = fields.String()
 
 
-class PauseInSchema(StrictSchema):
-    reason = fields.String(validate=validate.Length(max=1000), load_default=None)
-
-
 class ReportQuerySchema(QuerySchema):
     experiment_id = fields.UUID()
 
@@ -171,43 +165,6 @@ class Insights(MethodView):
         return sira_insights.experiment_insights(context.session(), experiment_id)
 
 
-def _refresh_bandit_state(experiment_id: uuid.UUID) -> None:
-    """Republish weights at once so a resumed arm does not wait a cycle for traffic."""
-    settings = current_app.extensions["settings"]
-    try:
-        sira_jobs.recompute_posteriors(
-            context.redis_client(), recompute_interval_s=settings.recompute_interval_s, experiment_ids=[experiment_id]
-        )
-    except Exception:  # noqa: BLE001 - the pause is committed; the next beat tick catches up
-        log.exception("could not refresh bandit state of %s after a pause change", experiment_id)
-
-
-def _pause_view(paused: bool):
-    action = "pause" if paused else "resume"
-
-    @require("pause_variant")
-    @blp.arguments(PauseInSchema, required=False)
-    @blp.response(200, ExperimentOutSchema)
-    def view(data: dict | None, experiment_id: uuid.UUID, variant_id: uuid.UUID):
-        experiment = experiment_service.set_variant_paused(
-            context.session(), experiment_id, variant_id,
-            paused=paused, actor=context.actor(), reason=(data or {}).get("reason"),
-        )
-        commit_mutation(experiment_id)
-        _refresh_bandit_state(experiment_id)
-        return experiment
-
-    view.__name__ = f"{action}_variant"
-    view.__doc__ = (
-        "Pause a variant: it receives no new users; users already in it keep it."
-        if paused
-        else "Resume a paused variant."
-    )
-    blp.route(f"/<uuid:experiment_id>/variants/<uuid:variant_id>/{action}", methods=["POST"])(view)
-
-
-_pause_view(True)
-_pause_view(False)
 
 
 @reports_blp.route("")

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from core import db  # noqa: E402
 from core.config import normalise_database_url  # noqa: E402
 from core.redis import get_redis  # noqa: E402
-from services import sira_jobs, sira_results  # noqa: E402
+from services.analysis import jobs as sira_jobs, results as sira_results  # noqa: E402
 
 
 def plain(url: str) -> str:

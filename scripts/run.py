@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.config import VAR_DIR, load_settings, redis_url_with_db  # noqa: E402
-from core.embedded import start_postgres, start_redis  # noqa: E402
+from scripts.embedded import start_postgres, start_redis  # noqa: E402
 
 EMBEDDED_REDIS_PORT = int(os.environ.get("EMBEDDED_REDIS_PORT", "6390"))
 ROLES = ("ops_admin", "marketing", "data_science", "pay_module")

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from core.redis import get_redis
-from services import ingestion_writer
+from services.ingestion import writer as ingestion_writer
 
 from .celery_app import celery, current_settings
 

@@ -1,4 +1,4 @@
-"""SIRA's beat jobs. Thin: take the job's lock, hand off to :mod:`services.sira_jobs`.
+"""SIRA's beat jobs. Thin: take the job's lock, hand off to :mod:`services.analysis.jobs`.
 
 Each returns a small summary (visible in Flower) or ``{"skipped": ...}`` when another
 run of the same job holds its lock; the next beat tick simply tries again.
@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from core.redis import get_redis
-from services import sira_jobs, sira_reports
+from services.analysis import jobs as sira_jobs, reports as sira_reports
 
 from .celery_app import celery, current_settings
 

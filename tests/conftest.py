@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from psycopg import sql
 
 from core.config import PROJECT_ROOT, Settings, normalise_database_url, redis_url_with_db
-from core.embedded import postgres_answers, redis_answers, start_postgres, start_redis
+from scripts.embedded import postgres_answers, redis_answers, start_postgres, start_redis
 
 DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/molam_experiments_test"
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"

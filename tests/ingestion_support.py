@@ -30,7 +30,7 @@ def assign_users(settings: Settings, experiment: dict[str, Any], molam_ids: list
 
 def drain_all(client, rounds: int = 1000) -> dict[str, int]:
     """Run in-process drains until the stream is empty; totals of their reports."""
-    from services import ingestion_writer
+    from services.ingestion import writer as ingestion_writer
 
     totals: dict[str, int] = {"inserted": 0, "duplicates": 0, "dead_lettered": 0}
     for _ in range(rounds):
@@ -43,12 +43,12 @@ def drain_all(client, rounds: int = 1000) -> dict[str, int]:
 
 
 def ingestion_writer_backlog(client) -> int:
-    from services import ingestion_writer
+    from services.ingestion import writer as ingestion_writer
 
     return ingestion_writer.backlog(client).length
 
 
-# Independent recomputation (deliberately not services.rollups): raw events → rollups.
+# Independent recomputation (deliberately not services.ingestion.rollups): raw events → rollups.
 EXPECTED_VARIANTS = """
 WITH per_user AS (
     SELECT experiment_id, variant_id, event_type, molam_id, coalesce(sum(value), 0) AS s

@@ -9,10 +9,10 @@ import pytest
 
 from core import db
 from core.redis import get_redis
-from services import assignment as service
-from services.audit import SIRA_ACTOR
+from services.experiments import assignment as service
+from services.experiments.audit import SIRA_ACTOR
 from services.cache import assignment_key, definition_key, weights_key
-from services.experiments import set_variant_paused
+from services.experiments.lifecycle import set_variant_paused
 
 SERVICE = "pay_module"
 

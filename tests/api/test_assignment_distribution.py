@@ -13,9 +13,9 @@ import numpy as np
 from scipy import stats
 
 from core.redis import get_redis
-from services import assignment as service
+from services.experiments import assignment as service
 from services.cache import weights_key
-from services.definitions import load_definition
+from services.experiments.definitions import load_definition
 
 USERS = 20_000
 ALPHA = 0.001

@@ -10,7 +10,7 @@ import pytest
 
 from core import rbac
 from core.redis import get_redis
-from services import sira_jobs, sira_reports
+from services.analysis import jobs as sira_jobs, reports as sira_reports
 from services.cache import definition_key
 from tests.conftest import new_id
 from tests.sira_data import plain_url, set_arm, set_rollup, simulate

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from core.redis import get_redis
-from services import ingestion
+from services.ingestion import staging as ingestion
 from tests.ingestion_support import assign_users, count_rows, drain_all, rollup_mismatches
 
 SERVICE = "pay_module"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import hashlib
 import pytest
 
-from services import assignment as service
-from services.definitions import definition_from_document
+from services.experiments import assignment as service
+from services.experiments.definitions import definition_from_document
 
 EXPERIMENT_ID = "6f1c2a7e-0000-4000-8000-000000000001"
 
@@ -118,7 +118,7 @@ def test_targeting_reason(user, reason):
 
 
 def test_parsed_definitions_are_memoised_by_bytes():
-    from services.definitions import encode_definition, parse_definition
+    from services.experiments.definitions import encode_definition, parse_definition
 
     raw = encode_definition({"id": "x", "status": "running", "mode": "ab", "coverage": 100, "variants": []})
     assert parse_definition(raw) is parse_definition(bytes(raw))

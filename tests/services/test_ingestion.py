@@ -12,7 +12,7 @@ import pytest
 
 from core import db
 from core.redis import get_redis
-from services import ingestion, ingestion_writer, rollups
+from services.ingestion import rollups, staging as ingestion, writer as ingestion_writer
 from tests.ingestion_support import assign_users, count_rows, drain_all, plain_url, rollup_mismatches
 
 

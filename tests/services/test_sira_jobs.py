@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from core.redis import get_redis
-from services import sira_jobs
+from services.analysis import jobs as sira_jobs
 from services.cache import definition_key
 from sira.bandit import BanditConfig, bandit_weights
 from sira.stats import ProportionStats

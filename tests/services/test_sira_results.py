@@ -13,7 +13,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from core.redis import get_redis
 from models.enums import EVENT_TYPES, LOWER_IS_BETTER
-from services import sira_results
+from services.analysis import results as sira_results
 from tests.sira_data import NOW, set_arm, simulate
 
 

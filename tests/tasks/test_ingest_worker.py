@@ -16,7 +16,7 @@ import pytest
 
 from core.config import PROJECT_ROOT, redis_url_with_db
 from core.redis import get_redis
-from services import ingestion_writer
+from services.ingestion import writer as ingestion_writer
 from tests.ingestion_support import assign_users, count_rows, rollup_mismatches
 
 SERVICE = "pay_module"

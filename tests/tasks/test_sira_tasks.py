@@ -12,7 +12,7 @@ from celery.schedules import crontab
 
 from core import db
 from core.redis import get_redis
-from services import sira_jobs
+from services.analysis import jobs as sira_jobs
 from tests.sira_data import plain_url, set_arm
 
 

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from .ingestion_writer import ROLLUP_LOCK_CLASS
+from .writer import ROLLUP_LOCK_CLASS
 
 #: Sums accumulated in a different order differ in the last bits; anything beyond this is drift.
 RELATIVE_TOLERANCE = 1e-9

@@ -25,7 +25,7 @@ from core.errors import NotFound
 from models import Experiment
 from models.enums import ExperimentStatus
 
-from .cache import definition_key
+from ..cache import definition_key
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Definition:
     bandit: dict[str, Any]
     variants: tuple[VariantDefinition, ...]
     by_id: dict[str, VariantDefinition] = field(repr=False, compare=False)
-    # Lazily filled by services.assignment (split boundaries per definition version).
+    # Lazily filled by services.experiments.assignment (split boundaries per definition version).
     derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property

@@ -23,9 +23,9 @@ from sira.bandit import posteriors
 from sira.posterior import prob_best
 from sira.stats import ProportionStats, wilson_interval
 
-from .sira_inputs import ExperimentInput
-from .sira_jobs import FAIL_FAST, GUARDRAIL_BREACH, Finding, fail_fast_findings, guardrail_findings
-from .sira_results import decision_proportions, load_experiment, srm_block
+from .inputs import ExperimentInput
+from .findings import FAIL_FAST, GUARDRAIL_BREACH, Finding, fail_fast_findings, guardrail_findings
+from .results import decision_proportions, load_experiment, srm_block
 
 SEGMENT_DIMENSIONS = ("country", "lang", "device")
 

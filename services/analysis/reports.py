@@ -16,9 +16,9 @@ from core import db
 from core.errors import NotFound
 from models import Experiment, Report
 
-from .sira_inputs import chunks, load_inputs, running_experiment_ids
-from .sira_insights import build_insights
-from .sira_results import build_results, d7_retention_counts, load_states
+from .inputs import chunks, load_inputs, running_experiment_ids
+from .insights import build_insights
+from .results import build_results, d7_retention_counts, load_states
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from core.errors import Conflict, NotFound, Unavailable
 from core.metrics import EXPERIMENT_ASSIGNMENTS, SIRA_DECISION_LATENCY
 from models.enums import TARGETING_LIST_KEYS, ExperimentMode, ExperimentStatus
 
-from .cache import assignment_key, definition_key, weights_key
+from ..cache import assignment_key, definition_key, weights_key
 from .definitions import Definition, VariantDefinition, load_definition, parse_definition
 
 log = logging.getLogger(__name__)

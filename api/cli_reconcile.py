@@ -9,7 +9,7 @@ from flask.cli import AppGroup
 from tqdm import tqdm
 
 from core import db
-from services import rollups
+from services.ingestion import rollups
 
 
 @click.command("reconcile")

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from models import BanditHistory
 
-from .experiments import get_experiment
+from .lifecycle import get_experiment
 
 DEFAULT_SNAPSHOTS = 500
 MAX_SNAPSHOTS = 5000

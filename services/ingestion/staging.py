@@ -1,6 +1,6 @@
 """Metric ingestion: validate at the API, stage in a Redis Stream, write in batches.
 
-This module is the API side; :mod:`services.ingestion_writer` is the write side.
+This module is the API side; :mod:`services.ingestion.writer` is the write side.
 The API never writes metric rows. It validates each event, checks the user's
 assignment (Redis first, PostgreSQL on a miss) and appends the event to the
 ``ingest:events`` stream in one atomic Lua call. Celery drain tasks read the
@@ -33,8 +33,8 @@ from core.errors import Conflict, DomainError, Invalid, NotFound, Unavailable
 from core.metrics import EXPERIMENT_METRICS
 from models.enums import EVENT_TYPES, ExperimentStatus
 
-from . import definitions
-from .cache import assignment_key, definition_key
+from ..experiments import definitions
+from ..cache import assignment_key, definition_key
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ GROUP = "ingest-writers"
 ENTRY_EVENTS = 100
 #: Refuse new events (503) rather than let Redis run out of memory when nothing drains.
 MAX_BACKLOG_ENTRIES = 500_000
-ASSIGNMENT_CACHE_TTL_S = 7 * 24 * 3600  # as services.assignment caches it
+ASSIGNMENT_CACHE_TTL_S = 7 * 24 * 3600  # as services.experiments.assignment caches it
 MAX_BATCH_REQUEST = 1000
 MAX_METADATA_BYTES = 4096
 MAX_EVENT_ID = 128

@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from core import db
 from core.codes import CURRENCIES
 
-from .ingestion import (
+from .staging import (
     ENTRY_EVENTS,
     EVENT_TYPE_SET,
     GROUP,

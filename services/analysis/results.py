@@ -1,7 +1,7 @@
 """Experiment results: rates, intervals, uplift, posteriors and SRM from the rollups.
 
 Served from three cheap reads (rollups, assigned-user counts, stored bandit state;
-see :mod:`services.sira_inputs`) plus day-7 retention, which needs a join over the
+see :mod:`services.analysis.inputs`) plus day-7 retention, which needs a join over the
 experiment's users and is therefore cached in Redis and refreshed by the
 ``sira.recompute_posteriors`` job (see :func:`d7_retention_counts`).  Nothing here
 reads raw events, so the cost of a results call does not grow with their number.
@@ -43,7 +43,7 @@ from sira.stats import (
     wilson_interval,
 )
 
-from .sira_inputs import ExperimentInput, load_inputs
+from .inputs import ExperimentInput, load_inputs
 
 log = logging.getLogger(__name__)
 

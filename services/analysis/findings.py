@@ -1,0 +1,105 @@
+"""What SIRA's rules find in one experiment's statistics: fail-fast losers and guardrail breaches.
+
+Read by both the beat job (:mod:`services.analysis.jobs`, which acts on findings) and the
+insights read path (:mod:`services.analysis.insights`, which only shows them), so neither
+imports the other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from models.enums import LOWER_IS_BETTER
+from sira.failfast import ArmFlag, FailFastConfig, evaluate, guardrail_flags
+from sira.stats import ProportionStats
+
+from .inputs import ExperimentInput
+from .results import decision_proportions
+
+FAIL_FAST = "fail_fast"
+GUARDRAIL_BREACH = "guardrail_breach"
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    variant_index: int
+    rule: str
+    event_type: str
+    action: str
+    message: str
+    details: dict[str, Any]
+
+
+def _flag_details(flag: ArmFlag, experiment: ExperimentInput, event_type: str) -> dict[str, Any]:
+    return {
+        "against_variant_id": str(experiment.arms[flag.against].variant_id) if flag.against is not None else None,
+        "lower": flag.lower,
+        "upper": flag.upper,
+        "probability": flag.probability,
+        "rule_message": flag.message,
+        "arms": [
+            {"variant_id": str(arm.variant_id), "users": p.users, "successes": p.successes}
+            for arm, p in zip(experiment.arms, experiment.proportions(event_type))
+        ],
+    }
+
+
+def fail_fast_findings(experiment: ExperimentInput) -> list[Finding]:
+    config = experiment.fail_fast_config
+    decision = decision_proportions(experiment)
+    findings = []
+    for flag in evaluate(decision, config):
+        loser = experiment.arms[flag.arm]
+        winner = experiment.arms[flag.against] if flag.against is not None else None
+        raw = experiment.proportions(experiment.primary_metric)
+        if config.rule == "bayesian":
+            evidence = f"P(worse than the best) = {flag.probability:.1%} > {config.threshold:.0%}"
+        else:
+            evidence = f"always-valid {1 - config.alpha:.0%} bounds on the gap [{flag.lower:.2%}, {flag.upper:.2%}]"
+        message = (
+            f"Variant '{loser.name}' is losing on {experiment.primary_metric} "
+            f"({raw[flag.arm].rate:.2%} vs {raw[flag.against].rate:.2%} for '{winner.name}'; {evidence})"
+            if winner is not None
+            else f"Variant '{loser.name}' is losing on {experiment.primary_metric} ({evidence})"
+        )
+        findings.append(
+            Finding(FAIL_FAST, flag.arm, config.rule, experiment.primary_metric, experiment.fail_fast_action,
+                    message, _flag_details(flag, experiment, experiment.primary_metric))
+        )
+    return findings
+
+
+def guardrail_findings(experiment: ExperimentInput) -> list[Finding]:
+    """Variants whose guardrail outcome is credibly worse than control's (same sequential CS).
+
+    :func:`sira.failfast.guardrail_flags` flags a *higher* rate; for an event type where
+    more is better (a click used as a guardrail) the users without the event are the
+    bad outcome, so the counts are flipped first.
+    """
+    if len(experiment.arms) < 2:
+        return []
+    config = FailFastConfig(min_samples=experiment.fail_fast_config.min_samples)
+    control_index = experiment.control_index
+    others = [i for i in range(len(experiment.arms)) if i != control_index]
+    findings: dict[int, Finding] = {}
+    for event_type in experiment.guardrail_event_types:
+        bad = experiment.proportions(event_type)
+        if event_type not in LOWER_IS_BETTER:
+            bad = [ProportionStats(users=p.users, successes=p.failures) for p in bad]
+        raw = experiment.proportions(event_type)
+        for flag in guardrail_flags(bad[control_index], [bad[i] for i in others], config):
+            index = others[flag.arm]
+            if index in findings:
+                continue  # one breach per variant: the first guardrail it breaches
+            arm = experiment.arms[index]
+            message = (
+                f"Variant '{arm.name}' breaches the {event_type} guardrail "
+                f"({raw[index].rate:.2%} vs control {raw[control_index].rate:.2%}; always-valid "
+                f"{1 - config.alpha:.0%} bounds on the deterioration [{flag.lower:.2%}, {flag.upper:.2%}])"
+            )
+            details = _flag_details(flag, experiment, event_type)
+            details["against_variant_id"] = str(experiment.arms[control_index].variant_id)
+            findings[index] = Finding(GUARDRAIL_BREACH, index, "sequential", event_type, experiment.guardrail_action,
+                                      message, details)
+    return [findings[i] for i in sorted(findings)]
