@@ -13,7 +13,7 @@ from flask import request
 from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
-from core.errors import Invalid
+from core.errors import DomainError, Invalid
 from models.enums import EVENT_TYPES
 from services.ingestion import staging as ingestion
 
@@ -24,8 +24,8 @@ blp = Blueprint("events", __name__, url_prefix="/api", description="Metric inges
 
 
 # These schemas document the bodies in OpenAPI. Validation itself is
-# services.ingestion.validate_event (hand-written for the batch path's speed);
-# tests/api/test_track.py checks that both describe the same fields.
+# services.ingestion.records.validate_event (hand-written for the batch path's speed);
+# tests/api/test_track.py checks that both describe the same fields and limits.
 class TrackEventSchema(ma.Schema):
     event_id = fields.String(
         validate=validate.Length(min=1, max=ingestion.MAX_EVENT_ID),
@@ -88,9 +88,9 @@ def track(experiment_id: uuid.UUID):
     )
     if errors:
         raise Invalid("invalid event", errors={"json": errors})
-    ingestion.accept_one(context.redis_client(), context.session, record)
+    record = ingestion.accept_one(context.redis_client(), context.session, record)
     ingestion.count_accepted([record])
-    return {"event_id": record[0], "status": "queued"}
+    return {"event_id": record.event_id, "status": "queued"}
 
 
 @blp.route("/events/batch", methods=["POST"])
@@ -112,7 +112,7 @@ def batch():
         unknown = sorted(str(k) for k in body if k != "events")
         raise Invalid("invalid batch", errors={"json": {name: ["unknown field"] for name in unknown}})
     received_at, received_iso = ingestion.now_utc()
-    records: list[tuple[int, list]] = []
+    records: list[tuple[int, ingestion.StagedEvent]] = []
     rejected: list[dict] = []
     for index, raw in enumerate(events):
         record, errors = ingestion.validate_event(
@@ -122,16 +122,16 @@ def batch():
             rejected.append({"index": index, "errors": errors})
         else:
             records.append((index, record))
-    accepted: list[list] = []
+    accepted: list[ingestion.StagedEvent] = []
     if records:
-        found = ingestion.lookup(context.redis_client(), context.session, [(r[1], r[3]) for _, r in records])
+        pairs = [(record.experiment_id, record.molam_id) for _, record in records]
+        found = ingestion.lookup(context.redis_client(), context.session, pairs)
         for index, record in records:
-            refusal = ingestion.check_assignment(record, found)
-            if refusal is None:
-                accepted.append(record)
-            else:
+            try:
+                accepted.append(ingestion.check_assignment(record, found))
+            except DomainError as refusal:
                 rejected.append({"index": index, "errors": refusal.errors["json"]})
         ingestion.stage(context.redis_client(), accepted)
         ingestion.count_accepted(accepted)
     rejected.sort(key=lambda r: r["index"])
-    return {"accepted": [record[0] for record in accepted], "rejected": rejected}
+    return {"accepted": [record.event_id for record in accepted], "rejected": rejected}

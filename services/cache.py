@@ -1,4 +1,8 @@
-"""Redis keys shared by the API and the workers, in one place."""
+"""Every Redis key the API and the workers use, in one place.
+
+Definition and assignment caches and published weights can be rebuilt from PostgreSQL; the
+staged event stream and the drain's coordination keys cannot (see ``docs/architecture.md``).
+"""
 from __future__ import annotations
 
 import logging
@@ -7,6 +11,15 @@ import uuid
 import redis
 
 log = logging.getLogger(__name__)
+
+#: The staged event stream (drained into PostgreSQL, acknowledged after the commit) and its consumer group.
+STREAM_KEY = "ingest:events"
+STREAM_GROUP = "ingest-writers"
+#: Set while a successor drain is queued, so a backlog keeps at most one extra run in the queue.
+DRAIN_SUCCESSOR_FLAG = "ingest:drain:queued"
+#: While PostgreSQL keeps failing, drains skip beat ticks until this time (and count failures).
+DRAIN_BACKOFF_KEY = "ingest:drain:backoff_until"
+DRAIN_FAILURES_KEY = "ingest:drain:failures"
 
 
 def definition_key(experiment_id: uuid.UUID | str) -> str:
@@ -31,3 +44,8 @@ def invalidate_definition(client: redis.Redis, experiment_id: uuid.UUID | str) -
     except redis.RedisError as exc:
         log.warning("could not invalidate cached definition of %s: %s", experiment_id, exc)
         return False
+
+
+def d7_key(experiment_id: uuid.UUID | str) -> str:
+    """Day-7 retention counts computed by the recompute job: JSON per variant."""
+    return f"sira:d7:{experiment_id}"

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from core.redis import get_redis
+from services.cache import DRAIN_BACKOFF_KEY as BACKOFF_KEY, DRAIN_FAILURES_KEY as FAILURES_KEY, DRAIN_SUCCESSOR_FLAG as SUCCESSOR_FLAG
 from services.ingestion import writer as ingestion_writer
 
 from .celery_app import celery, current_settings
@@ -19,11 +20,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds one run may drain before it yields its worker process (and re-queues itself).
 DRAIN_BUDGET_S = 2.0
-#: Set while a successor drain is queued, so a backlog keeps at most one extra run in the queue.
-SUCCESSOR_FLAG = "ingest:drain:queued"
-#: While PostgreSQL keeps failing, drains skip beat ticks for 2, 4, 8 ... up to 60 seconds.
-BACKOFF_KEY = "ingest:drain:backoff_until"
-FAILURES_KEY = "ingest:drain:failures"
 MAX_BACKOFF_S = 60
 
 

@@ -43,6 +43,7 @@ from sira.stats import (
     wilson_interval,
 )
 
+from ..cache import d7_key
 from .inputs import ExperimentInput, load_inputs
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,6 @@ log = logging.getLogger(__name__)
 D7_KEY_TTL = timedelta(hours=6)
 D7_REFRESH_AFTER = timedelta(hours=1)
 RETENTION_DAYS = 7
-
-
-def d7_key(experiment_id: uuid.UUID | str) -> str:
-    return f"sira:d7:{experiment_id}"
 
 
 def decision_proportions(experiment: ExperimentInput) -> list[ProportionStats]:

@@ -28,174 +28,31 @@ import redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from core.codes import CURRENCIES
 from core.errors import Conflict, DomainError, Invalid, NotFound, Unavailable
 from core.metrics import EXPERIMENT_METRICS
-from models.enums import EVENT_TYPES, ExperimentStatus
+from models.enums import ExperimentStatus
 
+from ..cache import STREAM_GROUP as GROUP, STREAM_KEY, assignment_key, definition_key  # noqa: F401 - GROUP re-exported
 from ..experiments import definitions
-from ..cache import assignment_key, definition_key
+from .records import (  # noqa: F401 - re-exported: the API side's view of the record contract
+    BATCH_FIELDS,
+    MAX_BATCH_REQUEST,
+    MAX_EVENT_ID,
+    MAX_METADATA_BYTES,
+    MAX_MOLAM_ID,
+    TRACK_FIELDS,
+    StagedEvent,
+    parse_uuid,
+    validate_event,
+)
 
 log = logging.getLogger(__name__)
 
-STREAM_KEY = "ingest:events"
-GROUP = "ingest-writers"
 #: Events per stream entry. A batch request becomes ceil(n / 100) entries.
 ENTRY_EVENTS = 100
 #: Refuse new events (503) rather than let Redis run out of memory when nothing drains.
 MAX_BACKLOG_ENTRIES = 500_000
 ASSIGNMENT_CACHE_TTL_S = 7 * 24 * 3600  # as services.experiments.assignment caches it
-MAX_BATCH_REQUEST = 1000
-MAX_METADATA_BYTES = 4096
-MAX_EVENT_ID = 128
-MAX_MOLAM_ID = 200
-MAX_FUTURE_SKEW = timedelta(days=1)
-
-TRACK_FIELDS = frozenset(
-    {"event_id", "variant_id", "molam_id", "event_type", "value", "currency", "metadata", "occurred_at"}
-)
-BATCH_FIELDS = TRACK_FIELDS | {"experiment_id"}
-EVENT_TYPE_SET = frozenset(EVENT_TYPES)
-
-# A staged event travels as a JSON array in this order (compact, and the COPY row order).
-RECORD_FIELDS = (
-    "event_id",
-    "experiment_id",
-    "variant_id",
-    "molam_id",
-    "event_type",
-    "value",
-    "currency",
-    "metadata",
-    "occurred_at",
-    "received_at",
-)
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def parse_uuid(value: object) -> str | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        return None
-
-
-def _parse_datetime(value: object, now: datetime) -> tuple[str | None, str | None]:
-    if not isinstance(value, str):
-        return None, "must be an ISO 8601 datetime string"
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None, f"{value!r} is not an ISO 8601 datetime"
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    if moment - now > MAX_FUTURE_SKEW:
-        return None, "must not be more than a day in the future"
-    return moment.astimezone(timezone.utc).isoformat(), None
-
-
-def validate_event(
-    raw: object, *, experiment_id: str | None, received_at: datetime, received_iso: str
-) -> tuple[list[Any] | None, dict[str, list[str]]]:
-    """Check one event and return its staged record, or errors keyed by field.
-
-    ``experiment_id`` comes from the URL for ``track``; ``None`` means the event
-    must carry its own (batch). Written by hand rather than with marshmallow: the
-    batch path validates up to 1,000 events per request and this is 3-4
-    times faster (see docs/architecture.md); ``api.events`` documents the same
-    fields as OpenAPI schemas, and a test keeps the two in step.
-    """
-    if not isinstance(raw, dict):
-        return None, {"_schema": ["an event must be a JSON object"]}
-    errors: dict[str, list[str]] = {}
-    allowed = TRACK_FIELDS if experiment_id is not None else BATCH_FIELDS
-    for name in raw:
-        if name not in allowed:
-            errors[str(name)] = ["unknown field"]
-
-    if experiment_id is None:
-        experiment_id = parse_uuid(raw.get("experiment_id"))
-        if experiment_id is None:
-            errors["experiment_id"] = ["required" if "experiment_id" not in raw else "must be a UUID"]
-
-    molam_id = raw.get("molam_id")
-    if molam_id is None:
-        errors["molam_id"] = ["required"]
-    elif not isinstance(molam_id, str) or not molam_id or len(molam_id) > MAX_MOLAM_ID or "\x00" in molam_id:
-        errors["molam_id"] = [f"must be a non-empty string of at most {MAX_MOLAM_ID} characters (no NUL)"]
-
-    event_type = raw.get("event_type")
-    if event_type is None:
-        errors["event_type"] = ["required"]
-    elif not isinstance(event_type, str) or event_type not in EVENT_TYPE_SET:
-        errors["event_type"] = [f"must be one of: {', '.join(EVENT_TYPES)}"]
-
-    variant_id = raw.get("variant_id")
-    if variant_id is not None:
-        variant_id = parse_uuid(variant_id)
-        if variant_id is None:
-            errors["variant_id"] = ["must be a UUID"]
-
-    value = raw.get("value")
-    if value is not None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            errors["value"] = ["must be a number"]
-        else:
-            try:
-                value = float(value)
-            except OverflowError:
-                value = math.inf
-            if not math.isfinite(value):
-                errors["value"] = ["must be a finite number"]
-
-    currency = raw.get("currency")
-    if currency is not None and (not isinstance(currency, str) or currency not in CURRENCIES):
-        errors["currency"] = ["must be an upper-case ISO 4217 currency code"]
-
-    metadata = raw.get("metadata")
-    metadata_json = "{}"
-    if metadata is not None:
-        if not isinstance(metadata, dict):
-            errors["metadata"] = ["must be a JSON object"]
-        else:
-            metadata_json = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
-            size = len(metadata_json.encode())
-            if size > MAX_METADATA_BYTES:
-                errors["metadata"] = [f"is {size} bytes; at most {MAX_METADATA_BYTES} bytes"]
-            elif "\\u0000" in metadata_json:  # PostgreSQL's jsonb cannot store NUL
-                errors["metadata"] = ["must not contain NUL characters"]
-
-    event_id = raw.get("event_id")
-    if event_id is None:
-        event_id = uuid.uuid4().hex
-    elif not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID or "\x00" in event_id:
-        errors["event_id"] = [f"must be a non-empty string of at most {MAX_EVENT_ID} characters (no NUL)"]
-
-    occurred_iso = received_iso
-    if raw.get("occurred_at") is not None:
-        occurred_iso, problem = _parse_datetime(raw["occurred_at"], received_at)
-        if problem:
-            errors["occurred_at"] = [problem]
-
-    if errors:
-        return None, errors
-    return [
-        event_id,
-        experiment_id,
-        variant_id,
-        molam_id,
-        event_type,
-        value,
-        currency,
-        metadata_json,
-        occurred_iso,
-        received_iso,
-    ], {}
-
 
 # --------------------------------------------------------------------------- assignment lookup
 
@@ -311,35 +168,36 @@ def _lookup_postgres(
             log.warning("could not cache assignments: %s", exc)
 
 
-def check_assignment(record: list[Any], found: Lookup) -> DomainError | None:
-    """The error refusing this event (404, 409 or 422 naming the field), or ``None``.
+def check_assignment(record: StagedEvent, found: Lookup) -> StagedEvent:
+    """The record with its ``variant_id`` filled in from the assignment, if the event may be staged.
 
-    Fills in the record's ``variant_id`` from the assignment when the client left it out.
+    Raises the refusing :class:`DomainError` otherwise: 404 (unknown experiment), 409
+    (archived) or 422 naming the field (no assignment, or another variant than the user's).
     """
-    experiment_id, molam_id = record[1], record[3]
+    experiment_id, molam_id = record.experiment_id, record.molam_id
     status = found.statuses.get(experiment_id)
     if status is None:
-        return NotFound(
+        raise NotFound(
             f"experiment {experiment_id} not found", errors={"json": {"experiment_id": ["experiment not found"]}}
         )
     if status == ExperimentStatus.ARCHIVED.value:
-        return Conflict(
+        raise Conflict(
             f"experiment {experiment_id} is archived", errors={"json": {"experiment_id": ["experiment is archived"]}}
         )
     held = found.variants.get((experiment_id, molam_id))
     if held is None:
-        return Invalid(
+        raise Invalid(
             "the user holds no assignment in this experiment",
             errors={"json": {"molam_id": [f"{molam_id!r} holds no assignment in experiment {experiment_id}"]}},
         )
-    if record[2] is None:
-        record[2] = held
-    elif record[2] != held:
-        return Invalid(
+    if record.variant_id is None:
+        return record._replace(variant_id=held)
+    if record.variant_id != held:
+        raise Invalid(
             "variant_id does not match the user's assignment",
-            errors={"json": {"variant_id": [f"the user is assigned to variant {held}, not {record[2]}"]}},
+            errors={"json": {"variant_id": [f"the user is assigned to variant {held}, not {record.variant_id}"]}},
         )
-    return None
+    return record
 
 
 # --------------------------------------------------------------------------- staging
@@ -349,7 +207,7 @@ def check_assignment(record: list[Any], found: Lookup) -> DomainError | None:
 _ENQUEUE_LUA = """
 local entries = (#ARGV - 1) / 2
 if redis.call('XLEN', KEYS[1]) + entries > tonumber(ARGV[1]) then
-  return -1
+  return -1  -- ENQUEUE_BACKLOG_FULL
 end
 for i = 2, #ARGV, 2 do
   redis.call('XADD', KEYS[1], '*', 'n', ARGV[i], 'e', ARGV[i + 1])
@@ -357,9 +215,11 @@ end
 return entries
 """
 _enqueue_scripts: dict[int, Any] = {}
+#: The enqueue script's reply when the backlog cannot take the request's entries.
+ENQUEUE_BACKLOG_FULL = -1
 
 
-def stage(client: redis.Redis, records: Sequence[list[Any]]) -> None:
+def stage(client: redis.Redis, records: Sequence[StagedEvent]) -> None:
     """Append the records to the stream, ``ENTRY_EVENTS`` per entry, in one atomic call."""
     if not records:
         return
@@ -375,7 +235,7 @@ def stage(client: redis.Redis, records: Sequence[list[Any]]) -> None:
         appended = script(keys=[STREAM_KEY], args=args)
     except redis.RedisError as exc:
         raise Unavailable(f"Redis is unreachable; the event was not accepted ({exc})", retry_after=2) from exc
-    if appended < 0:
+    if appended == ENQUEUE_BACKLOG_FULL:
         raise Unavailable("the ingestion backlog is full; retry shortly", retry_after=5)
 
 
@@ -404,52 +264,53 @@ redis.call('XADD', KEYS[3], '*', 'n', 1, 'e', ARGV[3] .. variant .. ARGV[4])
 return {1, variant}
 """
 _track_scripts: dict[int, Any] = {}
+#: Outcome codes of the track script (its reply's first element).
+TRACK_CACHE_MISS, TRACK_STAGED, TRACK_REFUSED, TRACK_BACKLOG_FULL = 0, 1, 2, 3
+_VARIANT = StagedEvent._fields.index("variant_id")
 
 
-def accept_one(client: redis.Redis, session_factory: Callable[[], Session], record: list[Any]) -> None:
+def accept_one(client: redis.Redis, session_factory: Callable[[], Session], record: StagedEvent) -> StagedEvent:
     """Check and stage one validated ``track`` event (usually one Redis round trip).
 
-    Raises the refusing :class:`DomainError` (404, 409, 422) or :class:`Unavailable`.
+    Returns the staged record (its ``variant_id`` filled in). Raises the refusing
+    :class:`DomainError` (404, 409, 422) or :class:`Unavailable`.
     """
     script = _track_scripts.get(id(client))
     if script is None:
         script = _track_scripts[id(client)] = client.register_script(_TRACK_LUA)
-    experiment_id, molam_id = record[1], record[3]
+    experiment_id, molam_id = record.experiment_id, record.molam_id
     # The staged entry is ``[[event_id, experiment_id, "<variant>", ...]]``; the script
     # splices in the variant it read, so the record is serialised before it is known.
-    head = "[" + json.dumps(record[:2], separators=(",", ":"), ensure_ascii=False)[:-1] + ',"'
-    tail = '",' + json.dumps(record[3:], separators=(",", ":"), ensure_ascii=False)[1:] + "]"
+    head = "[" + json.dumps(record[:_VARIANT], separators=(",", ":"), ensure_ascii=False)[:-1] + ',"'
+    tail = '",' + json.dumps(record[_VARIANT + 1 :], separators=(",", ":"), ensure_ascii=False)[1:] + "]"
     try:
         outcome = script(
             keys=[definition_key(experiment_id), assignment_key(experiment_id, molam_id), STREAM_KEY],
-            args=[MAX_BACKLOG_ENTRIES, record[2] or "", head, tail],
+            args=[MAX_BACKLOG_ENTRIES, record.variant_id or "", head, tail],
         )
     except redis.RedisError as exc:
         raise Unavailable(f"Redis is unreachable; the event was not accepted ({exc})", retry_after=2) from exc
     code = outcome[0]
-    if code == 1:
-        record[2] = outcome[1].decode()
-        return
-    if code == 2:
-        refusal = check_assignment(
+    if code == TRACK_STAGED:
+        return record._replace(variant_id=outcome[1].decode())
+    if code == TRACK_REFUSED:
+        # Raises: the cached status or variant refuses the event.
+        check_assignment(
             record, Lookup({experiment_id: outcome[1].decode()}, {(experiment_id, molam_id): outcome[2].decode()})
         )
-        if refusal is not None:
-            raise refusal
-    if code == 3:
+    if code == TRACK_BACKLOG_FULL:
         raise Unavailable("the ingestion backlog is full; retry shortly", retry_after=5)
-    refusal = check_assignment(record, lookup(client, session_factory, [(experiment_id, molam_id)]))
-    if refusal is not None:
-        raise refusal
+    record = check_assignment(record, lookup(client, session_factory, [(experiment_id, molam_id)]))
     stage(client, [record])
+    return record
 
 
 # --------------------------------------------------------------------------- acceptance
 
 
-def count_accepted(records: Iterable[list[Any]]) -> None:
+def count_accepted(records: Iterable[StagedEvent]) -> None:
     """``experiment_metrics_total{experiment_id,event_type}`` for events accepted for ingestion."""
-    for (experiment_id, event_type), n in Counter((r[1], r[4]) for r in records).items():
+    for (experiment_id, event_type), n in Counter((r.experiment_id, r.event_type) for r in records).items():
         EXPERIMENT_METRICS.labels(experiment_id=experiment_id, event_type=event_type).inc(n)
 
 

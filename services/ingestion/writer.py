@@ -28,18 +28,10 @@ from psycopg import errors as pg_errors
 from sqlalchemy.exc import DBAPIError
 
 from core import db
-from core.codes import CURRENCIES
 
-from .staging import (
-    ENTRY_EVENTS,
-    EVENT_TYPE_SET,
-    GROUP,
-    MAX_EVENT_ID,
-    MAX_MOLAM_ID,
-    RECORD_FIELDS,
-    STREAM_KEY,
-    parse_uuid,
-)
+from ..cache import STREAM_GROUP as GROUP, STREAM_KEY
+from .records import RECORD_FIELDS, StagedEvent, coerce_record
+from .staging import ENTRY_EVENTS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -195,46 +187,12 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def coerce_record(raw: object) -> tuple[Any, ...]:
-    """Re-check a staged record at write time; ``ValueError`` makes it a dead letter.
-
-    The API validated it, but the stream is an interface: an old producer, a manual
-    XADD or a bug must not wedge the pipeline.
-    """
-    if not isinstance(raw, list) or len(raw) != len(RECORD_FIELDS):
-        raise ValueError("malformed record: expected a list of %d fields" % len(RECORD_FIELDS))
-    event_id, experiment_id, variant_id, molam_id, event_type, value, currency, metadata, occurred, received = raw
-    if not isinstance(event_id, str) or not 0 < len(event_id) <= MAX_EVENT_ID:
-        raise ValueError("event_id must be a non-empty string of at most 128 characters")
-    for name, candidate in (("experiment_id", experiment_id), ("variant_id", variant_id)):
-        if parse_uuid(candidate) is None:
-            raise ValueError(f"{name} must be a UUID")
-    if not isinstance(molam_id, str) or not 0 < len(molam_id) <= MAX_MOLAM_ID:
-        raise ValueError("molam_id must be a non-empty string of at most 200 characters")
-    if event_type not in EVENT_TYPE_SET:
-        raise ValueError(f"unknown event_type {event_type!r}")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
-        raise ValueError("value must be a finite number")
-    if currency is not None and currency not in CURRENCIES:
-        raise ValueError(f"unknown currency {currency!r}")
-    if not isinstance(metadata, str):
-        raise ValueError("metadata must be serialised JSON")
-    for name, candidate in (("occurred_at", occurred), ("received_at", received)):
-        if not isinstance(candidate, str):
-            raise ValueError(f"{name} must be an ISO datetime string")
-        try:
-            datetime.fromisoformat(candidate)
-        except ValueError:
-            raise ValueError(f"{name} must be an ISO datetime string") from None
-    return tuple(raw)
-
-
-def _write_once(pg: psycopg.Connection, records: Sequence[tuple[Any, ...]], *, clear: bool = False) -> WriteResult:
+def _write_once(pg: psycopg.Connection, records: Sequence[StagedEvent], *, clear: bool = False) -> WriteResult:
     with pg.cursor() as cursor:
         cursor.execute(_STAGING_DDL)
         if clear:  # ON COMMIT DELETE ROWS empties it between transactions, not between savepoints
             cursor.execute("DELETE FROM ingest_staging")
-        cursor.execute(_LOCK_EXPERIMENTS, (sorted({r[1] for r in records}),))
+        cursor.execute(_LOCK_EXPERIMENTS, (sorted({r.experiment_id for r in records}),))
         with cursor.copy(_COPY_STAGING) as copy:
             for record in records:
                 copy.write_row(record)
@@ -250,7 +208,7 @@ def _dead_letter(pg: psycopg.Connection, event_id: str | None, payload: object, 
         )
 
 
-def write_records(pg: psycopg.Connection, records: Sequence[tuple[Any, ...]]) -> WriteResult:
+def write_records(pg: psycopg.Connection, records: Sequence[StagedEvent]) -> WriteResult:
     """Write one batch in one transaction (committed here); isolate poison on a data error.
 
     Transient errors (connection loss, deadlock, serialization failure) propagate after
@@ -280,7 +238,7 @@ def write_records(pg: psycopg.Connection, records: Sequence[tuple[Any, ...]]) ->
                 raise
             except psycopg.Error as exc:
                 pg.execute("ROLLBACK TO SAVEPOINT one_event")
-                _dead_letter(pg, record[0], dict(zip(RECORD_FIELDS, record)), f"write failed: {exc}")
+                _dead_letter(pg, record.event_id, record._asdict(), f"write failed: {exc}")
                 result.received += 1
                 result.dead_lettered += 1
         pg.commit()
@@ -328,7 +286,7 @@ def with_retry(
     raise AssertionError("unreachable")
 
 
-def write_with_retry(records: Sequence[tuple[Any, ...]], **retry: Any) -> WriteResult:
+def write_with_retry(records: Sequence[StagedEvent], **retry: Any) -> WriteResult:
     """:func:`write_records` with :func:`with_retry`."""
     return with_retry(lambda pg: write_records(pg, records), f"a batch of {len(records)} events", **retry)
 
@@ -414,8 +372,8 @@ def _events_in(fields: dict) -> int:
         return 1
 
 
-def _decode(entries: list[tuple[bytes, dict]]) -> tuple[list[tuple[Any, ...]], list[tuple[str | None, object, str]]]:
-    records: list[tuple[Any, ...]] = []
+def _decode(entries: list[tuple[bytes, dict]]) -> tuple[list[StagedEvent], list[tuple[str | None, object, str]]]:
+    records: list[StagedEvent] = []
     poison: list[tuple[str | None, object, str]] = []
     for entry_id, fields in entries:
         payload = fields.get(b"e")

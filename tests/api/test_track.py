@@ -299,8 +299,29 @@ def test_accepted_events_are_counted_in_prometheus(client, auth, running):
 def test_openapi_schemas_describe_the_validated_fields(app):
     from api.events import BatchEventSchema, TrackEventSchema
 
+    from marshmallow import validate
+
+    from api.events import BatchSchema
+    from models.enums import EVENT_TYPES
+
     assert set(TrackEventSchema().fields) == ingestion.TRACK_FIELDS
     assert set(BatchEventSchema().fields) == ingestion.BATCH_FIELDS
+
+    def only(field, kind):
+        (found,) = [v for v in field.validators if isinstance(v, kind)]
+        return found
+
+    schema = TrackEventSchema()
+    for name, limit in (("event_id", ingestion.MAX_EVENT_ID), ("molam_id", ingestion.MAX_MOLAM_ID)):
+        length = only(schema.fields[name], validate.Length)
+        assert (length.min, length.max) == (1, limit), name
+    assert tuple(only(schema.fields["event_type"], validate.OneOf).choices) == tuple(EVENT_TYPES)
+    assert schema.fields["molam_id"].required and schema.fields["event_type"].required
+    assert not schema.fields["value"].allow_nan
+    assert str(ingestion.MAX_METADATA_BYTES) in schema.fields["metadata"].metadata["description"]
+    events = only(BatchSchema().fields["events"], validate.Length)
+    assert (events.min, events.max) == (1, ingestion.MAX_BATCH_REQUEST)
+    assert BatchEventSchema().fields["experiment_id"].required
     with app.test_client() as c:
         spec = c.get("/openapi.json").get_json()
     assert "/api/experiments/{experiment_id}/track" in spec["paths"]
