@@ -44,10 +44,14 @@ class ExperimentCollection(MethodView):
     @blp.response(200, ExperimentOutSchema(many=True))
     @blp.paginate()
     def get(self, query: dict, pagination_parameters):  # noqa: ANN001
-        """List experiments, newest first (filter by ``status``; ``X-Pagination`` header)."""
+        """List experiments, newest first: filter by ``status``, ``mode``, owner (``created_by``)
+        and a name search (``q``); ``X-Pagination`` header."""
         items, total = service.list_experiments(
             context.session(),
             status=query.get("status"),
+            mode=query.get("mode"),
+            search=query.get("q"),
+            created_by=query.get("created_by"),
             offset=context.page_offset(pagination_parameters),
             limit=pagination_parameters.page_size,
         )

@@ -210,6 +210,9 @@ class QuerySchema(ma.Schema):
 
 class ExperimentListQuerySchema(QuerySchema):
     status = fields.String(validate=validate.OneOf(STATUSES))
+    mode = fields.String(validate=validate.OneOf(MODES))
+    q = fields.String(validate=validate.Length(min=1, max=200), metadata={"description": "case-insensitive substring of the name"})
+    created_by = fields.String(validate=validate.Length(min=1, max=200), metadata={"description": "the owner (creator's sub)"})
 
 
 class AuditQuerySchema(QuerySchema):

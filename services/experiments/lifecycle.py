@@ -63,12 +63,29 @@ def get_experiment(session: Session, experiment_id: uuid.UUID, *, for_update: bo
     return experiment
 
 
-def list_experiments(session: Session, *, status: str | None, offset: int, limit: int) -> tuple[list[Experiment], int]:
-    query = select(Experiment)
-    count = select(func.count()).select_from(Experiment)
+def list_experiments(
+    session: Session,
+    *,
+    status: str | None,
+    offset: int,
+    limit: int,
+    search: str | None = None,
+    mode: str | None = None,
+    created_by: str | None = None,
+) -> tuple[list[Experiment], int]:
+    """Newest first; ``search`` matches a case-insensitive substring of the name."""
+    conditions = []
     if status:
-        query = query.where(Experiment.status == status)
-        count = count.where(Experiment.status == status)
+        conditions.append(Experiment.status == status)
+    if mode:
+        conditions.append(Experiment.mode == mode)
+    if created_by:
+        conditions.append(Experiment.created_by == created_by)
+    if search:
+        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(Experiment.name.ilike(f"%{escaped}%", escape="\\"))
+    query = select(Experiment).where(*conditions)
+    count = select(func.count()).select_from(Experiment).where(*conditions)
     total = session.execute(count).scalar_one()
     rows = session.execute(query.order_by(Experiment.created_at.desc(), Experiment.id).offset(offset).limit(limit))
     return list(rows.scalars()), total

@@ -313,3 +313,46 @@ def test_bandit_history_rbac_is_the_results_action(client, auth, create_experime
     headers = auth(roles) if roles else {}
     response = client.get(f"/api/experiments/{experiment['id']}/bandit/history", headers=headers)
     assert response.status_code == status
+
+
+def test_bandit_history_carries_the_cumulative_comparison_with_control(client, auth, create_experiment):
+    from scipy.stats import beta as beta_distribution
+
+    from sira.failfast import FailFastConfig, difference_confidence_sequence
+
+    experiment = create_experiment(start=True)
+    base = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+    _history_rows(experiment, [base, base + timedelta(minutes=1)])
+    body = client.get(f"/api/experiments/{experiment['id']}/bandit/history", headers=auth("marketing")).get_json()
+    assert body["primary_metric"] == "conversion" and body["lower_is_better"] is False
+    for step, snapshot in enumerate(body["snapshots"]):
+        control, variant = snapshot["arms"]
+        assert control["uplift"] is None and control["difference"] is None
+        n_c, s_c = 100 * (step + 1), 10 * (step + 1)
+        n_v, s_v = n_c, s_c + 1
+        assert (control["event_users"], variant["event_users"]) == (s_c, s_v)
+        p_c, p_v = s_c / n_c, s_v / n_v
+        uplift = variant["uplift"]
+        assert uplift["estimate"] == pytest.approx(p_v / p_c - 1)
+        half = 1.959964 * ((p_v * (1 - p_v) / n_v) / p_c**2 + p_v**2 * (p_c * (1 - p_c) / n_c) / p_c**4) ** 0.5
+        assert (uplift["lower"], uplift["upper"]) == (pytest.approx(uplift["estimate"] - half, rel=1e-4), pytest.approx(uplift["estimate"] + half, rel=1e-4))
+        difference = variant["difference"]
+        estimate, lower, upper = difference_confidence_sequence(s_c, n_c, s_v, n_v, 0.05, FailFastConfig().target_samples)
+        assert difference["estimate"] == pytest.approx(p_v - p_c)
+        assert (difference["always_valid_lower"], difference["always_valid_upper"]) == (pytest.approx(lower), pytest.approx(upper))
+        assert difference["always_valid_lower"] < difference["estimate"] < difference["always_valid_upper"]
+        for arm in (control, variant):
+            assert arm["posterior_mean"] == pytest.approx(arm["alpha"] / (arm["alpha"] + arm["beta"]))
+            low, high = beta_distribution.ppf([0.025, 0.975], arm["alpha"], arm["beta"])
+            assert arm["credible_interval"] == {"lower": pytest.approx(low), "upper": pytest.approx(high)}
+
+
+def test_bandit_history_comparison_of_a_lower_is_better_metric_reads_the_event_rate(client, auth, create_experiment):
+    experiment = create_experiment(start=True, primary_metric="refund")
+    _history_rows(experiment, [datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)])
+    body = client.get(f"/api/experiments/{experiment['id']}/bandit/history", headers=auth()).get_json()
+    assert body["lower_is_better"] is True
+    control, variant = body["snapshots"][0]["arms"]
+    # History counts users without a refund as successes (10 of 100 and 11 of 100 here).
+    assert (control["event_users"], variant["event_users"]) == (90, 89)
+    assert variant["uplift"]["estimate"] == pytest.approx(0.89 / 0.90 - 1)

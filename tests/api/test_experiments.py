@@ -146,6 +146,31 @@ def test_list_filters_and_paginates(client, auth, create_experiment):
     assert client.get("/api/experiments?status=bogus", headers=auth()).status_code == 422
 
 
+def test_list_searches_names_and_filters_mode_and_owner(client, auth, create_experiment):
+    create_experiment(name="Checkout button colour")
+    create_experiment(name="Checkout 100% copy", mode="bandit")
+    create_experiment(name="Onboarding_flow")
+    made_by_marketing = client.post(
+        "/api/experiments", json={**experiment_body(name="Pricing page"), "mode": "ab"}, headers=auth("marketing", sub="amina")
+    )
+    assert made_by_marketing.status_code == 201
+    names = lambda query: sorted(e["name"] for e in client.get("/api/experiments", query_string=query, headers=auth()).get_json())  # noqa: E731
+    assert names({"q": "CHECKOUT"}) == ["Checkout 100% copy", "Checkout button colour"]
+    assert names({"q": "checkout", "mode": "bandit"}) == ["Checkout 100% copy"]
+    # LIKE wildcards in the search are literal characters.
+    assert names({"q": "100%"}) == ["Checkout 100% copy"]
+    assert names({"q": "g_f"}) == ["Onboarding_flow"]
+    assert names({"q": "%"}) == ["Checkout 100% copy"]
+    assert names({"created_by": "amina"}) == ["Pricing page"]
+    assert names({"created_by": "nobody"}) == []
+    pagination = json.loads(client.get("/api/experiments?q=checkout&page_size=1", headers=auth()).headers["X-Pagination"])
+    assert pagination["total"] == 2
+    for bad in ({"mode": "bogus"}, {"q": ""}, {"q": "x" * 201}, {"created_by": ""}):
+        response = client.get("/api/experiments", query_string=bad, headers=auth())
+        assert response.status_code == 422, bad
+        assert set(response.get_json()["errors"]["query"]) == set(bad)
+
+
 def _variants(*shares, controls=(0,), names=None):
     names = names or [f"V{i}" for i in range(len(shares))]
     return [

@@ -83,8 +83,8 @@ export const loadVocabulary = () => ownDocument(`/ops/vocabulary.json`);
 
 // --- Experiments -----------------------------------------------------------------
 
-export const listExperiments = ({ status, page: number = 1, pageSize = 20 } = {}) =>
-  page(`/api/experiments`, { status, page: number, page_size: pageSize });
+export const listExperiments = ({ status, q, mode, createdBy, layerId, page: number = 1, pageSize = 20 } = {}) =>
+  page(`/api/experiments`, { status, q, mode, created_by: createdBy, layer_id: layerId, page: number, page_size: pageSize });
 export const getExperiment = (id) => json("GET", `/api/experiments/${id}`);
 export const createExperiment = (body) => json("POST", `/api/experiments`, { body });
 export const updateExperiment = (id, changes) => json("PATCH", `/api/experiments/${id}`, { body: changes });

@@ -6,7 +6,7 @@ import { h, replace } from "./dom.js";
 import { dateTime, relative } from "./format.js";
 import { clearBanners, clearErrors, inlineError, showError } from "./notify.js";
 import { auditView } from "./views/audit.js";
-import { createView } from "./views/create.js";
+import { createView, editView } from "./views/create.js";
 import { detailView } from "./views/detail.js";
 import { experimentsView } from "./views/experiments.js";
 
@@ -112,9 +112,11 @@ function render() {
   }
   const context = { params, vocabulary, navigate };
   const detail = path.match(/^\/experiments\/([0-9a-fA-F-]{36})$/);
+  const edit = path.match(/^\/experiments\/([0-9a-fA-F-]{36})\/edit$/);
   if (path === "/experiments" || path === "/" || path === "") stopCurrentView = experimentsView(main, context);
   else if (path === "/new") stopCurrentView = createView(main, context);
   else if (detail) stopCurrentView = detailView(main, { ...context, id: detail[1] });
+  else if (edit) stopCurrentView = editView(main, { ...context, id: edit[1] });
   else if (path === "/audit") stopCurrentView = auditView(main, context);
   else replace(main, h("section", { class: "card" }, h("h1", {}, "Not found"), h("p", {}, `No page at ${path}. `, h("a", { href: "#/experiments" }, "Back to experiments"))));
   window.scrollTo(0, 0);

@@ -68,13 +68,21 @@ export function select(attributes, options, current) {
   );
 }
 
+let fieldCounter = 0;
+
+/** A labelled form field; the hint and the error slot are tied to the control for screen readers. */
 export function field(label, control, hint, errorFor) {
+  fieldCounter += 1;
+  const hintId = hint ? `hint-${fieldCounter}` : null;
+  const errorId = errorFor ? `error-${fieldCounter}` : null;
+  const describedBy = [control.getAttribute?.("aria-describedby"), hintId, errorId].filter(Boolean).join(" ");
+  if (describedBy && control.setAttribute) control.setAttribute("aria-describedby", describedBy);
   return h(
     "label",
     { class: "field" },
     h("span", { class: "field-label" }, label),
     control,
-    hint ? h("span", { class: "hint" }, hint) : null,
-    errorFor ? h("span", { class: "field-error", dataset: { errorFor } }) : null,
+    hint ? h("span", { class: "hint", id: hintId }, hint) : null,
+    errorFor ? h("span", { class: "field-error", id: errorId, role: "alert", dataset: { errorFor } }) : null,
   );
 }

@@ -2,6 +2,16 @@
 
 import { h } from "./dom.js";
 
+const USER_ERRORS = new Set(["ApiError", "FormError"]);
+
+/** Something the user has to correct (not a failure of the page). */
+export class FormError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "FormError";
+  }
+}
+
 /** [["variants.0.config", ["message", ...]], ...] from a marshmallow/flask-smorest errors object. */
 export function flattenErrors(errors, prefix = "") {
   const out = [];
@@ -65,7 +75,9 @@ export function errorDetails(error) {
 
 export function showError(error, context) {
   const { message } = describe(error);
-  console.error(context || "error", error);
+  // A refused API call or a form to correct is the user's news, shown in the banner;
+  // anything else is a bug and goes to the console too.
+  if (!USER_ERRORS.has(error?.name)) console.error(context || "error", error);
   return banner("error", context ? `${context}: ` : "", [h("span", {}, message), ...errorDetails(error)]);
 }
 

@@ -1,11 +1,12 @@
-// Guided creation of an experiment: checked in the browser first, then by the API,
-// whose 422 errors are shown next to the field they concern.
+// The experiment form: a new draft, a draft being edited (every field), or a clone of
+// any experiment into a new draft. Checked in the browser first, then by the API, whose
+// 422 errors are shown next to the field they concern.
 
 import * as api from "../api.js";
 import { can } from "../auth.js";
 import { field, h, replace, select } from "../dom.js";
-import { clearBanners, fieldErrors, showError, showSuccess } from "../notify.js";
-import { card } from "./common.js";
+import { clearBanners, fieldErrors, FormError, inlineError, showError, showSuccess } from "../notify.js";
+import { card, loading } from "./common.js";
 
 const MAX_CONFIG_BYTES = 16 * 1024;
 const MIN_VARIANTS = 2;
@@ -33,37 +34,72 @@ function evenShares(count) {
   return Array.from({ length: count }, (_, i) => ((base + (i < 10000 - base * count ? 1 : 0)) / 100).toString());
 }
 
-export function createView(root, { vocabulary, navigate }) {
+export function createView(root, context) {
+  const from = context.params?.get("from");
   if (!can("create")) {
     replace(root, card("New experiment", h("p", {}, "Your roles may not create experiments (ops_admin or marketing can).")));
     return null;
   }
+  if (!from) return experimentForm(root, context, { kind: "create" });
+  replace(root, loading());
+  api.getExperiment(from).then(
+    (source) => experimentForm(root, context, { kind: "clone", source }),
+    (error) => replace(root, inlineError(error, "Could not load the experiment to clone")));
+  return null;
+}
 
-  const state = {
-    variants: [
+export function editView(root, context) {
+  if (!can("update")) {
+    replace(root, card("Edit experiment", h("p", {}, "Your roles may not edit experiments.")));
+    return null;
+  }
+  replace(root, loading());
+  api.getExperiment(context.id).then((source) => {
+    if (source.status !== "draft") {
+      replace(root, card("Edit experiment", h("p", {}, `“${source.name}” is ${source.status}: only a draft can be edited field by field (its name and description can be changed on its page). `,
+        h("a", { href: `#/experiments/${source.id}` }, "Back to the experiment"), " · ",
+        can("create") ? h("a", { href: `#/new?from=${source.id}` }, "Clone it into a new draft") : null)));
+      return;
+    }
+    experimentForm(root, context, { kind: "edit", source });
+  }, (error) => replace(root, inlineError(error, "Could not load the experiment")));
+  return null;
+}
+
+function variantState(source) {
+  if (!source) {
+    return [
       { name: "Control", config: "{}", share: "50", control: true },
       { name: "Variant B", config: "{}", share: "50", control: false },
-    ],
-  };
+    ];
+  }
+  return source.variants.map((v) => ({ name: v.name, config: JSON.stringify(v.config ?? {}, null, 2), share: String(v.traffic_share), control: v.is_control }));
+}
 
+function experimentForm(root, { vocabulary, navigate }, { kind, source = null }) {
+  const state = { variants: variantState(source) };
+  const initial = source || {};
+  const editing = kind === "edit";
   const input = (attributes) => h("input", { class: "input", ...attributes });
   const controls = {
-    name: input({ name: "name", required: true, maxlength: 200, placeholder: "e.g. Checkout Button Color" }),
-    description: h("textarea", { class: "input", name: "description", rows: 2, maxlength: 10000, placeholder: "What is tested and why" }),
-    mode: select({ class: "input", name: "mode" }, vocabulary.modes.map((m) => [m, m === "ab" ? "A/B/n — fixed split" : "Bandit — SIRA shifts traffic"]), "ab"),
-    primary_metric: select({ class: "input", name: "primary_metric" }, vocabulary.event_types, "conversion"),
-    coverage: input({ name: "coverage", type: "number", min: "0.01", max: "100", step: "0.01", value: "100" }),
-    targeting: Object.fromEntries(vocabulary.targeting_list_keys.map((key) => [key, input({ name: `targeting.${key}`, placeholder: TARGETING_HINTS[key]?.[1] ?? "" })])),
-    min_txn: input({ name: "targeting.min_txn", type: "number", min: "0", step: "1", placeholder: "no minimum" }),
-    fail_fast_rule: select({ class: "input" }, vocabulary.fail_fast_rules.map((r) => [r, r === "sequential" ? "sequential — always-valid confidence sequence (default)" : "bayesian — P(worse than best) > threshold"]), "sequential"),
-    fail_fast_min_samples: input({ type: "number", min: "1", step: "1", value: "100" }),
-    fail_fast_threshold: input({ type: "number", min: "0.5", max: "0.999999", step: "0.01", value: "0.95" }),
-    fail_fast_action: select({ class: "input" }, vocabulary.fail_fast_actions, "recommend"),
+    name: input({ name: "name", required: true, maxlength: 200, placeholder: "e.g. Checkout Button Color",
+      value: kind === "clone" ? `${initial.name} (copy)`.slice(0, 200) : initial.name }),
+    description: h("textarea", { class: "input", name: "description", rows: 2, maxlength: 10000, placeholder: "What is tested and why", value: initial.description }),
+    mode: select({ class: "input", name: "mode" }, vocabulary.modes.map((m) => [m, m === "ab" ? "A/B/n — fixed split" : "Bandit — SIRA shifts traffic"]), initial.mode || "ab"),
+    primary_metric: select({ class: "input", name: "primary_metric" }, vocabulary.event_types, initial.primary_metric || "conversion"),
+    coverage: input({ name: "coverage", type: "number", min: "0.01", max: "100", step: "0.01", value: String(initial.coverage ?? 100) }),
+    targeting: Object.fromEntries(vocabulary.targeting_list_keys.map((key) => [key, input({ name: `targeting.${key}`, placeholder: TARGETING_HINTS[key]?.[1] ?? "",
+      value: (initial.targeting?.[key] || []).join(", ") })])),
+    min_txn: input({ name: "targeting.min_txn", type: "number", min: "0", step: "1", placeholder: "no minimum", value: initial.targeting?.min_txn ?? "" }),
+    fail_fast_rule: select({ class: "input", name: "fail_fast.rule" }, vocabulary.fail_fast_rules.map((r) => [r, r === "sequential" ? "sequential — always-valid confidence sequence (default)" : "bayesian — P(worse than best) > threshold"]), initial.fail_fast?.rule || "sequential"),
+    fail_fast_min_samples: input({ name: "fail_fast.min_samples", type: "number", min: "1", step: "1", value: String(initial.fail_fast?.min_samples ?? 100) }),
+    fail_fast_threshold: input({ name: "fail_fast.threshold", type: "number", min: "0.5", max: "0.999999", step: "0.01", value: String(initial.fail_fast?.threshold ?? 0.95) }),
+    fail_fast_action: select({ class: "input", name: "fail_fast.action" }, vocabulary.fail_fast_actions, initial.fail_fast?.action || "recommend"),
     guardrails: vocabulary.event_types.map((type) =>
-      h("label", { class: "check" }, h("input", { type: "checkbox", value: type, checked: vocabulary.default_guardrails.includes(type) }), type)),
-    guardrail_action: select({ class: "input" }, vocabulary.guardrail_actions, "pause_variant"),
-    bandit_min_samples: input({ type: "number", min: "0", step: "1", value: "100" }),
-    bandit_floor: input({ type: "number", min: "0", max: "0.5", step: "0.005", value: "0.01" }),
+      h("label", { class: "check" }, h("input", { type: "checkbox", name: "guardrails", value: type, checked: (initial.guardrails || vocabulary.default_guardrails).includes(type) }), type)),
+    guardrail_action: select({ class: "input", name: "guardrail_action" }, vocabulary.guardrail_actions, initial.guardrail_action || "pause_variant"),
+    bandit_min_samples: input({ name: "bandit.min_samples", type: "number", min: "0", step: "1", value: String(initial.bandit?.min_samples ?? 100) }),
+    bandit_floor: input({ name: "bandit.floor", type: "number", min: "0", max: "0.5", step: "0.005", value: String(initial.bandit?.floor ?? 0.01) }),
   };
 
   const variantsArea = h("div", { class: "variants-editor" });
@@ -76,24 +112,24 @@ export function createView(root, { vocabulary, navigate }) {
   const banditCard = card("Bandit settings", h("p", { class: "muted" }, "SIRA re-weights arms by P(best) after the burn-in; paused arms get 0."), banditSettings);
   const summary = h("div", { class: "form-summary" });
   const preview = h("pre", { class: "code" });
-  const createButton = h("button", { type: "submit", class: "btn btn-primary" }, "Create draft");
-  const startButton = can("start") ? h("button", { type: "button", class: "btn", onclick: () => submit(true) }, "Create and start") : null;
+  const createButton = h("button", { type: "submit", class: "btn btn-primary" }, editing ? "Save draft" : "Create draft");
+  const startButton = can("start") ? h("button", { type: "button", class: "btn", onclick: () => submit(true) }, editing ? "Save and start" : "Create and start") : null;
 
   function renderVariants() {
     replace(
       variantsArea,
       state.variants.map((variant, index) => {
-        const configBox = h("textarea", { class: ["input", "mono"], rows: 3, spellcheck: "false", value: variant.config, oninput: (e) => { variant.config = e.target.value; refresh(); } });
+        const configBox = h("textarea", { class: ["input", "mono"], name: `variants.${index}.config`, "aria-label": `Variant ${index + 1} config (JSON object)`, rows: 3, spellcheck: "false", value: variant.config, oninput: (e) => { variant.config = e.target.value; refresh(); } });
         return h("div", { class: ["variant-card", variant.control && "is-control"] },
           h("div", { class: "variant-head" },
             h("span", { class: "variant-index" }, `#${index + 1}`),
             h("label", { class: "check" },
-              h("input", { type: "radio", name: "control", checked: variant.control, onchange: () => { state.variants.forEach((v, j) => { v.control = j === index; }); renderVariants(); refresh(); } }),
+              h("input", { type: "radio", name: "control", "aria-label": `Variant ${index + 1} is the control`, checked: variant.control, onchange: () => { state.variants.forEach((v, j) => { v.control = j === index; }); renderVariants(); refresh(); } }),
               "Control"),
-            h("button", { type: "button", class: "btn btn-small btn-ghost", disabled: state.variants.length <= MIN_VARIANTS, title: `at least ${MIN_VARIANTS} variants`, onclick: () => { state.variants.splice(index, 1); if (!state.variants.some((v) => v.control)) state.variants[0].control = true; renderVariants(); refresh(); } }, "Remove")),
+            h("button", { type: "button", class: "btn btn-small btn-ghost", "aria-label": `Remove variant ${index + 1}`, disabled: state.variants.length <= MIN_VARIANTS, title: `at least ${MIN_VARIANTS} variants`, onclick: () => { state.variants.splice(index, 1); if (!state.variants.some((v) => v.control)) state.variants[0].control = true; renderVariants(); refresh(); } }, "Remove")),
           h("div", { class: "grid grid-variant" },
-            field("Name", h("input", { class: "input", value: variant.name, maxlength: 200, oninput: (e) => { variant.name = e.target.value; refresh(); } }), null, `variants.${index}.name`),
-            field("Share (%)", h("input", { class: "input", type: "number", min: "0", max: "100", step: "0.01", value: variant.share, oninput: (e) => { variant.share = e.target.value; refresh(); } }), null, `variants.${index}.traffic_share`)),
+            field("Name", h("input", { class: "input", name: `variants.${index}.name`, "aria-label": `Variant ${index + 1} name`, value: variant.name, maxlength: 200, oninput: (e) => { variant.name = e.target.value; refresh(); } }), null, `variants.${index}.name`),
+            field("Share (%)", h("input", { class: "input", name: `variants.${index}.traffic_share`, "aria-label": `Variant ${index + 1} share (%)`, type: "number", min: "0", max: "100", step: "0.01", value: variant.share, oninput: (e) => { variant.share = e.target.value; refresh(); } }), null, `variants.${index}.traffic_share`)),
           field("Config (JSON object)", configBox, "what the product receives for this variant, e.g. {\"button_color\": \"green\"}", `variants.${index}.config`),
           h("span", { class: "field-error", dataset: { errorFor: `variants.${index}.is_control` } }));
       }),
@@ -227,29 +263,29 @@ export function createView(root, { vocabulary, navigate }) {
     const { body, problems } = refresh();
     if (problems.length) {
       showProblems(problems, { scroll: true });
-      showError(new Error(`${problems.length} problem${problems.length > 1 ? "s" : ""} to fix before creating`), "Check the form");
+      showError(new FormError(`${problems.length} problem${problems.length > 1 ? "s" : ""} to fix before ${editing ? "saving" : "creating"}`), "Check the form");
       return;
     }
     submitting = true;
     createButton.disabled = true;
     if (startButton) startButton.disabled = true;
     try {
-      const experiment = await api.createExperiment(body);
+      const experiment = editing ? await api.updateExperiment(source.id, body) : await api.createExperiment(body);
       clearBanners();
-      showSuccess(`Created draft “${experiment.name}”.`);
+      showSuccess(editing ? `Saved draft “${experiment.name}”.` : kind === "clone" ? `Cloned into the draft “${experiment.name}”.` : `Created draft “${experiment.name}”.`);
       if (andStart) {
         try {
           await api.startExperiment(experiment.id);
           showSuccess(`Started “${experiment.name}”.`);
         } catch (error) {
-          showError(error, "Created, but could not start");
+          showError(error, editing ? "Saved, but could not start" : "Created, but could not start");
         }
       }
       navigate(`/experiments/${experiment.id}`);
     } catch (error) {
       const placed = fieldErrors(error).flatMap(([path, messages]) => messages.map((m) => [path, m]));
       if (placed.length) showProblems(placed, { scroll: true });
-      showError(error, "The API refused the experiment");
+      showError(error, editing ? "The API refused the changes" : "The API refused the experiment");
     } finally {
       submitting = false;
       createButton.disabled = false;
@@ -297,10 +333,15 @@ export function createView(root, { vocabulary, navigate }) {
     card("6 · Review",
       h("details", { class: "preview" }, h("summary", {}, "Request body"), preview),
       summary,
-      h("div", { class: "btn-row" }, createButton, startButton, h("a", { class: "btn btn-ghost", href: "#/experiments" }, "Cancel"))),
+      h("div", { class: "btn-row" }, createButton, startButton, h("a", { class: "btn btn-ghost", href: source ? `#/experiments/${source.id}` : "#/experiments" }, "Cancel"))),
   );
 
-  replace(root, h("div", { class: "page-head" }, h("h1", {}, "New experiment")), form);
+  const title = editing ? `Edit draft “${source.name}”` : kind === "clone" ? `Clone “${source.name}”` : "New experiment";
+  replace(root,
+    source ? h("a", { class: "back", href: `#/experiments/${source.id}` }, `← ${source.name}`) : null,
+    h("div", { class: "page-head" }, h("h1", {}, title)),
+    kind === "clone" ? h("p", { class: "muted" }, "A new draft with the same definition; nothing of the original's data or history is copied.") : null,
+    form);
   renderVariants();
   refresh();
   return null;

@@ -3,12 +3,13 @@
 
 import * as api from "../api.js";
 import { can } from "../auth.js";
-import { historyChart } from "../chart.js";
-import { h, replace, select } from "../dom.js";
-import { dateTime, decimal, integer, interval, percent, relative, shortTime, signedPercent } from "../format.js";
+import { h, replace } from "../dom.js";
+import { dateTime, percent, relative, shortTime } from "../format.js";
 import { renderMarkdown } from "../markdown.js";
 import { inlineError, showError, showSuccess } from "../notify.js";
 import { autoRefresh, card, definitionList, loading, modeBadge, pager, statusBadge } from "./common.js";
+import { renderOverTime } from "./over_time.js";
+import { renderResults } from "./results.js";
 
 const REFRESH_SECONDS = 15;
 
@@ -55,8 +56,8 @@ export function detailView(root, { id, navigate }) {
   const rendered = {};
   let experiment = null;
   let results = null;
-  let metric = null;
-  let chartMetric = "weight";
+  const resultsState = {};
+  const overTimeState = {};
   let busy = false;
 
   const head = h("div", { class: "page-head" }, loading());
@@ -77,9 +78,9 @@ export function detailView(root, { id, navigate }) {
     h("div", { class: "grid grid-detail" },
       card("Definition", definitionBody),
       card("Variants", variantsBody)),
-    can("results") ? card("Results per variant", resultsBody) : null,
+    can("results") ? card("Results", resultsBody) : null,
     can("insights") ? card("SIRA insights", insightsBody) : null,
-    can("results") ? card("Bandit weights over time", historyBody) : null,
+    can("results") ? card("Over time", historyBody) : null,
     can("reports") ? card("SIRA reports", reportsBody, reportViewer) : null,
   );
 
@@ -141,7 +142,9 @@ export function detailView(root, { id, navigate }) {
         h("div", { class: "muted small" }, `id ${experiment.id} · version ${experiment.version} · created by ${experiment.created_by} ${relative(experiment.created_at)}`)),
       h("div", { class: "page-actions" },
         updated,
-        editable ? h("button", { type: "button", class: "btn btn-ghost", onclick: () => editNameDescription() }, "Edit") : null,
+        editable && experiment.status === "draft" ? h("a", { class: "btn btn-ghost", href: `#/experiments/${experiment.id}/edit` }, "Edit draft") : null,
+        editable && experiment.status !== "draft" ? h("button", { type: "button", class: "btn btn-ghost", onclick: () => editNameDescription() }, "Rename") : null,
+        can("create") ? h("a", { class: "btn btn-ghost", href: `#/new?from=${experiment.id}` }, "Clone") : null,
         exports,
         can("audit") ? h("a", { class: "btn btn-ghost", href: `#/audit?experiment_id=${experiment.id}` }, "Audit trail") : null,
         actions),
@@ -193,8 +196,8 @@ export function detailView(root, { id, navigate }) {
   function renderVariants() {
     const mayPause = can("pause_variant") && experiment.status !== "archived";
     replace(variantsBody, h("div", { class: "table-wrap" },
-      h("table", { class: "table" },
-        h("thead", {}, h("tr", {}, ["Variant", "Share", "Config", "State", ""].map((c) => h("th", {}, c)))),
+      h("table", { class: "table variants-table" },
+        h("thead", {}, h("tr", {}, ["Variant", "Share", "Config", "State", "Actions"].map((c) => h("th", { scope: "col" }, c)))),
         h("tbody", {}, experiment.variants.map((v) => h("tr", {},
           h("td", {}, v.name, v.is_control ? h("span", { class: "tag" }, "control") : null),
           h("td", { class: "num" }, `${v.traffic_share}%`),
@@ -215,53 +218,8 @@ export function detailView(root, { id, navigate }) {
             : null)))))));
   }
 
-  function renderResults() {
-    if (!results) return;
-    const types = Object.keys(results.variants[0]?.metrics || {});
-    metric = metric && types.includes(metric) ? metric : results.primary_metric;
-    const lowerIsBetter = (results.lower_is_better || []).includes(metric);
-    const hasValues = results.variants.some((v) => (v.metrics[metric]?.value_count ?? 0) > 0);
-    const srm = results.srm;
-    const rows = results.variants.map((v) => {
-      const m = v.metrics[metric] || {};
-      const uplift = m.uplift;
-      const upliftClass = uplift?.lower > 0 ? (lowerIsBetter ? "worse" : "better") : uplift?.upper < 0 ? (lowerIsBetter ? "better" : "worse") : "";
-      return h("tr", { class: v.paused ? "row-paused" : "" },
-        h("td", {}, v.name, v.is_control ? h("span", { class: "tag" }, "control") : null),
-        h("td", { class: "num" }, integer(v.assigned_users)),
-        h("td", { class: "num", title: `${integer(m.users)} of ${integer(v.assigned_users)} assigned users had at least one ${metric} event (${integer(m.events)} events)` }, integer(m.users)),
-        h("td", { class: "num" }, h("strong", {}, percent(m.rate)), h("div", { class: "muted small" }, interval(m.interval?.lower, m.interval?.upper))),
-        h("td", { class: ["num", upliftClass] }, v.is_control ? h("span", { class: "muted" }, "baseline")
-          : uplift ? [signedPercent(uplift.estimate), h("div", { class: "muted small" }, interval(uplift.lower, uplift.upper, signedPercent) || uplift.message || "")] : "–"),
-        h("td", { class: "num" }, v.is_control ? "–" : percent(m.prob_beat_control, 1)),
-        h("td", { class: "num" }, percent(v.prob_best, 1)),
-        h("td", { class: "num" }, percent(v.weight, 1)),
-        hasValues ? h("td", { class: "num" }, decimal(m.value_mean, 2), h("div", { class: "muted small" }, interval(m.value_interval?.lower, m.value_interval?.upper, (x) => decimal(x, 2)))) : null,
-        h("td", {}, v.paused ? h("span", { class: "badge badge-paused" }, "paused") : h("span", { class: "badge badge-live" }, "live")),
-      );
-    });
-    replace(resultsBody,
-      h("div", { class: "toolbar" },
-        h("label", { class: "inline-field" }, "Metric ",
-          select({ class: "input input-small", onchange: (event) => { metric = event.target.value; renderResults(); } },
-            types.map((t) => [t, t === results.primary_metric ? `${t} (primary)` : t]), metric)),
-        lowerIsBetter ? h("span", { class: "tag tag-warn" }, "fewer is better") : null,
-        results.burn_in ? h("span", { class: "tag" }, "bandit burn-in") : null,
-        h("span", { class: "muted small" }, `computed ${shortTime(results.computed_at)}`)),
-      srm ? h("div", { class: ["callout", srm.flagged ? "callout-danger" : srm.p_value === null || srm.p_value === undefined ? "callout-neutral" : "callout-ok"] },
-        h("strong", {}, srm.flagged ? "Sample ratio mismatch" : "SRM check"), " ",
-        srm.p_value !== null && srm.p_value !== undefined ? `χ² = ${decimal(srm.chi2, 2)}, p = ${Number(srm.p_value).toPrecision(3)}. ` : "",
-        srm.message) : null,
-      h("div", { class: "table-wrap" },
-        h("table", { class: "table results-table" },
-          h("thead", {}, h("tr", {},
-            h("th", {}, "Variant"),
-            ["Assigned users", `Users with ${metric}`, "Rate [95% CI]", "Uplift vs control [95% CI]", "P(beat control)", "P(best)", "Weight", hasValues ? "Value / user [95% CI]" : null]
-              .filter(Boolean).map((label) => h("th", { class: "num" }, label)),
-            h("th", {}, "State"))),
-          h("tbody", {}, rows))),
-      h("p", { class: "muted small" }, "Rates are per assigned user (a user counts once). P(best) is on the primary metric; weight is the share of new users the arm receives now."),
-    );
+  function renderResultsCard() {
+    if (results) renderResults(resultsBody, results, experiment, resultsState);
   }
 
   function findingList(items, emptyText) {
@@ -302,21 +260,6 @@ export function detailView(root, { id, navigate }) {
         : h("p", { class: "muted" }, "None yet: SIRA suggests follow-ups once there is data."),
       h("p", { class: "muted small" }, `computed ${dateTime(insights.computed_at)}`),
     );
-  }
-
-  function renderHistory(history) {
-    if (!history.snapshots.length) {
-      replace(historyBody, h("p", { class: "muted" },
-        experiment.status === "draft"
-          ? "No history yet: SIRA records posteriors and weights once the experiment runs."
-          : "No history recorded yet: SIRA appends a snapshot whenever a recompute changes counts or weights."));
-      return;
-    }
-    replace(historyBody,
-      h("div", { class: "segmented", role: "group", "aria-label": "Series" },
-        [["weight", "Weight"], ["prob_best", "P(best)"]].map(([value, label]) =>
-          h("button", { type: "button", class: ["segment", chartMetric === value && "active"], "aria-pressed": String(chartMetric === value), onclick: () => { chartMetric = value; renderHistory(history); } }, label))),
-      historyChart(history, chartMetric));
   }
 
   async function loadReports() {
@@ -376,10 +319,10 @@ export function detailView(root, { id, navigate }) {
     if (can("results")) {
       jobs.push(api.getResults(id).then((r) => {
         results = r;
-        if (changed(rendered, "results", r)) renderResults();
+        if (changed(rendered, "results", r)) renderResultsCard();
       }, failed("results", resultsBody, "Could not load results")));
       jobs.push(api.getBanditHistory(id).then((history) => {
-        if (changed(rendered, "history", history)) renderHistory(history);
+        if (changed(rendered, "history", history)) renderOverTime(historyBody, history, experiment, overTimeState);
       }, failed("history", historyBody, "Could not load the bandit history")));
     }
     if (can("insights")) {
