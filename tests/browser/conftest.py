@@ -240,12 +240,38 @@ class Dashboard:
         self.page.goto(f"{self.platform.base_url}/ops{fragment}")
         self.page.wait_for_selector("#main :is(h1, .page-head h1)")
 
+    def accessibility_problems(self) -> list[str]:
+        """Screen-reader basics on what is shown: named controls, buttons, links and charts."""
+        return self.page.evaluate(
+            """() => {
+                const visible = (el) => !!(el.offsetWidth || el.offsetHeight || el.getClientRects().length);
+                const named = (el) => (el.getAttribute("aria-label") || "").trim() || el.getAttribute("aria-labelledby")
+                    || (el.labels && [...el.labels].some((l) => l.textContent.trim())) || (el.getAttribute("title") || "").trim();
+                const problems = [];
+                for (const el of document.querySelectorAll("input:not([type=hidden]), select, textarea")) {
+                    if (visible(el) && !named(el)) problems.push(`unlabelled ${el.tagName.toLowerCase()} ${el.name || ""}`);
+                }
+                for (const el of document.querySelectorAll("button, a[href]")) {
+                    if (visible(el) && !el.textContent.trim() && !named(el)) problems.push(`unnamed ${el.tagName.toLowerCase()} ${el.outerHTML.slice(0, 80)}`);
+                }
+                for (const el of document.querySelectorAll("svg.chart, svg.sparkline")) {
+                    if (el.getAttribute("role") !== "img" || !named(el)) problems.push(`chart without role=img and a name`);
+                }
+                if (!document.querySelector("main h1")) problems.push("no h1 in main");
+                return problems;
+            }"""
+        )
+
     def screenshot(self, step: str) -> None:
-        """Full-page screenshots at laptop and phone widths; at 360 px nothing may overflow sideways."""
+        """Full-page screenshots at laptop and phone widths; at 360 px nothing may overflow
+        sideways; screen-reader basics hold on the page shown."""
+        problems = self.accessibility_problems()
+        assert not problems, f"{step}: {problems}"
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         for label, viewport in (("laptop", LAPTOP), ("phone", PHONE)):
             self.page.set_viewport_size(viewport)
-            self.page.wait_for_timeout(150)
+            self.page.wait_for_timeout(300)  # the views redraw their charts for the new width
+            self.page.evaluate("window.scrollTo(0, 0)")
             path = ARTIFACTS / f"{self.name}-{step}-{label}.png"
             self.page.screenshot(path=str(path), full_page=True)
             self.shots.append(path)

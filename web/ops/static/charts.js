@@ -10,6 +10,16 @@ export const PALETTE = ["#2563eb", "#16a34a", "#ea580c", "#9333ea", "#0891b2", "
 
 const finite = (value) => typeof value === "number" && Number.isFinite(value);
 
+/**
+ * The drawing width in SVG units: the viewport's width up to 760, so that on a phone a
+ * chart is drawn for its size (text stays legible) instead of a laptop chart scaled down.
+ * Views re-render their charts when the window is resized.
+ */
+export function chartWidth() {
+  const viewport = document.documentElement.clientWidth || 760;
+  return Math.round(Math.max(300, Math.min(760, viewport - 56)));
+}
+
 export function colorOf(index) {
   return PALETTE[index % PALETTE.length];
 }
@@ -66,12 +76,13 @@ export function intervalChart(rows, { zeroCentred = false, reference = null, ref
   }
   const kindList = [...new Set(rows.flatMap((row) => row.intervals.map((i) => i.kind)))];
   const rowHeight = 14 + 12 * Math.max(1, kindList.length);
-  const labelWidth = 150;
-  const width = 760;
+  const width = chartWidth();
+  const labelWidth = width < 500 ? 92 : 150;
+  const maxLabel = width < 500 ? 13 : 22;
   const top = 8;
   const height = top + rows.length * rowHeight + 30;
   const x = (v) => labelWidth + ((v - low) / (high - low || 1)) * (width - labelWidth - 24);
-  const ticks = niceTicks(low, high, 6);
+  const ticks = niceTicks(low, high, width < 500 ? 4 : 6);
   const grid = ticks.map((t) => [
     s("line", { x1: x(t), x2: x(t), y1: top, y2: height - 24, class: t === 0 && zeroCentred ? "chart-zero" : "chart-grid" }),
     s("text", { x: x(t), y: height - 8, class: "chart-label", "text-anchor": "middle" }, zeroCentred ? signedPercent(t, 0) : format(t)),
@@ -98,7 +109,7 @@ export function intervalChart(rows, { zeroCentred = false, reference = null, ref
     const rowMarkers = markers.filter((m) => m.row === index && finite(m.value)).map((m) =>
       s("path", { d: `M${x(m.value)},${y0 + 2} l4,-6 h-8 z`, class: "chart-marker" }, s("title", {}, m.title)));
     return s("g", {},
-      s("text", { x: labelWidth - 10, y: y0 + 14, class: "chart-row-label", "text-anchor": "end" }, row.label.length > 22 ? `${row.label.slice(0, 21)}…` : row.label),
+      s("text", { x: labelWidth - 10, y: y0 + 14, class: "chart-row-label", "text-anchor": "end" }, row.label.length > maxLabel ? `${row.label.slice(0, maxLabel - 1)}…` : row.label, s("title", {}, row.label)),
       bars, dot, rowMarkers);
   });
   const svg = svgRoot(width, height, label, grid, referenceLine, body);
@@ -138,8 +149,8 @@ export function densityChart(arms, { label = "Posterior densities of the arms", 
   });
   const low = Math.max(0, Math.min(...moments.map(([m, sd]) => m - 4.5 * sd)));
   const high = Math.min(1, Math.max(...moments.map(([m, sd]) => m + 4.5 * sd)));
-  const width = 760;
-  const height = 220;
+  const width = chartWidth();
+  const height = width < 500 ? 170 : 200;
   const pad = { top: 10, right: 16, bottom: 30, left: 16 };
   const steps = 160;
   const xs = Array.from({ length: steps + 1 }, (_, i) => low + ((high - low) * i) / steps);
@@ -147,7 +158,7 @@ export function densityChart(arms, { label = "Posterior densities of the arms", 
   const peak = Math.max(...curves.flat().filter(finite)) || 1;
   const x = (v) => pad.left + ((v - low) / (high - low || 1)) * (width - pad.left - pad.right);
   const y = (d) => height - pad.bottom - (d / peak) * (height - pad.top - pad.bottom);
-  const ticks = niceTicks(low, high, 6);
+  const ticks = niceTicks(low, high, width < 500 ? 4 : 6);
   const grid = ticks.map((t) => [
     s("line", { x1: x(t), x2: x(t), y1: pad.top, y2: height - pad.bottom, class: "chart-grid" }),
     s("text", { x: x(t), y: height - 10, class: "chart-label", "text-anchor": "middle" }, format(t, 1)),
@@ -186,8 +197,8 @@ export function lineChart(series, { format = percent, domain = null, zero = fals
   const start = Math.min(...times);
   const end = Math.max(...times);
   const span = end - start || 1;
-  const width = 760;
-  const height = 260;
+  const width = chartWidth();
+  const height = width < 500 ? 220 : 260;
   const pad = { top: 12, right: 18, bottom: 30, left: 56 };
   const single = start === end;
   const x = (t) => pad.left + (single ? (width - pad.left - pad.right) / 2 : ((t - start) / span) * (width - pad.left - pad.right));

@@ -56,6 +56,7 @@ export function detailView(root, { id, navigate }) {
   const rendered = {};
   let experiment = null;
   let results = null;
+  let history = null;
   const resultsState = {};
   const overTimeState = {};
   let busy = false;
@@ -321,8 +322,9 @@ export function detailView(root, { id, navigate }) {
         results = r;
         if (changed(rendered, "results", r)) renderResultsCard();
       }, failed("results", resultsBody, "Could not load results")));
-      jobs.push(api.getBanditHistory(id).then((history) => {
-        if (changed(rendered, "history", history)) renderOverTime(historyBody, history, experiment, overTimeState);
+      jobs.push(api.getBanditHistory(id).then((loaded) => {
+        history = loaded;
+        if (changed(rendered, "history", loaded)) renderOverTime(historyBody, loaded, experiment, overTimeState);
       }, failed("history", historyBody, "Could not load the bandit history")));
     }
     if (can("insights")) {
@@ -335,6 +337,25 @@ export function detailView(root, { id, navigate }) {
     replace(updated, `Updated ${shortTime(new Date())}`);
   }
 
+  // Charts are drawn for the window's width: draw them again when it changes.
+  let resizeTimer = null;
+  let lastWidth = document.documentElement.clientWidth;
+  const onResize = () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => {
+      if (document.documentElement.clientWidth === lastWidth) return;
+      lastWidth = document.documentElement.clientWidth;
+      renderResultsCard();
+      if (history) renderOverTime(historyBody, history, experiment, overTimeState);
+    }, 100);
+  };
+  window.addEventListener("resize", onResize);
+
   refreshAll();
-  return autoRefresh(() => (busy || root.querySelector("form") ? Promise.resolve() : refreshAll()), REFRESH_SECONDS);
+  const stopRefresh = autoRefresh(() => (busy || root.querySelector("form") ? Promise.resolve() : refreshAll()), REFRESH_SECONDS);
+  return () => {
+    stopRefresh();
+    clearTimeout(resizeTimer);
+    window.removeEventListener("resize", onResize);
+  };
 }

@@ -133,7 +133,7 @@ function guardrailSection(results, experiment) {
     h("p", { class: "muted small" }, finite(margin)
       ? `An arm is flagged only when credibly worse than control by more than the ${percent(margin, 0)} margin (dashed line).`
       : "A variant credibly worse than control on these events is flagged."),
-    h("div", { class: "grid grid-2" }, charts));
+    charts);
 }
 
 function numbersTable(results, metric, lowerIsBetter) {
@@ -191,9 +191,8 @@ export function renderResults(container, results, experiment, state) {
       finite(srm.p_value) ? `χ² = ${decimal(srm.chi2, 2)}, p = ${Number(srm.p_value).toPrecision(3)}. ` : "",
       srm.message) : null,
     hasData ? null : h("p", { class: "muted" }, "No assigned users yet: the charts fill in as traffic arrives."),
-    h("div", { class: "grid grid-2 results-charts" },
-      section(`${metric} rate per variant`, rateChart(results, metric)),
-      section(`Uplift of ${metric} versus control`, upliftChart(results, metric) || h("p", { class: "muted" }, "No comparison yet."))),
+    section(`${metric} rate per variant`, rateChart(results, metric)),
+    section(`Uplift of ${metric} versus control`, upliftChart(results, metric) || h("p", { class: "muted" }, "No comparison yet.")),
     hasDifference ? section("Difference versus control (percentage points)", upliftChart(results, metric, "difference")) : null,
     metric === results.primary_metric
       ? section("Posterior densities", densityChart(results.variants.map((v, index) => ({ label: v.name, colorIndex: index, color: colorOf(index), alpha: v.alpha, beta: v.beta })),
