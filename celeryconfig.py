@@ -1,13 +1,13 @@
-"""Celery settings (lower-case, read by ``celery.config_from_object``)."""
+"""Celery settings: the fixed ones as lower-case module attributes (``config_from_object``),
+and those that follow :class:`core.config.Settings` built by :func:`from_settings`."""
 from __future__ import annotations
+
+from typing import Any
 
 from celery.schedules import crontab
 
-from core.config import load_settings
+from core.config import Settings
 
-_settings = load_settings()
-
-broker_url = _settings.celery_broker_url
 result_backend = None
 task_ignore_result = True
 include: list[str] = ["tasks.sira", "tasks.ingest"]
@@ -29,27 +29,34 @@ accept_content = ["json"]
 timezone = "UTC"
 enable_utc = True
 
-beat_schedule: dict[str, dict] = {
-    # Ingestion: a drain every tick; a run that hits its budget queues its own successor.
-    "ingest.drain_events": {
-        "task": "ingest.drain_events",
-        "schedule": _settings.ingest_drain_interval_s,
-        "options": {"expires": 10 * _settings.ingest_drain_interval_s},
-    },
-    "ingest.prune_consumers": {"task": "ingest.prune_consumers", "schedule": 3600.0},
-    # SIRA: a tick that could not run before the next one is due is dropped, not queued.
-    "sira.recompute_posteriors": {
-        "task": "sira.recompute_posteriors",
-        "schedule": _settings.recompute_interval_s,
-        "options": {"expires": _settings.recompute_interval_s},
-    },
-    "sira.fail_fast_scan": {
-        "task": "sira.fail_fast_scan",
-        "schedule": _settings.fail_fast_interval_s,
-        "options": {"expires": _settings.fail_fast_interval_s},
-    },
-    "sira.daily_report": {
-        "task": "sira.daily_report",
-        "schedule": crontab(hour=_settings.daily_report_hour, minute=_settings.daily_report_minute),
-    },
-}
+
+def from_settings(settings: Settings) -> dict[str, Any]:
+    """The broker and the beat schedule for these settings."""
+    return {"broker_url": settings.celery_broker_url, "beat_schedule": beat_schedule(settings)}
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    return {
+        # Ingestion: a drain every tick; a run that hits its budget queues its own successor.
+        "ingest.drain_events": {
+            "task": "ingest.drain_events",
+            "schedule": settings.ingest_drain_interval_s,
+            "options": {"expires": 10 * settings.ingest_drain_interval_s},
+        },
+        "ingest.prune_consumers": {"task": "ingest.prune_consumers", "schedule": 3600.0},
+        # SIRA: a tick that could not run before the next one is due is dropped, not queued.
+        "sira.recompute_posteriors": {
+            "task": "sira.recompute_posteriors",
+            "schedule": settings.recompute_interval_s,
+            "options": {"expires": settings.recompute_interval_s},
+        },
+        "sira.fail_fast_scan": {
+            "task": "sira.fail_fast_scan",
+            "schedule": settings.fail_fast_interval_s,
+            "options": {"expires": settings.fail_fast_interval_s},
+        },
+        "sira.daily_report": {
+            "task": "sira.daily_report",
+            "schedule": crontab(hour=settings.daily_report_hour, minute=settings.daily_report_minute),
+        },
+    }

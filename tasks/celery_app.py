@@ -1,31 +1,57 @@
-"""The Celery application: tasks run inside a Flask-free context with their own engine.
+"""The Celery application, built by :func:`create_celery` from :class:`core.config.Settings`.
 
-Workers fork (prefork pool): each child disposes the inherited engine and Redis
-pools on ``worker_process_init`` so no connection is shared across processes.
+Nothing happens at import: ``celery`` below is an app whose configuration is a promise,
+resolved (settings read from the environment) the first time Celery needs it, which is what
+``celery -A tasks.celery_app worker|beat|flower`` does. Tests build their own app with
+``create_celery(settings)``. Tasks are ``shared_task``\\ s, so they run on whichever app is
+current. The database engine is created when a worker starts (``worker_init``) and again in
+each forked pool child (``worker_process_init``), never inherited across a fork.
 """
 from __future__ import annotations
 
-from celery import Celery
-from celery.signals import worker_process_init
+from typing import Any
 
+from celery import Celery, current_app
+from celery.signals import worker_init, worker_process_init
+
+import celeryconfig
 from core import db
-from core.config import load_settings
+from core.config import Settings, load_settings
 from core.redis import reset_clients
 
-settings = load_settings()
-celery = Celery("molam_experiments")
-celery.config_from_object("celeryconfig")
-if not db.is_initialised():
-    # A worker or beat process. When imported into a process that already has an
-    # engine (the API, a test session), keep that engine rather than re-pointing it.
-    db.init_engine(settings.database_url, pool_size=5, max_overflow=5)
+#: Connections per worker process (prefork children each get their own pool).
+WORKER_POOL = {"pool_size": 5, "max_overflow": 5}
 
 
-@worker_process_init.connect
-def _reset_connections_after_fork(**_: object) -> None:
+def create_celery(settings: Settings | None = None) -> Celery:
+    """A Celery app for ``settings`` (``None``: read from the environment when first configured)."""
+    app = Celery("molam_experiments", set_as_current=True)
+    app.config_from_object(celeryconfig)
+    if settings is not None:
+        app.molam_settings = settings  # type: ignore[attr-defined]
+    app.add_defaults(lambda: celeryconfig.from_settings(settings_of(app)))
+    return app
+
+
+def settings_of(app: Celery) -> Settings:
+    settings = getattr(app, "molam_settings", None)
+    if settings is None:
+        settings = app.molam_settings = load_settings()  # type: ignore[attr-defined]
+    return settings
+
+
+def current_settings() -> Settings:
+    """The settings of the app running the current task."""
+    return settings_of(current_app)
+
+
+def _start_engine(**_: Any) -> None:
     db.dispose_engine()
     reset_clients()
+    db.init_engine(current_settings().database_url, **WORKER_POOL)
 
 
-def current_settings():
-    return settings
+worker_init.connect(_start_engine, weak=False, dispatch_uid="molam.worker_init")
+worker_process_init.connect(_start_engine, weak=False, dispatch_uid="molam.worker_process_init")
+
+celery = create_celery()

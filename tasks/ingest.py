@@ -14,7 +14,9 @@ from core.redis import get_redis
 from services.cache import DRAIN_BACKOFF_KEY as BACKOFF_KEY, DRAIN_FAILURES_KEY as FAILURES_KEY, DRAIN_SUCCESSOR_FLAG as SUCCESSOR_FLAG
 from services.ingestion import writer as ingestion_writer
 
-from .celery_app import celery, current_settings
+from celery import shared_task
+
+from .celery_app import current_settings
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,7 @@ DRAIN_BUDGET_S = 2.0
 MAX_BACKOFF_S = 60
 
 
-@celery.task(name="ingest.drain_events", acks_late=False, ignore_result=True)
+@shared_task(name="ingest.drain_events", acks_late=False, ignore_result=True)
 def drain_events() -> dict[str, Any]:
     """Write staged events to PostgreSQL; returns what it did (visible in Flower)."""
     client = get_redis(current_settings().redis_url)
@@ -50,7 +52,7 @@ def drain_events() -> dict[str, Any]:
     return summary
 
 
-@celery.task(name="ingest.prune_consumers", ignore_result=True)
+@shared_task(name="ingest.prune_consumers", ignore_result=True)
 def prune_consumers() -> dict[str, int]:
     """Forget stream consumers left by worker processes that are gone (nothing pending)."""
     return {"removed": ingestion_writer.prune_consumers(get_redis(current_settings().redis_url))}

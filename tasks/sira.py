@@ -13,7 +13,9 @@ from typing import Any
 from core.redis import get_redis
 from services.analysis import jobs as sira_jobs, reports as sira_reports
 
-from .celery_app import celery, current_settings
+from celery import shared_task
+
+from .celery_app import current_settings
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ def _exclusive(job: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return work()
 
 
-@celery.task(name="sira.recompute_posteriors")
+@shared_task(name="sira.recompute_posteriors")
 def recompute_posteriors() -> dict[str, Any]:
     """Posteriors, P(best) and weights of every running experiment; publish the weights."""
     settings = current_settings()
@@ -38,7 +40,7 @@ def recompute_posteriors() -> dict[str, Any]:
     )
 
 
-@celery.task(name="sira.fail_fast_scan")
+@shared_task(name="sira.fail_fast_scan")
 def fail_fast_scan() -> dict[str, Any]:
     """Fail-fast and guardrail rules on every running experiment; record and act once."""
     settings = current_settings()
@@ -48,7 +50,7 @@ def fail_fast_scan() -> dict[str, Any]:
     )
 
 
-@celery.task(name="sira.daily_report")
+@shared_task(name="sira.daily_report")
 def daily_report(report_date: str | None = None) -> dict[str, Any]:
     """Store today's report (UTC) for every running experiment; existing ones are kept."""
     settings = current_settings()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from core import db
 from core.config import PROJECT_ROOT, redis_url_with_db
 from core.redis import get_redis
 from services.ingestion import writer as ingestion_writer
@@ -82,21 +83,17 @@ def kill_hard(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def test_tasks_have_explicit_names_and_workers_send_events(settings, broker_url):
+def test_tasks_have_explicit_names_and_workers_send_events(settings):
     import celeryconfig
+    from tasks.celery_app import create_celery
 
-    # In a subprocess: importing tasks.celery_app points this process's engine at its own settings.
-    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
-           "CELERY_BROKER_URL": broker_url}
-    names = subprocess.run(
-        [sys.executable, "-c", "from tasks.celery_app import celery; celery.loader.import_default_modules(); "
-                               "print(' '.join(sorted(celery.tasks)))"],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=True,
-    ).stdout.split()
-    assert {"ingest.drain_events", "ingest.prune_consumers"} <= set(names)
-    assert celeryconfig.worker_send_task_events is True
+    celery = create_celery(settings)
+    celery.loader.import_default_modules()
+    assert {"ingest.drain_events", "ingest.prune_consumers"} <= set(celery.tasks)
+    assert celery.conf.worker_send_task_events is True
+    assert celery.conf.broker_url == settings.celery_broker_url
     assert "tasks.ingest" in celeryconfig.include
-    assert celeryconfig.beat_schedule["ingest.drain_events"]["task"] == "ingest.drain_events"
+    assert celery.conf.beat_schedule["ingest.drain_events"]["task"] == "ingest.drain_events"
 
 
 def test_worker_drains_events_accepted_by_the_api(client, auth, create_experiment, settings, start_worker):
@@ -164,34 +161,25 @@ def test_kill_9_mid_stream_loses_nothing_and_counts_nothing_twice(client, auth, 
     assert rollup_mismatches(settings) == []
 
 
-# One worker process (one stream consumer) whose PostgreSQL goes away and comes back.
-OUTAGE_SCRIPT = """
-import json, sys
-from core import db
-from core.redis import get_redis
-from tasks.celery_app import current_settings
-from tasks.ingest import BACKOFF_KEY, drain_events
-
-db.init_engine("postgresql+psycopg://postgres@127.0.0.1:1/unreachable")
-print(json.dumps(drain_events()))
-print(json.dumps(drain_events()))
-get_redis(current_settings().redis_url).delete(BACKOFF_KEY)  # PostgreSQL is back; skip the wait
-db.init_engine(sys.argv[1])
-print(json.dumps(drain_events()))
-"""
-
-
-def test_database_outage_backs_off_and_loses_nothing(client, auth, create_experiment, settings, broker_url):
+def test_database_outage_backs_off_and_loses_nothing(client, auth, create_experiment, settings):
     experiment = create_experiment(start=True)
     assign_users(settings, experiment, ["u1"])
     response = client.post(f"/api/experiments/{experiment['id']}/track",
                            json={"molam_id": "u1", "event_type": "conversion", "value": 9}, headers=auth(SERVICE))
     assert response.status_code == 202
-    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
-           "CELERY_BROKER_URL": broker_url}
-    out = subprocess.run([sys.executable, "-c", OUTAGE_SCRIPT, settings.database_url], cwd=PROJECT_ROOT, env=env,
-                         capture_output=True, text=True, check=True).stdout
-    failed, skipped, recovered = (json.loads(line) for line in out.strip().splitlines()[-3:])
+    # This process as one worker (one stream consumer) whose PostgreSQL goes away and comes back.
+    from tasks.celery_app import create_celery
+    from tasks.ingest import BACKOFF_KEY, drain_events
+
+    create_celery(settings)
+    db.init_engine("postgresql+psycopg://postgres@127.0.0.1:1/unreachable")
+    try:
+        failed = drain_events()
+        skipped = drain_events()
+    finally:
+        db.init_engine(settings.database_url)
+    get_redis(settings.redis_url).delete(BACKOFF_KEY)  # PostgreSQL is back; skip the wait
+    recovered = drain_events()
     assert failed["paused_s"] == 2 and "failed 4 times" in failed["error"]
     assert skipped == {"skipped": "backing off after database errors"}
     assert recovered["inserted"] == 1 and recovered["backlog"] is False

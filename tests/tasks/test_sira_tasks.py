@@ -2,7 +2,6 @@
 PostgreSQL and Redis; beat schedule wiring."""
 from __future__ import annotations
 
-import importlib
 import json
 import threading
 
@@ -17,14 +16,12 @@ from tests.sira_data import plain_url, set_arm
 
 
 @pytest.fixture
-def sira_tasks(app, settings, monkeypatch):
-    """tasks.sira bound to the test database and Redis (importing the Celery app points the
-    process's engine at the configured database, so it is pointed back)."""
-    import tasks.celery_app as celery_app
+def sira_tasks(app, settings):
+    """tasks.sira run by a Celery app built for the test database and Redis."""
     import tasks.sira
+    from tasks.celery_app import create_celery
 
-    db.init_engine(settings.database_url)
-    monkeypatch.setattr(celery_app, "settings", settings)
+    create_celery(settings)
     return tasks.sira
 
 
@@ -41,9 +38,10 @@ def losing_bandit(create_experiment, settings, **overrides):
     return experiment
 
 
-def test_tasks_are_registered_under_their_names(sira_tasks):
-    from tasks.celery_app import celery
+def test_tasks_are_registered_under_their_names(sira_tasks, settings):
+    from tasks.celery_app import create_celery
 
+    celery = create_celery(settings)
     celery.loader.import_default_modules()
     assert {"sira.recompute_posteriors", "sira.fail_fast_scan", "sira.daily_report"} <= set(celery.tasks)
 
@@ -122,21 +120,22 @@ def test_daily_report_of_an_empty_experiment(sira_tasks, create_experiment, sett
 
 def test_beat_schedule_follows_settings(monkeypatch):
     import celeryconfig
+    from core.config import load_settings
+    from tasks.celery_app import create_celery
 
-    try:
-        monkeypatch.setenv("SIRA_RECOMPUTE_INTERVAL", "5")
-        monkeypatch.setenv("SIRA_FAIL_FAST_INTERVAL", "7.5")
-        monkeypatch.setenv("SIRA_DAILY_REPORT_HOUR", "4")
-        monkeypatch.setenv("SIRA_DAILY_REPORT_MINUTE", "30")
-        schedule = importlib.reload(celeryconfig).beat_schedule
-        assert "tasks.sira" in celeryconfig.include
-        assert schedule["sira.recompute_posteriors"]["task"] == "sira.recompute_posteriors"
-        assert schedule["sira.recompute_posteriors"]["schedule"] == 5.0
-        assert schedule["sira.fail_fast_scan"]["schedule"] == 7.5
-        assert schedule["sira.daily_report"]["schedule"] == crontab(hour=4, minute=30)
-    finally:
-        monkeypatch.undo()
-        defaults = importlib.reload(celeryconfig).beat_schedule
+    monkeypatch.setenv("SIRA_RECOMPUTE_INTERVAL", "5")
+    monkeypatch.setenv("SIRA_FAIL_FAST_INTERVAL", "7.5")
+    monkeypatch.setenv("SIRA_DAILY_REPORT_HOUR", "4")
+    monkeypatch.setenv("SIRA_DAILY_REPORT_MINUTE", "30")
+    schedule = create_celery(load_settings()).conf.beat_schedule
+    assert "tasks.sira" in celeryconfig.include
+    assert schedule["sira.recompute_posteriors"]["task"] == "sira.recompute_posteriors"
+    assert schedule["sira.recompute_posteriors"]["schedule"] == 5.0
+    assert schedule["sira.fail_fast_scan"]["schedule"] == 7.5
+    assert schedule["sira.daily_report"]["schedule"] == crontab(hour=4, minute=30)
+    for name in ("SIRA_RECOMPUTE_INTERVAL", "SIRA_FAIL_FAST_INTERVAL", "SIRA_DAILY_REPORT_HOUR", "SIRA_DAILY_REPORT_MINUTE"):
+        monkeypatch.delenv(name)
+    defaults = celeryconfig.beat_schedule(load_settings())
     assert defaults["sira.recompute_posteriors"]["schedule"] == 30.0
     assert defaults["sira.fail_fast_scan"]["schedule"] == 60.0
     assert defaults["sira.daily_report"]["schedule"] == crontab(hour=6, minute=0)
