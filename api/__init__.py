@@ -10,7 +10,7 @@ from flask_smorest import Api
 
 from core import db
 from core.config import Settings, load_settings
-from core.errors import DomainError
+from core.errors import DomainError, error_body
 from api.observability import init_metrics
 
 from . import context
@@ -103,14 +103,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def _register_error_handlers(app: Flask, api: Api) -> None:
-    from http import HTTPStatus
-
     @app.errorhandler(DomainError)
     def handle_domain_error(error: DomainError):  # noqa: ANN202
-        payload = {"code": error.status, "status": HTTPStatus(error.status).phrase, "message": error.message}
-        if error.errors:
-            payload["errors"] = error.errors
-        return jsonify(payload), error.status, error.headers
+        return jsonify(error_body(error.status, error.message, error.errors)), error.status, error.headers
 
     @app.errorhandler(Exception)
     def handle_unexpected(error: Exception):  # noqa: ANN202
@@ -119,7 +114,7 @@ def _register_error_handlers(app: Flask, api: Api) -> None:
         if isinstance(error, (OperationalError, InterfaceError)):
             log.warning("database unavailable: %s", error)
             return (
-                jsonify(code=503, status="Service Unavailable", message="database unavailable; retry shortly"),
+                jsonify(error_body(503, "database unavailable; retry shortly")),
                 503,
                 {"Retry-After": "2"},
             )
@@ -128,7 +123,7 @@ def _register_error_handlers(app: Flask, api: Api) -> None:
         if isinstance(error, HTTPException):
             return api.handle_http_exception(error)
         log.exception("unhandled error")
-        return jsonify(code=500, status="Internal Server Error", message="internal error"), 500
+        return jsonify(error_body(500, "internal error")), 500
 
 
 def _register_cli(app: Flask) -> None:

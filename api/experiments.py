@@ -6,7 +6,6 @@ import uuid
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from core.errors import Unavailable
 from services import cache
 from services.experiments import lifecycle as service
 
@@ -23,18 +22,8 @@ blp = Blueprint("experiments", __name__, url_prefix="/api/experiments", descript
 
 
 def commit_mutation(experiment_id: uuid.UUID) -> None:
-    """Commit, making sure no API process keeps serving the old definition from Redis.
-
-    The cached definition is dropped before the commit (if Redis cannot be reached
-    the mutation is refused with 503 and rolled back) and again after it, so an
-    assign racing with the commit cannot re-cache the old version.
-    """
-    client = context.redis_client()
-    if not cache.invalidate_definition(client, experiment_id):
-        context.session().rollback()
-        raise Unavailable("Redis is unreachable: the assignment cache cannot be invalidated; retry shortly", retry_after=2)
-    context.session().commit()
-    cache.invalidate_definition(client, experiment_id)
+    """Commit the request's mutation (503 and rolled back when the cache cannot be invalidated)."""
+    cache.commit_invalidating(context.session(), context.redis_client(), experiment_id)
 
 
 @blp.route("")

@@ -21,6 +21,7 @@ from flask import Flask, current_app, g, jsonify
 from flask_limiter import Limiter, RateLimitExceeded
 
 from core.config import Settings
+from core.errors import error_body
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,12 +64,8 @@ def init_rate_limiting(app: Flask, settings: Settings) -> Limiter | None:
                 retry_after = max(1, int(current.reset_at - time.time()))
         except Exception as exc:  # noqa: BLE001 - the refusal stands; only the hint is lost
             log.warning("could not compute Retry-After: %s", exc)
-        payload = {
-            "code": 429,
-            "status": "Too Many Requests",
-            "message": f"rate limit of {error.description} per caller exceeded; retry after {retry_after} s",
-        }
-        return jsonify(payload), 429, {"Retry-After": str(retry_after)}
+        message = f"rate limit of {error.description} per caller exceeded; retry after {retry_after} s"
+        return jsonify(error_body(429, message)), 429, {"Retry-After": str(retry_after)}
 
     return limiter
 

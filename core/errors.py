@@ -1,7 +1,16 @@
 """Domain errors carry their HTTP status; one handler renders them."""
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
+
+
+def error_body(status: int, message: str, errors: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one JSON error envelope: ``{code, status, message[, errors]}`` (flask-smorest's shape)."""
+    body: dict[str, Any] = {"code": status, "status": HTTPStatus(status).phrase, "message": message}
+    if errors:
+        body["errors"] = errors
+    return body
 
 
 class DomainError(Exception):

@@ -9,6 +9,9 @@ import logging
 import uuid
 
 import redis
+from sqlalchemy.orm import Session
+
+from core.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +52,18 @@ def invalidate_definition(client: redis.Redis, experiment_id: uuid.UUID | str) -
 def d7_key(experiment_id: uuid.UUID | str) -> str:
     """Day-7 retention counts computed by the recompute job: JSON per variant."""
     return f"sira:d7:{experiment_id}"
+
+
+def commit_invalidating(session: Session, client: redis.Redis | None, experiment_id: uuid.UUID | str) -> None:
+    """Commit a mutation of an experiment so that no process keeps serving its old definition.
+
+    The cached definition is dropped before the commit (when Redis cannot be reached the
+    mutation is rolled back and :class:`Unavailable` raised) and again after it, so an
+    assign racing with the commit cannot re-cache the old version. Used by the API's
+    mutations and by SIRA's automatic actions alike.
+    """
+    if client is None or not invalidate_definition(client, experiment_id):
+        session.rollback()
+        raise Unavailable("Redis is unreachable: the cached definition (assignment cache) cannot be invalidated; retry shortly", retry_after=2)
+    session.commit()
+    invalidate_definition(client, experiment_id)

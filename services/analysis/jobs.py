@@ -411,14 +411,11 @@ def _record_findings(session: Session, client: redis.Redis | None, experiment: E
             finding.message, finding.action, outcome,
         )
     if changed:
-        # Like the API's commit_mutation: never leave a cached definition that
-        # still routes users to a paused arm or a stopped experiment.
-        if client is None or not cache.invalidate_definition(client, experiment.id):
-            session.rollback()
-            raise RuntimeError(f"cannot invalidate the cached definition of {experiment.id}; will retry next scan")
-    session.commit()
-    if changed and client is not None:
-        cache.invalidate_definition(client, experiment.id)
+        # Never leave a cached definition that still routes users to a paused arm or a
+        # stopped experiment (rolled back and retried at the next scan otherwise).
+        cache.commit_invalidating(session, client, experiment.id)
+    else:
+        session.commit()
     return recorded, applied
 
 
