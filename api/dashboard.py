@@ -14,6 +14,8 @@ from flask import Blueprint, Response, jsonify, render_template
 from core import rbac
 from core.config import PROJECT_ROOT
 from models import enums
+from sira.bandit import BanditConfig
+from sira.failfast import DEFAULT_FAIL_FAST_ACTION, DEFAULT_GUARDRAIL_ACTION, FailFastConfig
 
 WEB_ROOT = PROJECT_ROOT / "web"
 
@@ -74,6 +76,18 @@ def vocabulary_document() -> dict:
         "guardrail_actions": list(enums.GUARDRAIL_ACTIONS),
         "default_guardrails": list(enums.DEFAULT_GUARDRAILS),
         "targeting_list_keys": list(enums.TARGETING_LIST_KEYS),
+        "defaults": sira_defaults(),
+    }
+
+
+def sira_defaults() -> dict:
+    """SIRA's defaults as the create form pre-fills them (from ``sira``'s config classes)."""
+    fail_fast, bandit = FailFastConfig(), BanditConfig()
+    return {
+        "fail_fast": {"rule": fail_fast.rule, "min_samples": fail_fast.min_samples,
+                      "threshold": fail_fast.threshold, "action": DEFAULT_FAIL_FAST_ACTION},
+        "guardrail_action": DEFAULT_GUARDRAIL_ACTION,
+        "bandit": {"min_samples": bandit.min_samples, "floor": bandit.floor},
     }
 
 

@@ -7,6 +7,8 @@ import marshmallow as ma
 from marshmallow import fields, validate, validates_schema
 
 from core.codes import COUNTRIES, CURRENCIES, LANGUAGES
+from sira.bandit import BanditConfig
+from sira.failfast import DEFAULT_FAIL_FAST_ACTION, DEFAULT_GUARDRAIL_ACTION, FailFastConfig
 from models.enums import (
     DEFAULT_GUARDRAILS,
     EVENT_TYPES,
@@ -75,16 +77,20 @@ class VariantInSchema(StrictSchema):
     is_control = fields.Boolean(load_default=False)
 
 
+#: SIRA's defaults, from its own config classes (the one place that sets them).
+_FAIL_FAST, _BANDIT = FailFastConfig(), BanditConfig()
+
+
 class FailFastSchema(StrictSchema):
-    rule = fields.String(load_default="sequential", validate=validate.OneOf(FAIL_FAST_RULES))
-    min_samples = fields.Integer(strict=True, load_default=100, validate=validate.Range(min=1, max=10_000_000))
-    threshold = fields.Float(load_default=0.95, validate=validate.Range(min=0.5, max=0.999999))
-    action = fields.String(load_default="recommend", validate=validate.OneOf(FAIL_FAST_ACTIONS))
+    rule = fields.String(load_default=_FAIL_FAST.rule, validate=validate.OneOf(FAIL_FAST_RULES))
+    min_samples = fields.Integer(strict=True, load_default=_FAIL_FAST.min_samples, validate=validate.Range(min=1, max=10_000_000))
+    threshold = fields.Float(load_default=_FAIL_FAST.threshold, validate=validate.Range(min=0.5, max=0.999999))
+    action = fields.String(load_default=DEFAULT_FAIL_FAST_ACTION, validate=validate.OneOf(FAIL_FAST_ACTIONS))
 
 
 class BanditSettingsSchema(StrictSchema):
-    min_samples = fields.Integer(strict=True, load_default=100, validate=validate.Range(min=0, max=10_000_000))
-    floor = fields.Float(load_default=0.01, validate=validate.Range(min=0.0, max=0.5))
+    min_samples = fields.Integer(strict=True, load_default=_BANDIT.min_samples, validate=validate.Range(min=0, max=10_000_000))
+    floor = fields.Float(load_default=_BANDIT.floor, validate=validate.Range(min=0.0, max=0.5))
 
 
 def validate_variants(variants: list[dict]) -> dict[str, list[str]]:
@@ -125,7 +131,7 @@ class ExperimentCreateSchema(StrictSchema):
         load_default=lambda: list(DEFAULT_GUARDRAILS),
         validate=_unique_list,
     )
-    guardrail_action = fields.String(load_default="pause_variant", validate=validate.OneOf(GUARDRAIL_ACTIONS))
+    guardrail_action = fields.String(load_default=DEFAULT_GUARDRAIL_ACTION, validate=validate.OneOf(GUARDRAIL_ACTIONS))
     bandit = fields.Nested(BanditSettingsSchema, load_default=lambda: BanditSettingsSchema().load({}))
 
     @validates_schema

@@ -35,6 +35,11 @@ __all__ = [
 RULES = ("sequential", "bayesian")
 
 
+#: What SIRA does with a losing variant, and with a guardrail breach, unless told otherwise.
+DEFAULT_FAIL_FAST_ACTION = "recommend"
+DEFAULT_GUARDRAIL_ACTION = "pause_variant"
+
+
 @dataclass(frozen=True)
 class FailFastConfig:
     """How fail-fast decides.

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from models import Experiment, Variant
 from models.enums import DEFAULT_GUARDRAILS, ExperimentStatus
 from sira.bandit import BanditConfig
-from sira.failfast import FailFastConfig
+from sira.failfast import DEFAULT_FAIL_FAST_ACTION, DEFAULT_GUARDRAIL_ACTION, FailFastConfig
 from sira.stats import ProportionStats, SampleStats
 
 log = logging.getLogger(__name__)
@@ -119,16 +119,16 @@ class ExperimentInput:
 
     @property
     def fail_fast_config(self) -> FailFastConfig:
-        settings = self.fail_fast or {}
+        settings, default = self.fail_fast or {}, FailFastConfig()
         return FailFastConfig(
-            rule=settings.get("rule", "sequential"),
-            min_samples=int(settings.get("min_samples", 100)),
-            threshold=float(settings.get("threshold", 0.95)),
+            rule=settings.get("rule", default.rule),
+            min_samples=int(settings.get("min_samples", default.min_samples)),
+            threshold=float(settings.get("threshold", default.threshold)),
         )
 
     @property
     def fail_fast_action(self) -> str:
-        return (self.fail_fast or {}).get("action") or "recommend"
+        return (self.fail_fast or {}).get("action") or DEFAULT_FAIL_FAST_ACTION
 
     @property
     def guardrail_event_types(self) -> list[str]:
@@ -137,14 +137,14 @@ class ExperimentInput:
 
     @property
     def guardrail_action(self) -> str:
-        return (self.guardrails or {}).get("action") or "pause_variant"
+        return (self.guardrails or {}).get("action") or DEFAULT_GUARDRAIL_ACTION
 
     @property
     def bandit_config(self) -> BanditConfig:
-        settings = self.bandit or {}
+        settings, default = self.bandit or {}, BanditConfig()
         return BanditConfig(
-            min_samples=int(settings.get("min_samples", 100)),
-            floor=float(settings.get("floor", 0.01)),
+            min_samples=int(settings.get("min_samples", default.min_samples)),
+            floor=float(settings.get("floor", default.floor)),
         )
 
     def active_shares(self) -> list[float]:

@@ -24,6 +24,7 @@ from core import db
 from core.errors import NotFound
 from models import Experiment
 from models.enums import ExperimentStatus
+from sira.bandit import BanditConfig
 
 from ..cache import definition_key
 
@@ -79,8 +80,8 @@ def definition_document(experiment: Experiment) -> dict[str, Any]:
         "targeting": experiment.targeting or {},
         "version": experiment.version,
         "bandit": {
-            "min_samples": (experiment.bandit or {}).get("min_samples", 100),
-            "floor": (experiment.bandit or {}).get("floor", 0.01),
+            "min_samples": (experiment.bandit or {}).get("min_samples", BanditConfig.min_samples),
+            "floor": (experiment.bandit or {}).get("floor", BanditConfig.floor),
         },
         "variants": [
             {

@@ -1,6 +1,5 @@
 """P(beat control) and P(best) against adaptive quadrature and seeded Monte Carlo."""
 
-import time
 
 import numpy as np
 import pytest
@@ -95,18 +94,15 @@ def test_prob_best_rejects_bad_parameters():
         prob_best([0, 2], [1, 1])
 
 
-def test_prob_best_thousand_experiments_five_arms_is_fast():
+def test_prob_best_batch_matches_one_at_a_time_over_a_thousand_experiments():
+    # Its speed is measured by ``make bench-sira``; here only agreement is checked.
     rng = np.random.default_rng(1)
     users = rng.integers(100, 50_000, size=(1000, 5))
     successes = rng.binomial(users, rng.uniform(0.01, 0.3, size=(1000, 5)))
     alphas, betas = successes + 1.0, users - successes + 1.0
-    started = time.perf_counter()
-    for a, b in zip(alphas, betas):
-        prob_best(a, b)
-    elapsed = time.perf_counter() - started
-    assert elapsed < 1.0, f"1,000 x 5-arm prob_best took {elapsed:.2f} s"
     batch = prob_best_batch(alphas, betas)
-    assert batch[17] == pytest.approx(prob_best(alphas[17], betas[17]), abs=1e-12)
+    one_at_a_time = np.array([prob_best(a, b) for a, b in zip(alphas, betas)])
+    assert np.allclose(batch, one_at_a_time, atol=1e-12)
     assert np.allclose(batch.sum(axis=1), 1.0, atol=1e-9)
 
 

@@ -77,6 +77,7 @@ function variantState(source) {
 }
 
 function experimentForm(root, { vocabulary, navigate }, { kind, source = null }) {
+  const defaults = vocabulary.defaults;
   const state = { variants: variantState(source) };
   const initial = source || {};
   const editing = kind === "edit";
@@ -91,15 +92,15 @@ function experimentForm(root, { vocabulary, navigate }, { kind, source = null })
     targeting: Object.fromEntries(vocabulary.targeting_list_keys.map((key) => [key, input({ name: `targeting.${key}`, placeholder: TARGETING_HINTS[key]?.[1] ?? "",
       value: (initial.targeting?.[key] || []).join(", ") })])),
     min_txn: input({ name: "targeting.min_txn", type: "number", min: "0", step: "1", placeholder: "no minimum", value: initial.targeting?.min_txn ?? "" }),
-    fail_fast_rule: select({ class: "input", name: "fail_fast.rule" }, vocabulary.fail_fast_rules.map((r) => [r, r === "sequential" ? "sequential — always-valid confidence sequence (default)" : "bayesian — P(worse than best) > threshold"]), initial.fail_fast?.rule || "sequential"),
-    fail_fast_min_samples: input({ name: "fail_fast.min_samples", type: "number", min: "1", step: "1", value: String(initial.fail_fast?.min_samples ?? 100) }),
-    fail_fast_threshold: input({ name: "fail_fast.threshold", type: "number", min: "0.5", max: "0.999999", step: "0.01", value: String(initial.fail_fast?.threshold ?? 0.95) }),
-    fail_fast_action: select({ class: "input", name: "fail_fast.action" }, vocabulary.fail_fast_actions, initial.fail_fast?.action || "recommend"),
+    fail_fast_rule: select({ class: "input", name: "fail_fast.rule" }, vocabulary.fail_fast_rules.map((r) => [r, r === "sequential" ? "sequential — always-valid confidence sequence" : "bayesian — P(worse than best) > threshold"]), initial.fail_fast?.rule || defaults.fail_fast.rule),
+    fail_fast_min_samples: input({ name: "fail_fast.min_samples", type: "number", min: "1", step: "1", value: String(initial.fail_fast?.min_samples ?? defaults.fail_fast.min_samples) }),
+    fail_fast_threshold: input({ name: "fail_fast.threshold", type: "number", min: "0.5", max: "0.999999", step: "0.01", value: String(initial.fail_fast?.threshold ?? defaults.fail_fast.threshold) }),
+    fail_fast_action: select({ class: "input", name: "fail_fast.action" }, vocabulary.fail_fast_actions, initial.fail_fast?.action || defaults.fail_fast.action),
     guardrails: vocabulary.event_types.map((type) =>
       h("label", { class: "check" }, h("input", { type: "checkbox", name: "guardrails", value: type, checked: (initial.guardrails || vocabulary.default_guardrails).includes(type) }), type)),
-    guardrail_action: select({ class: "input", name: "guardrail_action" }, vocabulary.guardrail_actions, initial.guardrail_action || "pause_variant"),
-    bandit_min_samples: input({ name: "bandit.min_samples", type: "number", min: "0", step: "1", value: String(initial.bandit?.min_samples ?? 100) }),
-    bandit_floor: input({ name: "bandit.floor", type: "number", min: "0", max: "0.5", step: "0.005", value: String(initial.bandit?.floor ?? 0.01) }),
+    guardrail_action: select({ class: "input", name: "guardrail_action" }, vocabulary.guardrail_actions, initial.guardrail_action || defaults.guardrail_action),
+    bandit_min_samples: input({ name: "bandit.min_samples", type: "number", min: "0", step: "1", value: String(initial.bandit?.min_samples ?? defaults.bandit.min_samples) }),
+    bandit_floor: input({ name: "bandit.floor", type: "number", min: "0", max: "0.5", step: "0.005", value: String(initial.bandit?.floor ?? defaults.bandit.floor) }),
   };
 
   const variantsArea = h("div", { class: "variants-editor" });
