@@ -1,5 +1,5 @@
 """sira is pure computation: importing all of it must not pull in the web stack,
-the database, the cache or the task queue (STYLE.md, habit 5)."""
+the database, the cache or the task queue."""
 
 import json
 import pkgutil
