@@ -149,6 +149,12 @@ def test_data_science_sees_no_archive_button_and_a_forged_archive_is_refused(das
     assert page.get_by_role("button", name="Archive").count() == 0
     assert page.get_by_role("button", name="Delete").count() == 0
 
+    # Keyboard: the first Tab reaches "Skip to content", which moves focus to the page's content.
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
+
     tab.console.expect(403, r"/archive$")
     forged = tab.api("POST", f"/api/experiments/{experiment['id']}/archive")
     assert forged["status"] == 403, forged

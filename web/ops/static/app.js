@@ -158,7 +158,10 @@ async function start() {
     if (window.location.hash.startsWith("#token=")) takeTokenFromUrl();
     renderSession();
     render();
+    // Keyboard and screen-reader users continue from the new page, not the old link.
+    main.focus({ preventScroll: true });
   });
+  document.getElementById("skip-link").addEventListener("click", () => main.focus());
   render();
   setInterval(renderSession, 60000);
 }

@@ -96,12 +96,15 @@ export function intervalChart(rows, { zeroCentred = false, reference = null, ref
     const bars = row.intervals.map((interval) => {
       const slot = kindList.indexOf(interval.kind);
       const y = y0 + 10 + slot * 12;
-      if (!finite(interval.lower) || !finite(interval.upper)) return null;
+      const from = finite(interval.lower) ? interval.lower : interval.openLower ? low : null;
+      const to = finite(interval.upper) ? interval.upper : interval.openUpper ? high : null;
+      if (!finite(from) || !finite(to)) return null;
+      const bound = (value) => (finite(value) ? format(value) : "unbounded");
       return s("g", {},
-        s("line", { x1: x(interval.lower), x2: x(interval.upper), y1: y, y2: y, class: ["chart-interval", `chart-interval-${slot}`].join(" "), stroke: row.color }),
-        s("line", { x1: x(interval.lower), x2: x(interval.lower), y1: y - 4, y2: y + 4, class: "chart-cap", stroke: row.color }),
-        s("line", { x1: x(interval.upper), x2: x(interval.upper), y1: y - 4, y2: y + 4, class: "chart-cap", stroke: row.color }),
-        s("title", {}, `${row.label}: ${kinds[interval.kind] || interval.kind} [${format(interval.lower)}, ${format(interval.upper)}]`));
+        s("line", { x1: x(from), x2: x(to), y1: y, y2: y, class: ["chart-interval", `chart-interval-${slot}`].join(" "), stroke: row.color }),
+        finite(interval.lower) ? s("line", { x1: x(from), x2: x(from), y1: y - 4, y2: y + 4, class: "chart-cap", stroke: row.color }) : null,
+        finite(interval.upper) ? s("line", { x1: x(to), x2: x(to), y1: y - 4, y2: y + 4, class: "chart-cap", stroke: row.color }) : null,
+        s("title", {}, `${row.label}: ${kinds[interval.kind] || interval.kind} [${bound(interval.lower)}, ${bound(interval.upper)}]`));
     });
     const dot = finite(row.estimate)
       ? s("circle", { cx: x(row.estimate), cy: y0 + 10, r: 4.5, fill: row.color, class: "chart-estimate" }, s("title", {}, `${row.label}: ${format(row.estimate)}`))

@@ -25,12 +25,15 @@ function money(amount, currency) {
   }
 }
 
+/** Fixed-horizon and always-valid intervals of a comparison; a bound the server leaves
+ *  open (null, e.g. an uplift over a control not yet bounded away from 0) is drawn open. */
 function comparisonIntervals(block) {
   if (!block) return [];
   return [
     { kind: "fixed", lower: block.lower, upper: block.upper },
     { kind: "always_valid", lower: block.always_valid_lower, upper: block.always_valid_upper },
-  ].filter((i) => finite(i.lower) && finite(i.upper));
+  ].filter((i) => finite(i.lower) || finite(i.upper))
+    .map((i) => ({ ...i, openLower: !finite(i.lower), openUpper: !finite(i.upper) }));
 }
 
 /** The revenue block of a metric, wherever the server puts it. */
@@ -138,7 +141,8 @@ function guardrailSection(results, experiment) {
 
 function numbersTable(results, metric, lowerIsBetter) {
   const hasValues = results.variants.some((v) => (v.metrics[metric]?.value_count ?? 0) > 0);
-  const matured = results.variants.some((v) => finite(v.matured_users));
+  const maturedOf = (v) => v.metrics[metric]?.matured_users ?? v.matured_users;
+  const matured = results.variants.some((v) => finite(maturedOf(v)));
   return h("div", { class: "table-wrap" },
     h("table", { class: "table results-table" },
       h("caption", { class: "muted small" }, `${metric}: the numbers behind the charts`),
@@ -154,7 +158,7 @@ function numbersTable(results, metric, lowerIsBetter) {
         return h("tr", { class: v.paused ? "row-paused" : "" },
           h("th", { scope: "row" }, v.name, v.is_control ? h("span", { class: "tag" }, "control") : null),
           h("td", { class: "num" }, integer(v.assigned_users)),
-          matured ? h("td", { class: "num" }, integer(v.matured_users)) : null,
+          matured ? h("td", { class: "num", title: "users whose attribution window has closed (what the bandit and fail-fast count)" }, integer(maturedOf(v))) : null,
           h("td", { class: "num", title: `${integer(m.users)} of ${integer(v.assigned_users)} assigned users had at least one ${metric} event (${integer(m.events)} events)` }, integer(m.users)),
           h("td", { class: "num" }, h("strong", {}, percent(m.rate)), h("div", { class: "muted small" }, interval(m.interval?.lower, m.interval?.upper))),
           h("td", { class: ["num", upliftClass] }, v.is_control ? h("span", { class: "muted" }, "baseline")
