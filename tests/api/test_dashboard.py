@@ -17,7 +17,6 @@ import pytest
 from core import rbac
 from core.db import session_scope
 from models import BanditHistory, enums
-
 from tests.conftest import new_id
 
 STATIC = Path(__file__).resolve().parents[2] / "web" / "ops" / "static"

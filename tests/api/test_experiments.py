@@ -1,7 +1,6 @@
 """Experiment definitions: creation, validation, updates and every lifecycle transition."""
 from __future__ import annotations
 
-import copy
 import json
 import uuid
 

@@ -20,9 +20,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -303,7 +304,7 @@ def dashboard(browser, platform, request) -> Iterator[Callable[[str], Dashboard]
     def open_tab(label: str) -> Dashboard:
         context = browser.new_context(viewport=LAPTOP, device_scale_factor=1, service_workers="block")
         # The page must not reach anything but its own origin.
-        context.route(re.compile(r"^(?!http://127\.0\.0\.1:%d/).*" % platform.port), lambda route: route.abort())
+        context.route(re.compile(rf"^(?!http://127\.0\.0\.1:{platform.port}/).*"), lambda route: route.abort())
         page = context.new_page()
         page.set_default_timeout(20_000)
         console = ConsoleWatch()
