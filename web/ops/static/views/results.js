@@ -86,8 +86,15 @@ function revenueSection(results, metric) {
     });
     const currencies = [...new Set(blocks.flatMap((b) => Object.keys(b?.by_currency || {})))].sort();
     const unconverted = blocks.reduce((sum, b) => sum + (b?.unconverted_events || 0), 0);
+    const net = results.variants.some((v) => v.net_revenue?.per_user) && metric === "conversion"
+      ? intervalChart(results.variants.map((v, index) => ({
+        label: v.name, color: colorOf(index), estimate: v.net_revenue?.per_user?.estimate,
+        intervals: [{ kind: "fixed", lower: v.net_revenue?.per_user?.lower, upper: v.net_revenue?.per_user?.upper }],
+      })), { label: `Net revenue per user (conversions minus refunds) in ${currency}`, format: (x) => money(x, currency), kinds: INTERVAL_KINDS })
+      : null;
     return section(`Revenue per user (${currency})`,
       intervalChart(rows, { label: `Revenue per user in ${currency} with 95% intervals`, format: (x) => money(x, currency), kinds: INTERVAL_KINDS }),
+      net ? [h("h4", {}, "Net revenue per user (conversions minus refunds)"), net] : null,
       unconverted ? h("div", { class: "callout callout-danger" }, `${integer(unconverted)} money events have no exchange rate for their day and are not in these totals.`) : null,
       currencies.length ? h("div", { class: "table-wrap" }, h("table", { class: "table" },
         h("caption", { class: "muted small" }, "Per original currency (before conversion)"),
@@ -112,25 +119,37 @@ function revenueSection(results, metric) {
     h("p", { class: "muted small" }, "Mean of the events' value per assigned user, as sent (no currency conversion)."));
 }
 
+// Guardrails are judged as ratios per converter when the server computes them (a variant
+// that sells more with the same refund habits is not worse); else on the event's rate.
+const GUARDRAIL_RATIOS = {
+  refund: [["refunds_per_converter", "refunds per converter"], ["refunded_amount_per_revenue", "refunded amount per revenue"]],
+  fraud_alert: [["fraud_alerts_per_converter", "fraud alerts per converter"]],
+};
+
 function guardrailSection(results, experiment) {
   const guardrails = experiment?.guardrails || [];
   if (!guardrails.length) return null;
   const margin = experiment.guardrail_margin ?? results.guardrail_margin ?? null;
-  const charts = guardrails.map((event) => {
-    const served = results.guardrails?.[event];
-    const rows = results.variants.map((v, index) => ({ v, index })).filter(({ v }) => !v.is_control).map(({ v, index }) => {
-      const block = served?.variants?.[v.variant_id]?.ratio_uplift ?? v.metrics[event]?.uplift;
-      return { label: v.name, color: colorOf(index), estimate: block?.estimate, message: block?.message, intervals: comparisonIntervals(block) };
+  const charts = guardrails.flatMap((event) => {
+    const ratios = (GUARDRAIL_RATIOS[event] || []).filter(([key]) => results.variants.some((v) => v.ratios?.[key]));
+    const measures = ratios.length
+      ? ratios.map(([key, title]) => [title, (v) => v.ratios?.[key]?.uplift])
+      : [[`${event} rate`, (v) => v.metrics[event]?.uplift]];
+    return measures.map(([title, pick]) => {
+      const rows = results.variants.map((v, index) => ({ v, index })).filter(({ v }) => !v.is_control).map(({ v, index }) => {
+        const block = pick(v);
+        return { label: v.name, color: colorOf(index), estimate: block?.estimate, message: block?.message, intervals: comparisonIntervals(block) };
+      });
+      const lowerIsBetter = (results.lower_is_better || []).includes(event);
+      const reference = finite(margin) ? (lowerIsBetter ? margin : -margin) : null;
+      return h("div", { class: "guardrail" },
+        h("h4", {}, title),
+        intervalChart(rows, {
+          zeroCentred: true, format: (x) => signedPercent(x, 1), kinds: INTERVAL_KINDS, reference,
+          referenceLabel: finite(margin) ? `margin ${signedPercent(reference, 0)}` : "",
+          label: `${title} versus control${finite(margin) ? `, against a ${percent(margin, 0)} margin` : ""}`,
+        }) || h("p", { class: "muted" }, "No data yet."));
     });
-    const lowerIsBetter = (results.lower_is_better || []).includes(event);
-    const reference = finite(margin) ? (lowerIsBetter ? margin : -margin) : null;
-    return h("div", {},
-      h("h4", {}, served?.label || `${event} ${served ? "" : "rate"}`.trim()),
-      intervalChart(rows, {
-        zeroCentred: true, format: (x) => signedPercent(x, 1), kinds: INTERVAL_KINDS, reference,
-        referenceLabel: finite(margin) ? `margin ${signedPercent(reference, 0)}` : "",
-        label: `${event} versus control${finite(margin) ? `, against a ${percent(margin, 0)} margin` : ""}`,
-      }) || h("p", { class: "muted" }, "No data yet."));
   });
   return section("Guardrails versus control",
     h("p", { class: "muted small" }, finite(margin)
