@@ -355,3 +355,28 @@ def test_bandit_history_comparison_of_a_lower_is_better_metric_reads_the_event_r
     # History counts users without a refund as successes (10 of 100 and 11 of 100 here).
     assert (control["event_users"], variant["event_users"]) == (90, 89)
     assert variant["uplift"]["estimate"] == pytest.approx(0.89 / 0.90 - 1)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_charts_posterior_density_and_ticks_agree_with_scipy():
+    """The density the dashboard draws is scipy's Beta pdf; axis ticks cover the range in round steps."""
+    from scipy.stats import beta as beta_distribution
+
+    cases = [(1.0, 1.0), (31.0, 277.0), (520.0, 4480.0), (2.5, 0.8)]
+    points = [0.001, 0.05, 0.1, 0.2, 0.5, 0.9]
+    script = (
+        f"import {{ betaDensity, niceTicks }} from {json.dumps((STATIC / 'charts.js').as_uri())};\n"
+        f"const cases = {json.dumps(cases)}; const points = {json.dumps(points)};\n"
+        "console.log(JSON.stringify({ pdf: cases.map(([a, b]) => points.map((x) => betaDensity(x, a, b))),"
+        " ticks: [niceTicks(0, 1, 5), niceTicks(-0.37, 0.37, 6), niceTicks(0.0931, 0.1287, 5)] }));\n"
+    )
+    result = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    for (a, b), row in zip(cases, answer["pdf"]):
+        assert row == pytest.approx([beta_distribution.pdf(x, a, b) for x in points], rel=1e-7, abs=1e-300)
+    unit, centred, narrow = answer["ticks"]
+    assert unit == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert 0 in centred and centred == sorted(centred) and centred[0] >= -0.37 and centred[-1] <= 0.37
+    steps = {round(b - a, 10) for a, b in zip(narrow, narrow[1:])}
+    assert len(steps) == 1 and len(narrow) >= 3
