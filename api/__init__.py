@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     api.register_blueprint(experiments.blp)
     api.register_blueprint(assignments.blp)
+    api.register_blueprint(assignments.batch_blp)
     api.register_blueprint(audit.blp)
     api.register_blueprint(export.blp)
     from . import results, variants
@@ -83,9 +84,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     api.register_blueprint(bandit_history.blp)
     app.register_blueprint(dashboard.blp)
-    from . import cli_reconcile, events
+    from . import cli_reconcile, events, sdk
 
     api.register_blueprint(events.blp)
+    api.register_blueprint(sdk.blp)
+    sdk.init_sdk(app, settings)
     cli_reconcile.register(app)
 
     _register_error_handlers(app, api)

@@ -4,12 +4,14 @@ from __future__ import annotations
 import uuid
 
 import marshmallow as ma
-from flask import jsonify
+from flask import jsonify, request
 from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from core.codes import COUNTRIES, CURRENCIES, LANGUAGES
+from core.errors import Invalid
 from services.experiments import assignment as service
+from services.sdk import exposures as exposure_service
 
 from . import context
 from .auth import require
@@ -92,3 +94,111 @@ def assign(user: service.UserContext, experiment_id: uuid.UUID):
 def get_assignment(experiment_id: uuid.UUID, molam_id: str):
     """The user's stored assignment in an experiment."""
     return jsonify(service.stored_assignment(context.redis_client(), experiment_id, molam_id))
+
+
+# --- exposures decided by SDK clients ---------------------------------------------------
+
+batch_blp = Blueprint(
+    "assignment_batches",
+    __name__,
+    url_prefix="/api/assignments",
+    description="Exposures decided locally by SDK clients, recomputed and stored by the server",
+)
+
+
+class ExposureSchema(AssignRequestSchema):
+    """One exposure: the assign body plus what the client decided and when."""
+
+    experiment_id = fields.UUID(required=True)
+    variant_id = fields.UUID(required=True)
+    evaluated_at = fields.AwareDateTime(required=True, metadata={"description": "ISO 8601 with a UTC offset"})
+
+    @ma.post_load
+    def to_context(self, data: dict, **kwargs: object) -> exposure_service.Exposure:
+        experiment_id = str(data.pop("experiment_id"))
+        variant_id = str(data.pop("variant_id"))
+        evaluated_at = data.pop("evaluated_at")
+        return exposure_service.Exposure(experiment_id, variant_id, service.UserContext(**data), evaluated_at)
+
+
+class ExposureBatchSchema(ma.Schema):
+    exposures = fields.List(
+        fields.Nested(ExposureSchema), required=True,
+        validate=validate.Length(min=1, max=exposure_service.MAX_BATCH),
+    )
+
+
+EXPOSURE = ExposureSchema()
+
+
+class AcceptedExposureSchema(ma.Schema):
+    index = fields.Integer()
+    experiment_id = fields.String(metadata={"format": "uuid"})
+    molam_id = fields.String()
+    variant_id = fields.String(metadata={"format": "uuid"})
+    new = fields.Boolean(metadata={"description": "true when this batch recorded the assignment"})
+
+
+class RejectedExposureSchema(ma.Schema):
+    index = fields.Integer()
+    experiment_id = fields.String()
+    molam_id = fields.String()
+    variant_id = fields.String()
+    reason = fields.String(
+        metadata={
+            "description": "invalid (see errors), unknown_experiment, not_running, not_fixed_split, unknown_variant, "
+            "variant_mismatch (expected_variant_id), conflicts_with_stored (stored_variant_id), "
+            "definition_changed, or a targeting reason / outside_coverage"
+        }
+    )
+    errors = fields.Dict()
+    expected_variant_id = fields.String()
+    stored_variant_id = fields.String()
+
+
+class ExposureBatchOutSchema(ma.Schema):
+    accepted = fields.List(fields.Nested(AcceptedExposureSchema))
+    rejected = fields.List(fields.Nested(RejectedExposureSchema))
+
+
+def _invalid_item(index: int, item: object, errors: dict) -> dict:
+    out = {"index": index, "reason": "invalid", "errors": errors}
+    if isinstance(item, dict):
+        for key in ("experiment_id", "molam_id", "variant_id"):
+            if isinstance(item.get(key), str):
+                out[key] = item[key]
+    return out
+
+
+@batch_blp.route("/batch", methods=["POST"])
+@require("record_exposures")
+@batch_blp.doc(requestBody={"required": True, "content": {"application/json": {"schema": ExposureBatchSchema}}})
+@batch_blp.response(200, ExposureBatchOutSchema)
+def record_batch():
+    """Store up to 1,000 locally decided exposures; each is recomputed and kept only if it matches."""
+    body = request.get_json(silent=True)
+    items = body.get("exposures") if isinstance(body, dict) else None
+    if not isinstance(items, list) or not items:
+        raise Invalid("exposures must be a non-empty list", errors={"json": {"exposures": ["a non-empty list is required"]}})
+    if len(items) > exposure_service.MAX_BATCH:
+        raise Invalid(
+            f"at most {exposure_service.MAX_BATCH} exposures per batch, got {len(items)}",
+            errors={"json": {"exposures": [f"at most {exposure_service.MAX_BATCH} items"]}},
+        )
+    unknown = sorted(set(body) - {"exposures"})
+    if unknown:
+        raise Invalid(f"unknown field(s): {', '.join(unknown)}", errors={"json": {k: ["Unknown field."] for k in unknown}})
+    valid, indexes, rejected = [], [], []
+    for index, item in enumerate(items):
+        try:
+            valid.append(EXPOSURE.load(item))
+            indexes.append(index)
+        except ma.ValidationError as exc:
+            rejected.append(_invalid_item(index, item, exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}))
+    accepted = []
+    for verdict in exposure_service.record_exposures(context.redis_client(), valid):
+        out = verdict.as_dict()
+        out["index"] = indexes[verdict.index]
+        (accepted if verdict.accepted else rejected).append(out)
+    rejected.sort(key=lambda r: r["index"])
+    return jsonify({"accepted": accepted, "rejected": rejected})

@@ -73,6 +73,11 @@ class Settings:
     ingest_drain_interval_s: float = 1.0
     daily_report_hour: int = 6
     daily_report_minute: int = 0
+    # SDK change stream: open streams per API process (each holds a server thread),
+    # the longest a stream stays open before asking the client to reconnect, heartbeat.
+    sdk_stream_slots: int = 1
+    sdk_stream_max_seconds: float = 300.0
+    sdk_stream_heartbeat_s: float = 15.0
     dev_key_dir: Path = field(default=VAR_DIR / "keys")
 
     @property
@@ -119,4 +124,7 @@ def load_settings() -> Settings:
         ingest_drain_interval_s=_float("INGEST_DRAIN_INTERVAL", defaults.ingest_drain_interval_s),
         daily_report_hour=_int("SIRA_DAILY_REPORT_HOUR", defaults.daily_report_hour),
         daily_report_minute=_int("SIRA_DAILY_REPORT_MINUTE", defaults.daily_report_minute),
+        sdk_stream_slots=_int("SDK_STREAM_SLOTS", defaults.sdk_stream_slots),
+        sdk_stream_max_seconds=_float("SDK_STREAM_MAX_SECONDS", defaults.sdk_stream_max_seconds),
+        sdk_stream_heartbeat_s=_float("SDK_STREAM_HEARTBEAT", defaults.sdk_stream_heartbeat_s),
     )

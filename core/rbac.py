@@ -31,6 +31,9 @@ MATRIX: dict[str, frozenset[str]] = {
     "export": frozenset({OPS_ADMIN, DATA_SCIENCE}),
     "assign": frozenset({OPS_ADMIN, SERVICE}),
     "track": frozenset({OPS_ADMIN, SERVICE}),
+    # SDK clients: download definitions and follow their changes; upload exposures.
+    "sdk_definitions": frozenset({OPS_ADMIN, SERVICE}),
+    "record_exposures": frozenset({SERVICE}),
 }
 
 

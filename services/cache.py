@@ -59,11 +59,38 @@ def commit_invalidating(session: Session, client: redis.Redis | None, experiment
 
     The cached definition is dropped before the commit (when Redis cannot be reached the
     mutation is rolled back and :class:`Unavailable` raised) and again after it, so an
-    assign racing with the commit cannot re-cache the old version. Used by the API's
-    mutations and by SIRA's automatic actions alike.
+    assign racing with the commit cannot re-cache the old version; SDK clients are then
+    told that the definitions changed. Used by the API's mutations and by SIRA's
+    automatic actions alike.
     """
     if client is None or not invalidate_definition(client, experiment_id):
         session.rollback()
         raise Unavailable("Redis is unreachable: the cached definition (assignment cache) cannot be invalidated; retry shortly", retry_after=2)
     session.commit()
     invalidate_definition(client, experiment_id)
+    announce_definitions_change(client)
+
+
+# --- the SDK definitions snapshot (services.sdk.definitions) ---------------------------
+
+SDK_DEFINITIONS_VERSION_KEY = "sdk:defs:version"
+SDK_DEFINITIONS_SNAPSHOT_KEY = "sdk:defs:snapshot"
+
+
+def announce_definitions_change(client: redis.Redis | None) -> bool:
+    """Tell SDK clients that the set of running definitions may have changed.
+
+    Called after the commit of anything that changes what ``GET /api/sdk/definitions``
+    returns (start, stop, pause, resume, published bandit weights): bumping the version
+    makes every API process rebuild the snapshot and every open stream announce the new
+    ETag. Returns False (and logs) when Redis is unreachable; snapshots then catch up
+    within their maximum age.
+    """
+    if client is None:
+        return False
+    try:
+        client.incr(SDK_DEFINITIONS_VERSION_KEY)
+        return True
+    except redis.RedisError as exc:
+        log.warning("could not announce a definitions change to SDK clients: %s", exc)
+        return False

@@ -262,6 +262,8 @@ def publish_weights(
         pipe.set(cache.weights_key(experiment.id), json.dumps(document), ex=ttl_s)
         published += 1
     if published:
+        # SDK clients see published weights in their definitions.
+        pipe.incr(cache.SDK_DEFINITIONS_VERSION_KEY)
         pipe.execute()
     return published
 

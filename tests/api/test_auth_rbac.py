@@ -22,16 +22,20 @@ EXPECTED = {
     "update": {"ops_admin", "marketing", "data_science"},
     "start": {"ops_admin", "marketing", "data_science"},
     "stop": {"ops_admin", "marketing", "data_science"},
+    "pause_variant": {"ops_admin", "marketing", "data_science"},
     "archive": {"ops_admin"},
     "delete": {"ops_admin"},
     "list": {"ops_admin", "marketing", "data_science"},
     "get": {"ops_admin", "marketing", "data_science"},
     "results": {"ops_admin", "marketing", "data_science"},
+    "reports": {"ops_admin", "marketing", "data_science"},
     "insights": {"ops_admin", "data_science"},
     "audit": {"ops_admin", "data_science"},
     "export": {"ops_admin", "data_science"},
     "assign": {"ops_admin", "pay_module", "connect_module"},
     "track": {"ops_admin", "pay_module", "connect_module"},
+    "sdk_definitions": {"ops_admin", "pay_module", "connect_module"},
+    "record_exposures": {"pay_module", "connect_module"},
 }
 
 
@@ -43,11 +47,13 @@ def _request(client, action, experiment, headers):
         "update": lambda: client.patch(f"/api/experiments/{eid}", json={"description": "x"}, headers=headers),
         "start": lambda: client.post(f"/api/experiments/{eid}/start", headers=headers),
         "stop": lambda: client.post(f"/api/experiments/{eid}/stop", headers=headers),
+        "pause_variant": lambda: client.post(f"/api/experiments/{eid}/variants/{variant_id}/pause", headers=headers),
         "archive": lambda: client.post(f"/api/experiments/{eid}/archive", headers=headers),
         "delete": lambda: client.delete(f"/api/experiments/{eid}", headers=headers),
         "list": lambda: client.get("/api/experiments", headers=headers),
         "get": lambda: client.get(f"/api/experiments/{eid}", headers=headers),
         "results": lambda: client.get(f"/api/experiments/{eid}/results", headers=headers),
+        "reports": lambda: client.get("/api/reports", headers=headers),
         "insights": lambda: client.get(f"/api/experiments/{eid}/insights", headers=headers),
         "audit": lambda: client.get("/api/audit", headers=headers),
         "export": lambda: client.get(f"/api/experiments/{eid}/export", headers=headers),
@@ -57,11 +63,19 @@ def _request(client, action, experiment, headers):
             json={"molam_id": "u1", "event_type": "conversion", "variant_id": variant_id},
             headers=headers,
         ),
+        "sdk_definitions": lambda: client.get("/api/sdk/definitions", headers=headers),
+        "record_exposures": lambda: client.post(
+            "/api/assignments/batch",
+            json={"exposures": [{"experiment_id": eid, "molam_id": "u1", "variant_id": variant_id,
+                                 "evaluated_at": "2026-12-01T00:00:00+00:00"}]},
+            headers=headers,
+        ),
     }
     return calls[action]()
 
 
 def test_matrix_module_matches_the_contract():
+    assert set(EXPECTED) == set(rbac.MATRIX)
     for action, roles in EXPECTED.items():
         for role in ROLES:
             assert rbac.allowed(action, [role]) == (role in roles), (action, role)
