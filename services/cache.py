@@ -77,19 +77,25 @@ SDK_DEFINITIONS_VERSION_KEY = "sdk:defs:version"
 SDK_DEFINITIONS_SNAPSHOT_KEY = "sdk:defs:snapshot"
 
 
+def new_definitions_version() -> str:
+    """A fresh random version token. Random rather than a counter: after a Redis flush or
+    restart a counter would start again at numbers that label old snapshots."""
+    return uuid.uuid4().hex
+
+
 def announce_definitions_change(client: redis.Redis | None) -> bool:
     """Tell SDK clients that the set of running definitions may have changed.
 
     Called after the commit of anything that changes what ``GET /api/sdk/definitions``
     returns (start, stop, pause, resume, published bandit weights): bumping the version
-    makes every API process rebuild the snapshot and every open stream announce the new
+    (a new random token) makes every API process rebuild the snapshot and every open stream announce the new
     ETag. Returns False (and logs) when Redis is unreachable; snapshots then catch up
     within their maximum age.
     """
     if client is None:
         return False
     try:
-        client.incr(SDK_DEFINITIONS_VERSION_KEY)
+        client.set(SDK_DEFINITIONS_VERSION_KEY, new_definitions_version())
         return True
     except redis.RedisError as exc:
         log.warning("could not announce a definitions change to SDK clients: %s", exc)

@@ -263,7 +263,7 @@ def publish_weights(
         published += 1
     if published:
         # SDK clients see published weights in their definitions.
-        pipe.incr(cache.SDK_DEFINITIONS_VERSION_KEY)
+        pipe.set(cache.SDK_DEFINITIONS_VERSION_KEY, cache.new_definitions_version())
         pipe.execute()
     return published
 

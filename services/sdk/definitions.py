@@ -5,8 +5,9 @@ of the bytes, so two processes building the same state agree on it). Building re
 PostgreSQL (running experiments, their variants, their pause history) and Redis (the
 bandit weights SIRA published); it is done once per change, not once per request:
 
-* ``sdk:defs:version`` is bumped (``services.cache.announce_definitions_change``)
-  after the commit of every change that alters the document;
+* ``sdk:defs:version`` is replaced by a new random token
+  (``services.cache.announce_definitions_change``) after the commit of every change
+  that alters the document;
 * the last snapshot is kept in Redis under ``sdk:defs:snapshot`` together with the
   version it was built for, and in each process; a snapshot whose version is no
   longer current is rebuilt. A builder reads the version *before* PostgreSQL, so a
@@ -67,7 +68,7 @@ _PAUSE_HISTORY = text(
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    version: int | None
+    version: str | None
     etag: str
     body: bytes
     built_at: float
@@ -238,19 +239,25 @@ _local: Snapshot | None = None
 _local_lock = threading.Lock()
 
 
-def _read_version(client: redis.Redis | None) -> tuple[int | None, bytes | None, bool]:
-    """(current version, the Redis snapshot if wanted, Redis answered)."""
+def _read_version(client: redis.Redis | None) -> tuple[str | None, bool]:
+    """(current version token, Redis answered). A missing token (Redis flushed or
+    restarted) is replaced by a new one, agreed on by every process through SET NX."""
     if client is None:
-        return None, None, False
+        return None, False
     try:
         raw = client.get(cache.SDK_DEFINITIONS_VERSION_KEY)
+        if raw is None:
+            client.set(cache.SDK_DEFINITIONS_VERSION_KEY, cache.new_definitions_version(), nx=True)
+            raw = client.get(cache.SDK_DEFINITIONS_VERSION_KEY)
     except redis.RedisError as exc:
         log.warning("Redis unavailable for the SDK snapshot version: %s", exc)
-        return None, None, False
-    return int(raw or 0), None, True
+        return None, False
+    if raw is None:
+        return None, False
+    return raw.decode(), True
 
 
-def _fresh(snapshot: Snapshot | None, version: int | None, now: float) -> bool:
+def _fresh(snapshot: Snapshot | None, version: str | None, now: float) -> bool:
     return (
         snapshot is not None
         and version is not None
@@ -259,7 +266,7 @@ def _fresh(snapshot: Snapshot | None, version: int | None, now: float) -> bool:
     )
 
 
-def _from_redis(client: redis.Redis, version: int, now: float) -> Snapshot | None:
+def _from_redis(client: redis.Redis, version: str, now: float) -> Snapshot | None:
     try:
         raw = client.get(cache.SDK_DEFINITIONS_SNAPSHOT_KEY)
     except redis.RedisError:
@@ -269,7 +276,7 @@ def _from_redis(client: redis.Redis, version: int, now: float) -> Snapshot | Non
     try:
         header, body = raw.split(b"\n", 1)
         stored_version, etag, built_at = header.decode().split(" ")
-        snapshot = Snapshot(int(stored_version), etag, body, float(built_at))
+        snapshot = Snapshot(stored_version, etag, body, float(built_at))
     except ValueError:
         return None
     # built_at is wall-clock time from whichever process built it.
@@ -286,7 +293,7 @@ def current_snapshot(client: redis.Redis | None) -> Snapshot:
     """
     global _local
     now = time.monotonic()
-    version, _, answered = _read_version(client)
+    version, answered = _read_version(client)
     snapshot = _local
     if _fresh(snapshot, version, now):
         return snapshot
