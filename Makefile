@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: run test fuzz flower bench-assign bench-ingest bench-sira bench-bandit bench-sim clean
+.PHONY: run test fuzz flower bench-assign bench-ingest bench-sira bench-bandit bench-sim bench-sdk vectors clean
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ bench-sira: $(STAMP)
 ## The bandit end to end through API, worker and beat (20,000 simulated users, 0.10 vs 0.12).
 bench-bandit: $(STAMP)
 	$(BIN)/python bench/bench_bandit_e2e.py
+
+## Python SDK: local assign vs the server's assign per core, definitions download for 1,000 experiments (needs wrk).
+bench-sdk: $(STAMP)
+	$(BIN)/python bench/bench_sdk.py
+
+## Regenerate the SDK's test vectors from the server's assignment code.
+vectors: $(STAMP)
+	$(BIN)/python scripts/generate_sdk_vectors.py
 
 ## Statistical simulations: fail-fast false-stop rates and bandit regret.
 bench-sim: $(STAMP)

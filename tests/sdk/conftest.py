@@ -13,6 +13,11 @@ from werkzeug.serving import make_server
 
 @pytest.fixture
 def live_api(app) -> Iterator[str]:
+    # A stream whose client left holds its slot until the next heartbeat write fails;
+    # the threaded test server has threads to spare, so do not let one test's departed
+    # stream push the next test's client into its polling fallback.
+    slots = app.extensions["sdk_stream_slots"]
+    limit, slots.limit = slots.limit, 64
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="live-api", daemon=True)
     thread.start()
@@ -21,6 +26,7 @@ def live_api(app) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+        slots.limit = limit
 
 
 class FaultyProxy:

@@ -180,8 +180,12 @@ class EventStream:
                     event_id = value
                 elif field == "retry" and value.isdigit():
                     retry = int(value)
-        except _NETWORK_ERRORS as exc:
-            raise TransportError(f"stream: {exc!r}") from exc
+        except Exception as exc:
+            if self._connection is None:
+                return  # closed by close(), possibly from another thread
+            if isinstance(exc, _NETWORK_ERRORS):
+                raise TransportError(f"stream: {exc!r}") from exc
+            raise
 
     def close(self) -> None:
         """Safe from another thread: shutting the socket down wakes a blocked reader."""
