@@ -193,7 +193,7 @@ def main() -> int:
     }
     client = None
     try:
-        wait_http(f"{api.url}/healthz")
+        wait_http(f"{api.url}/healthz", timeout_s=180)
         experiment = create_running(api.url, admin_token, 0, arms=2)
         assign_url = f"{api.url}/api/experiments/{experiment['id']}/assign"
         with ThreadPoolExecutor(max_workers=8) as pool:

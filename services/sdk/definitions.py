@@ -47,6 +47,7 @@ from models import Experiment
 from models.enums import ExperimentMode, ExperimentStatus
 
 from .. import cache
+from ..experiments import assignment
 from ..experiments.assignment import BUCKETS, split_boundaries
 from ..experiments.definitions import Definition, definition_document, definition_from_document
 
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 # The document's own format; clients refuse a format they do not know.
 FORMAT = 1
 SNAPSHOT_MAX_AGE_S = 30.0
+# With Redis unreachable there is no version to compare: rebuild at most this often.
+UNVERSIONED_MAX_AGE_S = 5.0
 # A larger pause history than this sends the whole experiment to the server rather
 # than enumerating every configuration's boundaries.
 MAX_PAUSE_CONFIGURATIONS = 64
@@ -242,6 +245,9 @@ _local_lock = threading.Lock()
 def _read_version(client: redis.Redis | None) -> tuple[str | None, bool]:
     """(current version token, Redis answered). A missing token (Redis flushed or
     restarted) is replaced by a new one, agreed on by every process through SET NX."""
+    # The assignment path's circuit breaker: after a failure, skip Redis for a while
+    # instead of paying a connection timeout on every request.
+    client = assignment._usable(client)
     if client is None:
         return None, False
     try:
@@ -250,7 +256,7 @@ def _read_version(client: redis.Redis | None) -> tuple[str | None, bool]:
             client.set(cache.SDK_DEFINITIONS_VERSION_KEY, cache.new_definitions_version(), nx=True)
             raw = client.get(cache.SDK_DEFINITIONS_VERSION_KEY)
     except redis.RedisError as exc:
-        log.warning("Redis unavailable for the SDK snapshot version: %s", exc)
+        assignment._mark_down(client, exc)
         return None, False
     if raw is None:
         return None, False
@@ -297,6 +303,8 @@ def current_snapshot(client: redis.Redis | None) -> Snapshot:
     snapshot = _local
     if _fresh(snapshot, version, now):
         return snapshot
+    if not answered and snapshot is not None and snapshot.version is None and now - snapshot.built_at < UNVERSIONED_MAX_AGE_S:
+        return snapshot
     with _local_lock:
         snapshot = _local
         if _fresh(snapshot, version, now):
@@ -314,10 +322,8 @@ def current_snapshot(client: redis.Redis | None) -> Snapshot:
                 client.set(cache.SDK_DEFINITIONS_SNAPSHOT_KEY, header + body, ex=int(SNAPSHOT_MAX_AGE_S) * 2)
             except redis.RedisError as exc:
                 log.warning("could not cache the SDK snapshot: %s", exc)
-            _local = snapshot
-        else:
-            # Without a version nothing says when this copy goes stale: do not keep it.
-            _local = None
+        # Without a version (Redis down) the copy is kept for UNVERSIONED_MAX_AGE_S only.
+        _local = snapshot
         return snapshot
 
 

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.2
 # After a failure (Redis or PostgreSQL down), wait this long before the next attempt.
-FAILURE_BACKOFF_S = 2.0
+FAILURE_BACKOFF_S = 5.0
 
 
 class ChangeWatcher:
@@ -74,17 +74,18 @@ class ChangeWatcher:
                 # Idle (no open stream): sleep until one opens instead of polling Redis.
                 self._condition.wait_for(lambda: self._listeners > 0)
             try:
-                etag = current_snapshot(self._client_factory()).header_etag
+                snapshot = current_snapshot(self._client_factory())
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive outages
                 log.warning("SDK change watcher could not read the snapshot: %s", exc)
                 time.sleep(FAILURE_BACKOFF_S)
                 continue
             with self._condition:
-                if etag != self._etag:
-                    self._etag = etag
+                if snapshot.header_etag != self._etag:
+                    self._etag = snapshot.header_etag
                     self._sequence += 1
                     self._condition.notify_all()
-            time.sleep(self._poll_interval_s)
+            # Redis down: no version to watch, each look is a rebuild; look less often.
+            time.sleep(self._poll_interval_s if snapshot.version is not None else FAILURE_BACKOFF_S)
 
 
 class StreamSlots:
