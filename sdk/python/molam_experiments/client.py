@@ -102,6 +102,7 @@ class Client:
         bootstrap_path: str | Path | None = None,
         *,
         timeout_s: float = 2.0,
+        upload_timeout_s: float = 30.0,
         start_timeout_s: float = 5.0,
         exact_targeting_misses: bool = True,
         stale_after_s: float | None = None,
@@ -139,8 +140,10 @@ class Client:
         self._server_errors = 0
         self._fetch_lock = threading.Lock()
         self._closed = threading.Event()
+        self._upload_timeout_s = upload_timeout_s
         self._exposures = ExposureQueue(
-            Transport(base_url, token, timeout_s),
+            # A batch of 1,000 is 1,000 rows written in one transaction: allow it time.
+            Transport(base_url, token, upload_timeout_s),
             capacity=exposure_queue_size, batch_size=exposure_batch_size, interval_s=exposure_flush_interval_s,
             backoff_base_s=backoff_base_s, backoff_cap_s=backoff_cap_s,
         )
@@ -265,17 +268,17 @@ class Client:
         accepted, rejected = [], []
         for start in range(0, len(prepared), MAX_EVENTS_BATCH):
             chunk = prepared[start:start + MAX_EVENTS_BATCH]
-            answer = self._with_retries("POST", EVENTS_BATCH_PATH, {"events": chunk}, 202)
+            answer = self._with_retries("POST", EVENTS_BATCH_PATH, {"events": chunk}, 202, self._upload_timeout_s)
             accepted.extend(answer.get("accepted", []))
             rejected.extend({**r, "index": r["index"] + start} for r in answer.get("rejected", []))
         return {"accepted": accepted, "rejected": rejected}
 
-    def _with_retries(self, method: str, path: str, body: Any, expected: int) -> Any:
+    def _with_retries(self, method: str, path: str, body: Any, expected: int, timeout_s: float | None = None) -> Any:
         last: str = ""
         for attempt in range(self._retry_attempts):
             delay = backoff_delay(attempt, self._backoff_base_s, self._backoff_cap_s)
             try:
-                reply = self._transport.request(method, path, body)
+                reply = self._transport.request(method, path, body, timeout_s=timeout_s)
             except TransportError as exc:
                 last = str(exc)
             else:
