@@ -38,18 +38,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Session
 
 from core import db
-from models import Experiment
 from models.enums import ExperimentMode, ExperimentStatus
 
 from .. import cache
 from ..experiments import assignment
 from ..experiments.assignment import BUCKETS, split_boundaries
-from ..experiments.definitions import Definition, definition_document, definition_from_document
+from ..experiments.definitions import Definition, definition_from_document
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +142,11 @@ def experiment_document(
     cached: dict[str, Any], configurations: set[frozenset[str]], published: dict[str, Any] | None
 ) -> dict[str, Any]:
     """One experiment as clients see it, from its cached definition document (docs/sdk.md)."""
-    definition = definition_from_document(cached)
-    is_bandit = definition.mode == ExperimentMode.BANDIT.value
-    buckets = [] if is_bandit else server_buckets(definition, configurations | {frozenset(v.id for v in definition.variants if v.paused)})
+    is_bandit = cached["mode"] == ExperimentMode.BANDIT.value
+    current = frozenset(v["id"] for v in cached["variants"] if v["paused"])
+    buckets: list[list[int]] | None = []
+    if not is_bandit and configurations - {current}:
+        buckets = server_buckets(definition_from_document(cached), configurations | {current})
     weights = None
     if is_bandit and published:
         raw = published.get("weights")
@@ -154,20 +155,20 @@ def experiment_document(
             "burn_in": bool(published.get("burn_in")),
         }
     return {
-        "id": definition.id,
-        "version": definition.version,
-        "status": definition.status,
-        "mode": definition.mode,
+        "id": cached["id"],
+        "version": int(cached["version"]),
+        "status": cached["status"],
+        "mode": cached["mode"],
         # "local": fixed split the client evaluates; "server": ask POST /assign for everyone.
         "evaluation": "server" if is_bandit or buckets is None else "local",
-        "coverage": definition.coverage,
-        "targeting": definition.targeting,
+        "coverage": float(cached["coverage"]),
+        "targeting": cached.get("targeting") or {},
         "variants": [
             {
-                "id": v.id, "name": v.name, "is_control": v.is_control, "config": v.config,
-                "share": v.traffic_share, "paused": v.paused,
+                "id": v["id"], "name": v["name"], "is_control": bool(v["is_control"]), "config": v.get("config") or {},
+                "share": float(v["traffic_share"]), "paused": bool(v["paused"]),
             }
-            for v in definition.variants
+            for v in cached["variants"]
         ],
         "server_buckets": buckets or [],
         "bandit_weights": weights,
@@ -206,14 +207,42 @@ def _published_weights(client: redis.Redis | None, experiment_ids: list[str]) ->
     return published
 
 
+# The fields of the cached definition document (``definition_document``) that evaluation
+# needs, read in one statement: loading a thousand experiments and their arms through the
+# ORM costs several times the query itself. tests/api/test_sdk_definitions.py checks that
+# these documents equal ``definition_document``'s on every field used.
+_RUNNING = text(
+    """
+    SELECT e.id::text, e.status, e.mode, e.coverage, e.targeting, e.version,
+           json_agg(json_build_object(
+               'id', v.id::text, 'name', v.name, 'config', v.config, 'is_control', v.is_control,
+               'traffic_share', v.traffic_share, 'paused', v.paused
+           ) ORDER BY v.position, v.created_at, v.id) AS variants
+    FROM experiments e JOIN experiment_variants v ON v.experiment_id = e.id
+    WHERE e.status = :running
+    GROUP BY e.id
+    ORDER BY e.id
+    """
+)
+
+
+def running_definition_documents(session: Session) -> list[dict[str, Any]]:
+    rows = session.execute(_RUNNING, {"running": ExperimentStatus.RUNNING.value}).all()
+    return [
+        {
+            "id": experiment_id, "status": status, "mode": mode, "coverage": float(coverage),
+            "targeting": targeting or {}, "version": version,
+            "variants": [{**v, "config": v["config"] or {}, "traffic_share": float(v["traffic_share"])} for v in variants],
+        }
+        for experiment_id, status, mode, coverage, targeting, version, variants in rows
+    ]
+
+
 def build_document(client: redis.Redis | None) -> dict[str, Any]:
     session = db.new_session()
     try:
-        experiments = session.execute(
-            select(Experiment).where(Experiment.status == ExperimentStatus.RUNNING.value).order_by(Experiment.id)
-        ).scalars().all()
-        configurations = _pause_configurations(session, [e.id for e in experiments])
-        documents = [definition_document(e) for e in experiments]
+        documents = running_definition_documents(session)
+        configurations = _pause_configurations(session, [uuid.UUID(d["id"]) for d in documents])
     finally:
         session.rollback()
         session.close()

@@ -216,3 +216,30 @@ def test_stream_slots_are_capped_and_released(app, auth):
 
 def test_stream_roles(client, auth):
     assert client.get("/api/sdk/stream", headers=auth("marketing")).status_code == 403
+
+
+def test_bulk_read_equals_the_cached_definition_document(client, auth, create_experiment):
+    """The snapshot's one-statement read and definition_document agree on every field used."""
+    from core import db
+    from services.experiments.definitions import definition_document
+    from services.experiments.lifecycle import get_experiment
+
+    uneven = [
+        {"name": "A", "config": {"k": [1, {"n": None}]}, "traffic_share": 33.33, "is_control": True},
+        {"name": "B", "config": {}, "traffic_share": 0},
+        {"name": "C", "config": {"é": "ü"}, "traffic_share": 66.67},
+    ]
+    started = [
+        create_experiment(start=True, coverage=12.34, variants=uneven, targeting={"device": ["ios"], "min_txn": 3}),
+        create_experiment(start=True, mode="bandit", name="bandit"),
+    ]
+    session = db.new_session()
+    try:
+        bulk = {d["id"]: d for d in snapshots.running_definition_documents(session)}
+        for experiment in started:
+            expected = definition_document(get_experiment(session, __import__("uuid").UUID(experiment["id"])))
+            got = bulk[experiment["id"]]
+            for key in ("id", "status", "mode", "coverage", "targeting", "version", "variants"):
+                assert got[key] == expected[key], key
+    finally:
+        session.close()
