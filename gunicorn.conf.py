@@ -13,10 +13,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-_root = Path(__file__).resolve().parent
-os.environ.setdefault(
-    "PROMETHEUS_MULTIPROC_DIR", str(Path(os.environ.get("MOLAM_VAR_DIR", _root / "var")) / "prometheus")
-)
+# Importing the config first reads .env, so WEB_CONCURRENCY and friends can live there too.
+from core.config import VAR_DIR, load_settings
+from core.logs import gunicorn_logconfig
+
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus" / "api"))
+
+_settings = load_settings()
+# gunicorn's own lines (start, worker boots and deaths) in the same format as the app's.
+logconfig_dict = gunicorn_logconfig(_settings.log_format, _settings.log_level)
+# The app writes its own access line (route template, status, duration, request_id).
+accesslog = None
 
 # Recommended for 2 cores (see bench/README.md, "Assignment"): a few processes, a few
 # threads each; the threads overlap Redis/PostgreSQL round trips, keep-alive spares

@@ -11,7 +11,7 @@ from flask_smorest import Api
 from core import db
 from core.config import Settings, load_settings
 from core.errors import DomainError, error_body
-from api.observability import init_metrics
+from api.observability import init_metrics, init_request_logging
 
 from . import context
 from .auth import TokenVerifier, mint_dev_token, resolve_public_key
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_CONTENT_LENGTH=8 * 1024 * 1024,
     )
     app.extensions["settings"] = settings
+    init_request_logging(app, access_log_enabled=settings.access_log)
     app.extensions["token_verifier"] = TokenVerifier(
         resolve_public_key(settings), settings.molam_id_issuer, settings.molam_id_audience
     )

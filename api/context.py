@@ -1,8 +1,6 @@
 """Per-request plumbing: the database session, the actor, the Redis client."""
 from __future__ import annotations
 
-import uuid
-
 import redis
 from flask import current_app, g, request
 from sqlalchemy.orm import Session
@@ -32,8 +30,9 @@ def redis_client() -> redis.Redis:
 
 def request_id() -> str:
     if "request_id" not in g:
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming[:128] if incoming else uuid.uuid4().hex
+        from .observability import incoming_request_id
+
+        g.request_id = incoming_request_id(request.headers.get("X-Request-ID"))
     return g.request_id
 
 

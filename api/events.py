@@ -88,7 +88,7 @@ def track(experiment_id: uuid.UUID):
     )
     if errors:
         raise Invalid("invalid event", errors={"json": errors})
-    record = ingestion.accept_one(context.redis_client(), context.session, record)
+    record = ingestion.accept_one(context.redis_client(), context.session, record, context.request_id())
     ingestion.count_accepted([record])
     return {"event_id": record.event_id, "status": "queued"}
 
@@ -131,7 +131,7 @@ def batch():
                 accepted.append(ingestion.check_assignment(record, found))
             except DomainError as refusal:
                 rejected.append({"index": index, "errors": refusal.errors["json"]})
-        ingestion.stage(context.redis_client(), accepted)
+        ingestion.stage(context.redis_client(), accepted, context.request_id())
         ingestion.count_accepted(accepted)
     rejected.sort(key=lambda r: r["index"])
     return {"accepted": [record.event_id for record in accepted], "rejected": rejected}

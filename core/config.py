@@ -2,6 +2,11 @@
 
 Every process (API, Celery worker, beat, CLI, tests) builds its settings with
 :func:`load_settings`; nothing else reads ``os.environ`` for configuration.
+
+The project's ``.env`` file (``MOLAM_ENV_FILE`` names another; empty disables it) is
+read when this module is first imported, so ``make run``, gunicorn, the worker, beat,
+alembic and every CLI see the same values. Variables already in the environment win
+over the file, as a deployment's environment should.
 """
 from __future__ import annotations
 
@@ -10,12 +15,42 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from dotenv import load_dotenv
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("MOLAM_VAR_DIR", PROJECT_ROOT / "var"))
+
+
+def env_file() -> Path | None:
+    """The ``.env`` file this process reads, or ``None`` when disabled."""
+    named = os.environ.get("MOLAM_ENV_FILE")
+    if named is None:
+        return PROJECT_ROOT / ".env"
+    return Path(named) if named else None
+
+
+def load_env_file() -> bool:
+    """Read :func:`env_file` into ``os.environ`` without overriding what is set; True if read."""
+    path = env_file()
+    if path is None or not path.is_file():
+        return False
+    return load_dotenv(path, override=False)
+
+
+load_env_file()
+VAR_DIR = Path(os.environ.get("MOLAM_VAR_DIR") or PROJECT_ROOT / "var")
 
 T = TypeVar("T", int, float)
 
 APP_ENVS = ("development", "production", "test")
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+#: Variables read outside :func:`load_settings`: by gunicorn.conf.py, by the
+#: embedded-server launcher, by this module itself, and by prometheus_client.
+PROCESS_VARIABLES = frozenset(
+    {"MOLAM_ENV_FILE", "MOLAM_VAR_DIR", "WEB_CONCURRENCY", "GUNICORN_THREADS", "EMBEDDED_REDIS_PORT",
+     "PROMETHEUS_MULTIPROC_DIR"}
+)
 
 
 class ConfigError(RuntimeError):
@@ -79,6 +114,16 @@ class Settings:
     sdk_stream_max_seconds: float = 300.0
     sdk_stream_heartbeat_s: float = 15.0
     dev_key_dir: Path = field(default=VAR_DIR / "keys")
+    # Read replica for results, insights, exports and reports (None: the primary serves them)
+    database_replica_url: str | None = None
+    # Logs: one JSON object per line, or text for humans
+    log_format: str = "json"
+    log_level: str = "INFO"
+    access_log: bool = True
+    # Prometheus exporters of the Celery processes (0 disables one); the API serves /metrics itself
+    metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = 9540
+    beat_metrics_port: int = 9541
 
     @property
     def is_production(self) -> bool:
@@ -86,6 +131,21 @@ class Settings:
 
     def with_overrides(self, **changes: object) -> "Settings":
         return replace(self, **changes)
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = _str(name)
+    if raw is None:
+        return default
+    return raw.strip().lower() not in ("0", "false", "no", "off")
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...], *, upper: bool = False) -> str:
+    raw = _str(name, default)
+    value = raw.upper() if upper else raw.lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return value
 
 
 def normalise_database_url(url: str) -> str:
@@ -127,4 +187,11 @@ def load_settings() -> Settings:
         sdk_stream_slots=_int("SDK_STREAM_SLOTS", defaults.sdk_stream_slots),
         sdk_stream_max_seconds=_float("SDK_STREAM_MAX_SECONDS", defaults.sdk_stream_max_seconds),
         sdk_stream_heartbeat_s=_float("SDK_STREAM_HEARTBEAT", defaults.sdk_stream_heartbeat_s),
+        database_replica_url=normalise_database_url(replica) if (replica := _str("DATABASE_REPLICA_URL")) else None,
+        log_format=_choice("LOG_FORMAT", defaults.log_format, LOG_FORMATS),
+        log_level=_choice("LOG_LEVEL", defaults.log_level, LOG_LEVELS, upper=True),
+        access_log=_flag("ACCESS_LOG", defaults.access_log),
+        metrics_host=_str("METRICS_HOST", defaults.metrics_host),
+        worker_metrics_port=_int("WORKER_METRICS_PORT", defaults.worker_metrics_port),
+        beat_metrics_port=_int("BEAT_METRICS_PORT", defaults.beat_metrics_port),
     )

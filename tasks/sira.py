@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from core import metrics
 from core.redis import get_redis
 from services.analysis import jobs as sira_jobs, reports as sira_reports
 
@@ -24,8 +25,19 @@ def _exclusive(job: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     with sira_jobs.job_lock(job) as acquired:
         if not acquired:
             log.info("%s: another run holds the lock; skipping", job)
+            metrics.SIRA_JOB_RUNS.labels(job=job, outcome="skipped").inc()
             return {"skipped": "another run holds the lock"}
-        return work()
+        with metrics.SIRA_JOB_SECONDS.labels(job=job).time():
+            try:
+                summary = work()
+            except Exception:
+                metrics.SIRA_JOB_RUNS.labels(job=job, outcome="failed").inc()
+                metrics.SIRA_JOB_ERRORS.labels(job=job).inc()
+                raise
+        metrics.SIRA_JOB_RUNS.labels(job=job, outcome="ok").inc()
+        if summary.get("errors"):
+            metrics.SIRA_JOB_ERRORS.labels(job=job).inc(len(summary["errors"]))
+        return summary
 
 
 @shared_task(name="sira.recompute_posteriors")

@@ -14,6 +14,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+# A developer's .env must not leak into the tests (nor into the processes they start).
+os.environ["MOLAM_ENV_FILE"] = ""
+
 import jwt
 import psycopg
 import pytest

@@ -25,7 +25,7 @@ from sqlalchemy import BigInteger, Boolean, Double, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.orm import Session
 
-from core import db
+from core import db, metrics
 from core.errors import Conflict
 from models import Recommendation
 from models.enums import LOWER_IS_BETTER, ExperimentMode, ExperimentStatus
@@ -373,6 +373,8 @@ def _record_findings(session: Session, client: redis.Redis | None, experiment: E
     """Record new findings once, audit them, apply their actions; commit. Returns (new, applied)."""
     recorded = applied = 0
     changed = False
+    kinds: list[str] = []
+    outcomes: list[str] = []
     for finding in findings:
         variant = experiment.arms[finding.variant_index]
         inserted = session.execute(
@@ -387,6 +389,7 @@ def _record_findings(session: Session, client: redis.Redis | None, experiment: E
         if inserted is None:
             continue  # another scan recorded it first
         recorded += 1
+        kinds.append(finding.kind)
         audit.record(
             session,
             actor=SIRA_ACTOR,
@@ -399,6 +402,8 @@ def _record_findings(session: Session, client: redis.Redis | None, experiment: E
             },
         )
         did_change, outcome = _apply_action(session, experiment, finding)
+        if did_change:
+            outcomes.append(outcome)
         changed |= did_change
         applied += did_change
         session.execute(
@@ -418,6 +423,10 @@ def _record_findings(session: Session, client: redis.Redis | None, experiment: E
         cache.commit_invalidating(session, client, experiment.id)
     else:
         session.commit()
+    for kind in kinds:
+        metrics.SIRA_RECOMMENDATIONS.labels(kind=kind).inc()
+    metrics.SIRA_VARIANTS_AUTO_PAUSED.inc(outcomes.count("variant paused"))
+    metrics.SIRA_EXPERIMENTS_AUTO_STOPPED.inc(outcomes.count("experiment stopped"))
     return recorded, applied
 
 

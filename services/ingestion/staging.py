@@ -29,7 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from core.errors import Conflict, DomainError, Invalid, NotFound, Unavailable
-from core.metrics import EXPERIMENT_METRICS
+from core.metrics import EXPERIMENT_METRICS_ACCEPTED
 from models.enums import ExperimentStatus
 
 from ..cache import STREAM_GROUP as GROUP, STREAM_KEY, assignment_key, definition_key  # noqa: F401 - GROUP re-exported
@@ -204,13 +204,15 @@ def check_assignment(record: StagedEvent, found: Lookup) -> StagedEvent:
 
 # Atomic: either every entry of the request is appended or none is (nothing half-written),
 # and a stream that nobody drains refuses new events instead of eating Redis's memory.
+# Each entry carries the request id of the API call that accepted it (field ``r``), so a
+# batch the drain cannot write names the requests its events came from.
 _ENQUEUE_LUA = """
-local entries = (#ARGV - 1) / 2
+local entries = (#ARGV - 2) / 2
 if redis.call('XLEN', KEYS[1]) + entries > tonumber(ARGV[1]) then
   return -1  -- ENQUEUE_BACKLOG_FULL
 end
-for i = 2, #ARGV, 2 do
-  redis.call('XADD', KEYS[1], '*', 'n', ARGV[i], 'e', ARGV[i + 1])
+for i = 3, #ARGV, 2 do
+  redis.call('XADD', KEYS[1], '*', 'n', ARGV[i], 'e', ARGV[i + 1], 'r', ARGV[2])
 end
 return entries
 """
@@ -219,14 +221,14 @@ _enqueue_scripts: dict[int, Any] = {}
 ENQUEUE_BACKLOG_FULL = -1
 
 
-def stage(client: redis.Redis, records: Sequence[StagedEvent]) -> None:
+def stage(client: redis.Redis, records: Sequence[StagedEvent], request_id: str = "") -> None:
     """Append the records to the stream, ``ENTRY_EVENTS`` per entry, in one atomic call."""
     if not records:
         return
     script = _enqueue_scripts.get(id(client))
     if script is None:
         script = _enqueue_scripts[id(client)] = client.register_script(_ENQUEUE_LUA)
-    args: list[Any] = [MAX_BACKLOG_ENTRIES]
+    args: list[Any] = [MAX_BACKLOG_ENTRIES, request_id]
     for start in range(0, len(records), ENTRY_EVENTS):
         chunk = records[start : start + ENTRY_EVENTS]
         args.append(len(chunk))
@@ -260,7 +262,7 @@ if d['status'] == 'archived' or (ARGV[2] ~= '' and ARGV[2] ~= variant) then
   return {2, d['status'], variant}
 end
 if redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[1]) then return {3} end
-redis.call('XADD', KEYS[3], '*', 'n', 1, 'e', ARGV[3] .. variant .. ARGV[4])
+redis.call('XADD', KEYS[3], '*', 'n', 1, 'e', ARGV[3] .. variant .. ARGV[4], 'r', ARGV[5])
 return {1, variant}
 """
 _track_scripts: dict[int, Any] = {}
@@ -269,7 +271,9 @@ TRACK_CACHE_MISS, TRACK_STAGED, TRACK_REFUSED, TRACK_BACKLOG_FULL = 0, 1, 2, 3
 _VARIANT = StagedEvent._fields.index("variant_id")
 
 
-def accept_one(client: redis.Redis, session_factory: Callable[[], Session], record: StagedEvent) -> StagedEvent:
+def accept_one(
+    client: redis.Redis, session_factory: Callable[[], Session], record: StagedEvent, request_id: str = ""
+) -> StagedEvent:
     """Check and stage one validated ``track`` event (usually one Redis round trip).
 
     Returns the staged record (its ``variant_id`` filled in). Raises the refusing
@@ -286,7 +290,7 @@ def accept_one(client: redis.Redis, session_factory: Callable[[], Session], reco
     try:
         outcome = script(
             keys=[definition_key(experiment_id), assignment_key(experiment_id, molam_id), STREAM_KEY],
-            args=[MAX_BACKLOG_ENTRIES, record.variant_id or "", head, tail],
+            args=[MAX_BACKLOG_ENTRIES, record.variant_id or "", head, tail, request_id],
         )
     except redis.RedisError as exc:
         raise Unavailable(f"Redis is unreachable; the event was not accepted ({exc})", retry_after=2) from exc
@@ -301,7 +305,7 @@ def accept_one(client: redis.Redis, session_factory: Callable[[], Session], reco
     if code == TRACK_BACKLOG_FULL:
         raise Unavailable("the ingestion backlog is full; retry shortly", retry_after=5)
     record = check_assignment(record, lookup(client, session_factory, [(experiment_id, molam_id)]))
-    stage(client, [record])
+    stage(client, [record], request_id)
     return record
 
 
@@ -309,9 +313,13 @@ def accept_one(client: redis.Redis, session_factory: Callable[[], Session], reco
 
 
 def count_accepted(records: Iterable[StagedEvent]) -> None:
-    """``experiment_metrics_total{experiment_id,event_type}`` for events accepted for ingestion."""
+    """``experiment_metrics_accepted_total{experiment_id,event_type}``: events queued for ingestion.
+
+    ``experiment_metrics_total`` counts them again once persisted (``writer``), so the
+    difference is what is still queued plus duplicates and dead letters.
+    """
     for (experiment_id, event_type), n in Counter((r.experiment_id, r.event_type) for r in records).items():
-        EXPERIMENT_METRICS.labels(experiment_id=experiment_id, event_type=event_type).inc(n)
+        EXPERIMENT_METRICS_ACCEPTED.labels(experiment_id=experiment_id, event_type=event_type).inc(n)
 
 
 def now_utc() -> tuple[datetime, str]:

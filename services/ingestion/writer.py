@@ -18,6 +18,7 @@ import os
 import random
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Sequence, TypeVar
@@ -27,7 +28,7 @@ import redis
 from psycopg import errors as pg_errors
 from sqlalchemy.exc import DBAPIError
 
-from core import db
+from core import db, metrics
 
 from ..cache import STREAM_GROUP as GROUP, STREAM_KEY
 from .records import RECORD_FIELDS, StagedEvent, coerce_record
@@ -145,7 +146,9 @@ WITH ins AS (
         updated_at = now()
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM dead), (SELECT count(*) FROM rolled)
+SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM dead), (SELECT count(*) FROM rolled),
+       (SELECT coalesce(json_agg(json_build_array(experiment_id, event_type, n)), '[]'::json)
+        FROM (SELECT experiment_id, event_type, count(*) AS n FROM ins GROUP BY experiment_id, event_type) AS by_type)
 """
 
 # Idempotent: a batch redelivered after its dead letters committed does not file them twice.
@@ -163,6 +166,8 @@ class WriteResult:
     received: int = 0
     inserted: int = 0
     dead_lettered: int = 0
+    #: Inserted events per (experiment_id, event_type).
+    inserted_by: Counter = field(default_factory=Counter)
 
     @property
     def duplicates(self) -> int:
@@ -172,6 +177,7 @@ class WriteResult:
         self.received += other.received
         self.inserted += other.inserted
         self.dead_lettered += other.dead_lettered
+        self.inserted_by.update(other.inserted_by)
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -196,8 +202,13 @@ def _write_once(pg: psycopg.Connection, records: Sequence[StagedEvent], *, clear
         with cursor.copy(_COPY_STAGING) as copy:
             for record in records:
                 copy.write_row(record)
-        inserted, dead, _ = cursor.execute(_WRITE_BATCH).fetchone()
-    return WriteResult(received=len(records), inserted=inserted, dead_lettered=dead)
+        inserted, dead, _, by_type = cursor.execute(_WRITE_BATCH).fetchone()
+    return WriteResult(
+        received=len(records),
+        inserted=inserted,
+        dead_lettered=dead,
+        inserted_by=Counter({(str(experiment_id), event_type): n for experiment_id, event_type, n in by_type}),
+    )
 
 
 def _dead_letter(pg: psycopg.Connection, event_id: str | None, payload: object, error: str) -> None:
@@ -402,19 +413,52 @@ def _acknowledge(client: redis.Redis, entry_ids: list[bytes]) -> None:
         pipe.execute()
 
 
+def request_ids(entries: list[tuple[bytes, dict]]) -> list[str]:
+    """The API request ids the entries came from (field ``r``), in order, without repeats."""
+    return list(dict.fromkeys(fields[b"r"].decode(errors="replace") for _, fields in entries if fields.get(b"r")))
+
+
 def process_entries(client: redis.Redis, entries: list[tuple[bytes, dict]], report: DrainReport) -> None:
-    """Write the entries' events in one transaction, then acknowledge them."""
+    """Write the entries' events in one transaction, then acknowledge them and count them."""
     if not entries:
         return
+    started = time.perf_counter()
     records, poison = _decode(entries)
-    if poison:
-        _write_poison(poison)
-        report.malformed += len(poison)
-    if records:
-        report.written.add(write_with_retry(records))
+    written = WriteResult()
+    try:
+        if poison:
+            _write_poison(poison)
+        if records:
+            written = write_with_retry(records)
+    except DatabaseUnavailable:
+        metrics.INGEST_DRAIN_FAILURES.inc()
+        log.error(
+            "a batch of %d events could not be written and stays queued; request ids: %s",
+            len(records) + len(poison), ", ".join(request_ids(entries)) or "none recorded",
+        )
+        raise
+    _acknowledge(client, [entry_id for entry_id, _ in entries])
+    report.malformed += len(poison)
+    report.written.add(written)
     report.batches += 1
     report.entries += len(entries)
-    _acknowledge(client, [entry_id for entry_id, _ in entries])
+    dead = written.dead_lettered + len(poison)
+    if dead:
+        log.warning(
+            "%d of %d events went to the dead-letter table; request ids of the batch: %s",
+            dead, written.received + len(poison), ", ".join(request_ids(entries)) or "none recorded",
+        )
+    _count(written, len(poison), time.perf_counter() - started)
+
+
+def _count(written: WriteResult, malformed: int, seconds: float) -> None:
+    metrics.INGEST_BATCH_SECONDS.observe(seconds)
+    metrics.INGEST_DRAINED.inc(written.received + malformed)
+    metrics.INGEST_INSERTED.inc(written.inserted)
+    metrics.INGEST_DUPLICATES.inc(written.duplicates)
+    metrics.INGEST_DEAD_LETTERS.inc(written.dead_lettered + malformed)
+    for (experiment_id, event_type), n in written.inserted_by.items():
+        metrics.EXPERIMENT_METRICS.labels(experiment_id=experiment_id, event_type=event_type).inc(n)
 
 
 def _write_poison(poison: list[tuple[str | None, object, str]]) -> None:
@@ -490,19 +534,35 @@ class Backlog:
     pending: int
     lag: int | None
     consumers: int
+    #: Unix time (ms) the oldest entry still in the stream was queued; None when empty.
+    oldest_ms: int | None = None
+
+    def oldest_age_s(self, now_s: float | None = None) -> float:
+        """Seconds the oldest unwritten entry has waited (0 when the stream is empty)."""
+        if self.oldest_ms is None:
+            return 0.0
+        return max(0.0, (time.time() if now_s is None else now_s) - self.oldest_ms / 1000)
 
 
 def backlog(client: redis.Redis) -> Backlog:
-    """Stream length (entries not yet written), pending (delivered, not acknowledged) and lag."""
-    length = client.xlen(STREAM_KEY)
+    """Stream length (entries not yet written), pending (delivered, not acknowledged), lag
+    and the oldest entry's time (entries are deleted once written, so the first one left is
+    the oldest unwritten; its id is the Redis server's clock when it was queued)."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.xlen(STREAM_KEY)
+        pipe.xrange(STREAM_KEY, "-", "+", count=1)
+        length, first = pipe.execute()
+    oldest_ms = int(first[0][0].split(b"-")[0]) if first else None
     try:
         groups = client.xinfo_groups(STREAM_KEY)
     except redis.ResponseError:
         groups = []
     for group in groups:
         if group.get("name") in (GROUP, GROUP.encode()):
-            return Backlog(length, int(group.get("pending", 0)), group.get("lag"), int(group.get("consumers", 0)))
-    return Backlog(length, 0, None, 0)
+            return Backlog(
+                length, int(group.get("pending", 0)), group.get("lag"), int(group.get("consumers", 0)), oldest_ms
+            )
+    return Backlog(length, 0, None, 0, oldest_ms)
 
 
 def prune_consumers(client: redis.Redis, idle_ms: int = 3600_000) -> int:

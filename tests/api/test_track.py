@@ -283,10 +283,11 @@ def test_full_backlog_refuses_with_503(client, auth, running, settings, monkeypa
 
 
 def test_accepted_events_are_counted_in_prometheus(client, auth, running):
-    from core.metrics import EXPERIMENT_METRICS
+    from core.metrics import EXPERIMENT_METRICS, EXPERIMENT_METRICS_ACCEPTED
 
     experiment, _ = running
-    counter = EXPERIMENT_METRICS.labels(experiment_id=experiment["id"], event_type="refund")
+    persisted = EXPERIMENT_METRICS.labels(experiment_id=experiment["id"], event_type="refund")._value.get()
+    counter = EXPERIMENT_METRICS_ACCEPTED.labels(experiment_id=experiment["id"], event_type="refund")
     before = counter._value.get()
     track(client, auth, experiment["id"], {"molam_id": "u1", "event_type": "refund"})
     client.post("/api/events/batch", json={"events": [
@@ -294,6 +295,8 @@ def test_accepted_events_are_counted_in_prometheus(client, auth, running):
         {"experiment_id": experiment["id"], "molam_id": "nobody", "event_type": "refund"},
     ]}, headers=auth(SERVICE))
     assert counter._value.get() - before == 2
+    # Persisted events are counted by the drain, not at acceptance.
+    assert EXPERIMENT_METRICS.labels(experiment_id=experiment["id"], event_type="refund")._value.get() == persisted
 
 
 def test_openapi_schemas_describe_the_validated_fields(app):
