@@ -3,7 +3,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: run test fuzz flower bench-assign bench-ingest bench-sira bench-bandit bench-sim bench-sdk vectors clean
+.PHONY: run migrate demo start stop logs test fuzz flower bench-assign bench-ingest bench-sira bench-bandit bench-sim bench-sdk vectors clean
+
+# docker compose v2, or the older docker-compose
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -11,8 +14,27 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 ## Run the whole platform: API on :3010, Celery worker and beat (embedded PostgreSQL/Redis if no URLs).
+## Reads .env (cp .env.example .env); variables already exported win.
 run: $(STAMP)
 	$(BIN)/python scripts/run.py
+
+## Apply the database migrations to DATABASE_URL (from .env or the environment).
+migrate: $(STAMP)
+	$(BIN)/alembic upgrade head
+
+## Simulated users through the running API (start `make run` first): DEMO_MINUTES=5 make demo
+demo: $(STAMP)
+	$(BIN)/flask --app api seed-demo --minutes $${DEMO_MINUTES:-5}
+
+## The docker-compose stack (API on 127.0.0.1:3010, Grafana on 127.0.0.1:3000); secrets from .env.
+start:
+	$(COMPOSE) up -d --build --wait
+
+stop:
+	$(COMPOSE) down
+
+logs:
+	$(COMPOSE) logs -f --tail=200
 
 ## Run the full test suite against real PostgreSQL and Redis.
 test: $(STAMP)

@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         resolve_public_key(settings), settings.molam_id_issuer, settings.molam_id_audience
     )
     db.init_engine(settings.database_url)
+    db.init_read_engine(settings.database_replica_url)
     CORS(app, origins=[o.strip() for o in settings.cors_origin.split(",")], expose_headers=["X-Pagination", "X-Request-ID"])
 
     api = MolamApi(app)
@@ -85,12 +86,13 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     api.register_blueprint(bandit_history.blp)
     app.register_blueprint(dashboard.blp)
-    from . import cli_reconcile, events, sdk
+    from . import cli_demo, cli_reconcile, events, sdk
 
     api.register_blueprint(events.blp)
     api.register_blueprint(sdk.blp)
     sdk.init_sdk(app, settings)
     cli_reconcile.register(app)
+    cli_demo.register(app)
 
     _register_error_handlers(app, api)
     init_rate_limiting(app, settings)

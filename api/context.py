@@ -16,12 +16,20 @@ def session() -> Session:
     return g.db_session
 
 
+def read_session() -> Session:
+    """Reads that tolerate replication lag (results, insights, exports, reports): the replica when set."""
+    if "db_read_session" not in g:
+        g.db_read_session = db.new_read_session()
+    return g.db_read_session
+
+
 def close_session(exc: BaseException | None = None) -> None:
-    current = g.pop("db_session", None)
-    if current is not None:
-        if exc is not None:
-            current.rollback()
-        current.close()
+    for key in ("db_session", "db_read_session"):
+        current = g.pop(key, None)
+        if current is not None:
+            if exc is not None:
+                current.rollback()
+            current.close()
 
 
 def redis_client() -> redis.Redis:

@@ -46,7 +46,7 @@ class ExportQuerySchema(ma.Schema):
 
 
 def _csv_stream(sql: str, experiment_id: uuid.UUID) -> Iterator[bytes]:
-    connection = db.get_engine().raw_connection()
+    connection = db.get_read_engine().raw_connection()
     try:
         cursor = connection.cursor()
         # psycopg binds COPY parameters client-side, so the query may carry %(id)s.
@@ -59,7 +59,7 @@ def _csv_stream(sql: str, experiment_id: uuid.UUID) -> Iterator[bytes]:
 
 
 def _ndjson_stream(sql: str, experiment_id: uuid.UUID) -> Iterator[bytes]:
-    connection = db.get_engine().raw_connection()
+    connection = db.get_read_engine().raw_connection()
     try:
         cursor = connection.cursor(name=f"export_{uuid.uuid4().hex}")
         cursor.itersize = 5000
@@ -82,8 +82,8 @@ class ExperimentExport(MethodView):
     @blp.alt_response(200, content_type="application/x-ndjson", success=True)
     def get(self, query: dict, experiment_id: uuid.UUID):
         """Stream the experiment's raw ``events`` (default) or ``assignments`` as CSV or NDJSON."""
-        experiment_service.get_experiment(context.session(), experiment_id)
-        context.session().rollback()
+        experiment_service.get_experiment(context.read_session(), experiment_id)
+        context.read_session().rollback()
         sql = QUERIES[query["kind"]]
         if query["format"] == "csv":
             body, mimetype = _csv_stream(sql, experiment_id), "text/csv"

@@ -152,7 +152,7 @@ class Results(MethodView):
     def get(self, experiment_id: uuid.UUID):
         """Per variant: assigned users, weight, every event type's rate with intervals, uplift
         versus control, P(best), P(beat control), α and β; plus SRM and day-7 retention."""
-        return sira_results.experiment_results(context.session(), context.redis_client(), experiment_id)
+        return sira_results.experiment_results(context.read_session(), context.redis_client(), experiment_id)
 
 
 @blp.route("/<uuid:experiment_id>/insights")
@@ -162,7 +162,7 @@ class Insights(MethodView):
     def get(self, experiment_id: uuid.UUID):
         """SIRA's reading of the experiment: posteriors, recommendation, fail-fast and
         guardrail status, and suggested next experiments."""
-        return sira_insights.experiment_insights(context.session(), experiment_id)
+        return sira_insights.experiment_insights(context.read_session(), experiment_id)
 
 
 
@@ -176,7 +176,7 @@ class ReportCollection(MethodView):
     def get(self, query: dict, pagination_parameters):  # noqa: ANN001
         """Stored daily reports, newest first (filter by ``experiment_id``; ``X-Pagination`` header)."""
         items, total = sira_reports.list_reports(
-            context.session(),
+            context.read_session(),
             experiment_id=query.get("experiment_id"),
             offset=context.page_offset(pagination_parameters),
             limit=pagination_parameters.page_size,
@@ -192,7 +192,7 @@ class ReportItem(MethodView):
     @reports_blp.response(200, ReportOutSchema)
     def get(self, query: dict, report_id: uuid.UUID):
         """One report as JSON, or as Markdown with ``?format=markdown``."""
-        report = sira_reports.get_report(context.session(), report_id)
+        report = sira_reports.get_report(context.read_session(), report_id)
         if query["format"] == "markdown":
             return Response(report["markdown"], status=200, mimetype="text/markdown")
         return report

@@ -10,6 +10,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 _engine: Engine | None = None
 _session_factory: sessionmaker[Session] | None = None
+_read_engine: Engine | None = None
+_read_session_factory: sessionmaker[Session] | None = None
 
 
 def init_engine(database_url: str, **engine_kwargs: object) -> Engine:
@@ -29,6 +31,43 @@ def init_engine(database_url: str, **engine_kwargs: object) -> Engine:
     return _engine
 
 
+def init_read_engine(replica_url: str | None, **engine_kwargs: object) -> Engine | None:
+    """Point read-only sessions at a replica (``None``: they use the primary).
+
+    Every transaction on the replica is read-only (``default_transaction_read_only``),
+    so a write that strayed onto a read session fails loudly rather than landing on a
+    server that cannot keep it.
+    """
+    global _read_engine, _read_session_factory
+    if _read_engine is not None:
+        _read_engine.dispose()
+        _read_engine = _read_session_factory = None
+    if not replica_url:
+        return None
+    options: dict[str, object] = {
+        "pool_pre_ping": True,
+        "pool_size": 5,
+        "max_overflow": 10,
+        "connect_args": {"connect_timeout": 3, "options": "-c default_transaction_read_only=on"},
+    }
+    options.update(engine_kwargs)
+    _read_engine = create_engine(replica_url, **options)
+    _read_session_factory = sessionmaker(bind=_read_engine, expire_on_commit=False)
+    return _read_engine
+
+
+def get_read_engine() -> Engine:
+    """The replica's engine when configured, else the primary's."""
+    return _read_engine if _read_engine is not None else get_engine()
+
+
+def new_read_session() -> Session:
+    """A session for reads that tolerate replication lag: the replica when configured."""
+    if _read_session_factory is not None:
+        return _read_session_factory()
+    return new_session()
+
+
 def is_initialised() -> bool:
     return _engine is not None
 
@@ -43,6 +82,8 @@ def dispose_engine() -> None:
     """Drop pooled connections inherited across a fork (Celery prefork, gunicorn)."""
     if _engine is not None:
         _engine.dispose(close=False)
+    if _read_engine is not None:
+        _read_engine.dispose(close=False)
 
 
 def new_session() -> Session:
