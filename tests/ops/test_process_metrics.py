@@ -234,3 +234,33 @@ def test_every_process_exports_exact_counts_and_logs_json(processes, client, aut
     assert any("req-poison-entry" in line["message"] and line["level"] == "WARNING" for line in worker_lines)
     for text in (processes["logs"]["api"].read_text(), worker_text):
         assert token not in text and token.split(".")[1] not in text
+
+
+def test_a_standalone_beat_exports_what_it_queued(settings, tmp_path):
+    broker = os.environ.get("TEST_BROKER_URL") or redis_url_with_db(settings.redis_url, 14)
+    get_redis(broker).flushdb()
+    port = free_port()
+    env = {
+        **os.environ, "MOLAM_ENV_FILE": "", "APP_ENV": "test", "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url, "CELERY_BROKER_URL": broker, "MOLAM_VAR_DIR": str(tmp_path / "var"),
+        "INGEST_DRAIN_INTERVAL": "0.5", "BEAT_METRICS_PORT": str(port), "LOG_FORMAT": "json",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = tmp_path / "beat.log"
+    beat = subprocess.Popen(
+        [str(BIN / "celery"), "-A", "tasks.celery_app", "beat", "--loglevel=INFO", "-s", str(tmp_path / "schedule")],
+        cwd=PROJECT_ROOT, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_for(lambda: value(scrape(url), "celery_beat_tasks_sent_total", task="ingest.drain_events") >= 3, 60, "beat to queue drains")
+        samples = scrape(url)
+        assert abs(value(samples, "celery_beat_last_sent_timestamp_seconds", task="ingest.drain_events") - time.time()) < 30
+        queued = get_redis(broker).llen("celery")
+        assert queued >= 3  # nothing consumes them here: what beat counted is in the queue
+    finally:
+        os.killpg(beat.pid, signal.SIGTERM)
+        beat.wait(timeout=20)
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert lines and all(line["process"] == "beat" for line in lines)
+    assert not list((tmp_path / "var" / "prometheus").glob("celery-*"))  # its private directory is gone
