@@ -79,7 +79,7 @@ class DatabaseCollector(Collector):
                 experiments = load_inputs(session, running, with_config=False) if running else []
                 states = {
                     (row.experiment_id, row.variant_id): row
-                    for row in session.execute(_BANDIT_STATE.bindparams(), {"experiment_ids": running})
+                    for row in session.execute(_BANDIT_STATE, {"experiment_ids": running})
                 } if running else {}
         except Exception as exc:  # noqa: BLE001 - a scrape must not fail because PostgreSQL is down
             log.warning("database gauges unavailable: %s", exc)

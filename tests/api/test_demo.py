@@ -29,7 +29,10 @@ def staged_events(settings) -> list[list]:
 
 
 def test_demo_creates_three_experiments_and_drives_users(demo_api, client, auth, settings):
-    tally = cli_demo.run_demo(demo_api, minutes=0.05, users_per_second=8, seed=7, workers=1)
+    reports: list[bool] = []
+    tally = cli_demo.run_demo(demo_api, minutes=0.05, users_per_second=8, seed=7, workers=1,
+                              request_reports=lambda: reports.append(True))
+    assert reports == [True]  # once, at the end of a run shorter than REPORT_AFTER_S
     assert tally["users"] > 0 and tally["errors"] == 0 and tally["ineligible"] == 0
     listed = client.get("/api/experiments?status=running", headers=auth()).get_json()
     by_name = {e["name"]: e for e in listed}
