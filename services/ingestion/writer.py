@@ -437,18 +437,20 @@ def process_entries(client: redis.Redis, entries: list[tuple[bytes, dict]], repo
             len(records) + len(poison), ", ".join(request_ids(entries)) or "none recorded",
         )
         raise
-    _acknowledge(client, [entry_id for entry_id, _ in entries])
-    report.malformed += len(poison)
-    report.written.add(written)
-    report.batches += 1
-    report.entries += len(entries)
+    # Counted once committed: should the acknowledgement fail, the redelivered batch is
+    # counted again only as duplicates.
+    _count(written, len(poison), time.perf_counter() - started)
     dead = written.dead_lettered + len(poison)
     if dead:
         log.warning(
             "%d of %d events went to the dead-letter table; request ids of the batch: %s",
             dead, written.received + len(poison), ", ".join(request_ids(entries)) or "none recorded",
         )
-    _count(written, len(poison), time.perf_counter() - started)
+    _acknowledge(client, [entry_id for entry_id, _ in entries])
+    report.malformed += len(poison)
+    report.written.add(written)
+    report.batches += 1
+    report.entries += len(entries)
 
 
 def _count(written: WriteResult, malformed: int, seconds: float) -> None:
