@@ -17,20 +17,27 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-#: (pattern, replacement) applied to every formatted line.
-REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S), "[redacted private key]"),
-    (re.compile(r"(?i)\b(bearer|basic)(\s+|%20)[A-Za-z0-9._~+/=-]{8,}"), r"\1 [redacted]"),
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), "[redacted token]"),
+#: (cheap trigger on the lower-cased line, pattern, replacement), applied to every formatted
+#: line; a pattern runs only when its trigger is present, so ordinary lines cost a few
+#: substring searches.
+REDACTIONS: tuple[tuple[tuple[str, ...], re.Pattern[str], str], ...] = (
+    (("private key-----",),
+     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S), "[redacted private key]"),
+    (("bearer", "basic"), re.compile(r"(?i)\b(bearer|basic)(\s+|%20)[A-Za-z0-9._~+/=-]{8,}"), r"\1 [redacted]"),
+    (("eyj",), re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), "[redacted token]"),
     # scheme://user:password@host → scheme://user:***@host
-    (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@\"']*:)[^\s@/\"']+@"), r"\1***@"),
-    (re.compile(r"(?i)\b(password|passwd|secret|api_key|token|requirepass)([\"']?\s*[=:]\s*[\"']?)[^\s\"',;&]+"), r"\1\2***"),
+    (("://",), re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@\"']*:)[^\s@/\"']+@"), r"\1***@"),
+    (("password", "passwd", "secret", "api_key", "token", "requirepass"),
+     re.compile(r"(?i)\b(password|passwd|secret|api_key|token|requirepass)([\"']?\s*[=:]\s*[\"']?)[^\s\"',;&]+"), r"\1\2***"),
 )
 
 
 def redact(text: str) -> str:
-    for pattern, replacement in REDACTIONS:
-        text = pattern.sub(replacement, text)
+    lowered = text.lower()
+    for triggers, pattern, replacement in REDACTIONS:
+        if any(trigger in lowered for trigger in triggers):
+            text = pattern.sub(replacement, text)
+            lowered = text.lower()
     return text
 
 
