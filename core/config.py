@@ -38,6 +38,11 @@ def load_env_file() -> bool:
 
 load_env_file()
 VAR_DIR = Path(os.environ.get("MOLAM_VAR_DIR") or PROJECT_ROOT / "var")
+#: Written by ``make run`` while its embedded PostgreSQL and Redis are up, so that other
+#: commands (``make demo``, ``flask``, ``alembic``) reach the same servers.
+EMBEDDED_ENV_FILE = VAR_DIR / "embedded.env"
+if env_file() is not None and EMBEDDED_ENV_FILE.is_file():
+    load_dotenv(EMBEDDED_ENV_FILE, override=False)
 
 T = TypeVar("T", int, float)
 

@@ -17,14 +17,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.config import VAR_DIR, load_settings, redis_url_with_db  # noqa: E402
+from dotenv import dotenv_values  # noqa: E402
+
+from core.config import EMBEDDED_ENV_FILE, VAR_DIR, load_settings, redis_url_with_db  # noqa: E402
 from scripts.embedded import start_postgres, start_redis  # noqa: E402
 
 EMBEDDED_REDIS_PORT = int(os.environ.get("EMBEDDED_REDIS_PORT", "6390"))
 ROLES = ("ops_admin", "marketing", "data_science", "pay_module")
 
 
+def forget_previous_embedded() -> None:
+    """Drop what a previous run's ``var/embedded.env`` put in the environment (its servers are gone)."""
+    if not EMBEDDED_ENV_FILE.is_file():
+        return
+    for name, value in dotenv_values(EMBEDDED_ENV_FILE).items():
+        if os.environ.get(name) == value:
+            del os.environ[name]
+    EMBEDDED_ENV_FILE.unlink(missing_ok=True)
+
+
 def main() -> int:
+    forget_previous_embedded()
     env = dict(os.environ)
     env.setdefault("APP_ENV", "development")
     embedded: list = []
@@ -41,6 +54,11 @@ def main() -> int:
         print(f"embedded Redis: {url}")
     os.environ.update(env)
     settings = load_settings()
+    if embedded:
+        EMBEDDED_ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
+        EMBEDDED_ENV_FILE.write_text(
+            "".join(f"{name}={env[name]}\n" for name in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL") if name in env)
+        )
 
     bin_dir = Path(sys.executable).parent
     subprocess.run([str(bin_dir / "alembic"), "upgrade", "head"], cwd=ROOT, env=env, check=True)
@@ -102,6 +120,7 @@ def main() -> int:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             os.killpg(child.pid, signal.SIGKILL)
+    EMBEDDED_ENV_FILE.unlink(missing_ok=True)
     for handle in embedded:
         if isinstance(handle, subprocess.Popen):
             handle.terminate()
