@@ -24,6 +24,9 @@ _settings = load_settings()
 logconfig_dict = gunicorn_logconfig(_settings.log_format, _settings.log_level)
 # The app writes its own access line (route template, status, duration, request_id).
 accesslog = None
+# gunicornc's control socket beside the other run-time files (the default, ~/.gunicorn, is
+# shared by every gunicorn of the user and read-only in the container).
+control_socket = str(VAR_DIR / "gunicorn.ctl")
 
 # Recommended for 2 cores (see bench/README.md, "Assignment"): a few processes, a few
 # threads each; the threads overlap Redis/PostgreSQL round trips, keep-alive spares
