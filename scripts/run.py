@@ -68,8 +68,9 @@ def main() -> int:
 
     commands = {
         "api": [str(bin_dir / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "-b", f"0.0.0.0:{settings.port}", "api.wsgi:app"],
-        "worker": [str(bin_dir / "celery"), "-A", "tasks.celery_app", "worker", "-E", "--loglevel=INFO", "--concurrency=2"],
-        "beat": [str(bin_dir / "celery"), "-A", "tasks.celery_app", "beat", "--loglevel=INFO", "-s", str(VAR_DIR / "celerybeat-schedule")],
+        # --quiet: no banner, so the processes' output is nothing but log lines.
+        "worker": [str(bin_dir / "celery"), "--quiet", "-A", "tasks.celery_app", "worker", "-E", "--loglevel=INFO", "--concurrency=2"],
+        "beat": [str(bin_dir / "celery"), "--quiet", "-A", "tasks.celery_app", "beat", "--loglevel=INFO", "-s", str(VAR_DIR / "celerybeat-schedule")],
     }
 
     print("\nMolam Experiments is starting:")
