@@ -286,7 +286,7 @@ def register(app: Flask) -> None:
         try:
             status, _ = api.call("GET", "/readyz")
         except (urllib.error.URLError, OSError) as exc:
-            raise click.ClickException(f"the API at {api.base_url} does not answer ({exc}); start it with `make run`")
+            raise click.ClickException(f"the API at {api.base_url} does not answer ({exc}); start it with `make run`") from exc
         if status != 200:
             raise click.ClickException(f"the API at {api.base_url} is not ready ({status})")
         click.echo(f"Demo against {api.base_url}:")

@@ -173,7 +173,7 @@ def test_redis_requires_a_password_and_persists():
 def test_only_the_api_and_grafana_are_published_on_localhost():
     published = {name: service["ports"] for name, service in SERVICES.items() if service.get("ports")}
     assert set(published) == {"api", "grafana"}
-    for name, ports in published.items():
+    for ports in published.values():
         for mapping in ports:
             host, _, container = interpolate(mapping, {}).rpartition(":")
             assert host.startswith("127.0.0.1:"), mapping
@@ -286,9 +286,10 @@ def _inside_grouping(expr: str, position: int) -> bool:
 @pytest.fixture
 def exported(app, client, create_experiment, settings) -> dict[str, set[str]]:
     """Every sample name the code exports, with its label names: API, worker and beat metrics."""
+    from prometheus_client.metrics import MetricWrapperBase
+
     import core.metrics as declared
     from api.observability import DatabaseCollector
-    from prometheus_client.metrics import MetricWrapperBase
     from tasks.metrics import StreamCollector
 
     names: dict[str, set[str]] = {}
