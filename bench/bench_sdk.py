@@ -42,7 +42,15 @@ sys.path.insert(0, str(ROOT / "sdk" / "python"))
 import redis  # noqa: E402
 
 from bench.bench_assign import (  # noqa: E402
-    LUA_RETURNING, Server, ephemeral_signer, free_port, lua, post_json, recreate_database, require_wrk, run_wrk,
+    LUA_RETURNING,
+    Server,
+    ephemeral_signer,
+    free_port,
+    lua,
+    post_json,
+    recreate_database,
+    require_wrk,
+    run_wrk,
     wait_http,
 )
 from molam_experiments import Client  # noqa: E402

@@ -20,8 +20,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 import redis
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import http.client
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 import pytest
 from werkzeug.serving import make_server

@@ -240,7 +240,7 @@ class Client:
         self._transport.close()
         return drained
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:

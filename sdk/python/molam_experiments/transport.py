@@ -114,7 +114,7 @@ class Transport:
     def close(self) -> None:
         self._drop()
 
-    def stream(self, path: str, headers: dict[str, str] | None, read_timeout_s: float) -> "EventStream":
+    def stream(self, path: str, headers: dict[str, str] | None, read_timeout_s: float) -> EventStream:
         """Open a server-sent events stream on its own connection."""
         connection = self._connect(self.timeout_s)
         try:
