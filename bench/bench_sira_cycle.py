@@ -37,13 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core import db  # noqa: E402
-from core.config import normalise_database_url  # noqa: E402
+from core.config import libpq_url, normalise_database_url  # noqa: E402
 from core.redis import get_redis  # noqa: E402
 from services.analysis import jobs as sira_jobs, results as sira_results  # noqa: E402
 
 
 def plain(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://")
+    return libpq_url(url)
 
 
 def recreate_database(url: str) -> None:

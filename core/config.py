@@ -161,6 +161,11 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+def libpq_url(url: str) -> str:
+    """The same URL as libpq and psycopg's own ``connect`` spell it (no SQLAlchemy driver)."""
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
 def load_settings() -> Settings:
     app_env = _str("APP_ENV", "development")
     if app_env not in APP_ENVS:

@@ -13,10 +13,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import psycopg
+from core.config import libpq_url
 
 
 def postgres_answers(url: str, timeout_s: float = 2.0) -> bool:
-    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    plain = libpq_url(url)
     try:
         with psycopg.connect(plain, connect_timeout=max(1, int(timeout_s)), dbname="postgres"):
             return True

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 # A developer's .env must not leak into the tests (nor into the processes they start).
@@ -22,34 +20,14 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from psycopg import sql
 
-from core.config import PROJECT_ROOT, Settings, normalise_database_url, redis_url_with_db
+from core.config import PROJECT_ROOT, Settings, libpq_url, normalise_database_url, redis_url_with_db
 from scripts.embedded import postgres_answers, redis_answers, start_postgres, start_redis
+from tests.support.api import TEST_AUDIENCE, TEST_ISSUER, experiment_body
+from tests.support.database import create_database
 
 DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/molam_experiments_test"
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
-TEST_ISSUER = "https://id.molam.test"
-TEST_AUDIENCE = "molam-experiments"
-
-
-def _plain(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://")
-
-
-def _create_database(url: str) -> None:
-    """Create the test database (ours alone: drop and recreate it)."""
-    plain = _plain(url)
-    name = psycopg.conninfo.conninfo_to_dict(plain)["dbname"]
-    if not name.endswith("_test") and "_test_" not in name:
-        raise RuntimeError(f"refusing to recreate {name!r}: a test database name must contain '_test'")
-    with psycopg.connect(plain, dbname="postgres", autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (name,),
-        )
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +80,7 @@ def migrated_database(settings: Settings) -> str:
     from alembic import command
     from alembic.config import Config
 
-    _create_database(settings.database_url)
+    create_database(settings.database_url)
     config = Config(str(PROJECT_ROOT / "alembic.ini"))
     config.attributes["url"] = settings.database_url
     config.attributes["configure_logging"] = False
@@ -123,7 +101,7 @@ def _truncate_all(database_url: str) -> None:
     from models import Base
 
     tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    with psycopg.connect(_plain(database_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
         # The audit table's triggers forbid TRUNCATE; replica mode lets the tests reset it.
         conn.execute("SET session_replication_role = replica")
         conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
@@ -186,21 +164,6 @@ def auth(make_token: Callable[..., str]) -> Callable[..., dict[str, str]]:
     return headers
 
 
-def experiment_body(**overrides: Any) -> dict[str, Any]:
-    """The seed's example experiment, with overrides."""
-    body: dict[str, Any] = {
-        "name": "Checkout Button Color",
-        "description": "Test blue vs green button",
-        "targeting": {"country": ["SN", "FR"], "lang": ["fr"]},
-        "variants": [
-            {"name": "Control (Blue)", "config": {"button_color": "blue"}, "traffic_share": 50, "is_control": True},
-            {"name": "Green Button", "config": {"button_color": "green"}, "traffic_share": 50},
-        ],
-    }
-    body.update(overrides)
-    return body
-
-
 @pytest.fixture
 def create_experiment(client, auth) -> Callable[..., dict[str, Any]]:
     """Create (and optionally start) an experiment through the API; returns its JSON."""
@@ -217,6 +180,3 @@ def create_experiment(client, auth) -> Callable[..., dict[str, Any]]:
 
     return create
 
-
-def new_id() -> str:
-    return str(uuid.uuid4())

@@ -8,10 +8,11 @@ import psycopg
 import pytest
 
 from core import db
+from core.config import libpq_url
 from core.redis import get_redis
+from services.cache import assignment_key, definition_key, weights_key
 from services.experiments import assignment as service
 from services.experiments.audit import SIRA_ACTOR
-from services.cache import assignment_key, definition_key, weights_key
 from services.experiments.lifecycle import set_variant_paused
 
 SERVICE = "pay_module"
@@ -32,7 +33,7 @@ def _assign(client, auth, experiment_id, sub="pay-svc", **body):
 
 
 def _stored_rows(settings, experiment_id):
-    plain = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    plain = libpq_url(settings.database_url)
     with psycopg.connect(plain) as conn:
         return conn.execute(
             "SELECT molam_id, variant_id::text, country, lang, currency, region, device FROM experiment_assignments "

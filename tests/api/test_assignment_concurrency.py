@@ -10,6 +10,8 @@ import psycopg
 import pytest
 from werkzeug.serving import make_server
 
+from core.config import libpq_url
+
 CALLS = 200
 
 
@@ -53,7 +55,7 @@ def test_concurrent_first_calls_store_one_variant(http_server, auth, create_expe
     assert len(variant_ids) == 1
     assert sum(answer["new"] for _, answer in results) == 1
     assert len({answer["assigned_at"] for _, answer in results}) == 1
-    plain = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    plain = libpq_url(settings.database_url)
     with psycopg.connect(plain) as conn:
         rows = conn.execute(
             "SELECT variant_id::text FROM experiment_assignments WHERE experiment_id = %s AND molam_id = 'racer'", (experiment["id"],)

@@ -5,6 +5,7 @@ import psycopg
 import pytest
 
 from core import db
+from core.config import libpq_url
 from core.redis import get_redis
 from services.cache import assignment_key, definition_key
 
@@ -18,7 +19,7 @@ def headers(auth):
 
 
 def _count(settings, experiment_id, molam_id=None):
-    plain = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    plain = libpq_url(settings.database_url)
     with psycopg.connect(plain) as conn:
         query = "SELECT count(*), count(DISTINCT variant_id) FROM experiment_assignments WHERE experiment_id = %s"
         params: tuple = (experiment_id,)

@@ -13,8 +13,8 @@ import numpy as np
 from scipy import stats
 
 from core.redis import get_redis
-from services.experiments import assignment as service
 from services.cache import weights_key
+from services.experiments import assignment as service
 from services.experiments.definitions import load_definition
 
 USERS = 20_000

@@ -6,9 +6,11 @@ import json
 import psycopg
 import pytest
 
+from core.config import libpq_url
+
 
 def _conn(settings):
-    return psycopg.connect(settings.database_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+    return psycopg.connect(libpq_url(settings.database_url), autocommit=True)
 
 
 def _entries(client, auth, experiment_id=None):

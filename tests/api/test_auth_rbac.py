@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from core import rbac
-from tests.conftest import TEST_AUDIENCE, TEST_ISSUER, experiment_body
+from tests.support.api import TEST_AUDIENCE, TEST_ISSUER, experiment_body
 
 ROLES = ("ops_admin", "marketing", "data_science", "pay_module", "connect_module")
 
@@ -84,7 +84,7 @@ def test_matrix_module_matches_the_contract():
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("action", sorted(EXPECTED))
 def test_rbac_cell(client, auth, create_experiment, action, role):
-    experiment = create_experiment(start=action in ("stop", "assign", "track", "results", "insights"))
+    experiment = create_experiment(start=action in ("stop", "pause_variant", "assign", "track", "results", "insights"))
     response = _request(client, action, experiment, auth(role))
     if role in EXPECTED[action]:
         assert response.status_code not in (401, 403, 404, 405), (action, role, response.get_json())

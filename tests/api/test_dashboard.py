@@ -17,7 +17,7 @@ import pytest
 from core import rbac
 from core.db import session_scope
 from models import BanditHistory, enums
-from tests.conftest import new_id
+from tests.support.api import new_id
 
 STATIC = Path(__file__).resolve().parents[2] / "web" / "ops" / "static"
 

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import experiment_body
+from tests.support.api import experiment_body
 
 STATUSES = ("draft", "running", "stopped", "archived")
 # action -> {status it starts from: status it leads to}; every other pair is a 409.

@@ -7,10 +7,12 @@ import uuid
 
 import psycopg
 
+from core.config import libpq_url
+
 
 def _seed(settings, experiment, n=3):
     variant = experiment["variants"][0]["id"]
-    with psycopg.connect(settings.database_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(settings.database_url), autocommit=True) as conn:
         for i in range(n):
             conn.execute(
                 "INSERT INTO experiment_assignments (experiment_id, variant_id, molam_id, country) VALUES (%s, %s, %s, 'SN')",

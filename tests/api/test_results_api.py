@@ -9,11 +9,13 @@ import psycopg
 import pytest
 
 from core import rbac
+from core.config import libpq_url
 from core.redis import get_redis
-from services.analysis import jobs as sira_jobs, reports as sira_reports
+from services.analysis import jobs as sira_jobs
+from services.analysis import reports as sira_reports
 from services.cache import definition_key
-from tests.conftest import new_id
-from tests.sira_data import plain_url, set_arm, set_rollup, simulate
+from tests.support.api import new_id
+from tests.support.sira_data import set_arm, set_rollup, simulate
 
 ROLES = ("ops_admin", "marketing", "data_science", "pay_module")
 
@@ -105,7 +107,7 @@ def test_insights_targeted_follow_up_from_segments(client, auth, create_experime
             rows.append((experiment["id"], variant, molam_id, country, "fr", "android"))
             if n < converters:
                 events.append((experiment["id"], molam_id, variant))
-    with psycopg.connect(plain_url(settings.database_url)) as conn:
+    with psycopg.connect(libpq_url(settings.database_url)) as conn:
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO experiment_assignments (experiment_id, variant_id, molam_id, country, lang, device) "

@@ -7,9 +7,10 @@ import uuid
 
 import pytest
 
+from core.config import libpq_url
 from core.redis import get_redis
 from services.ingestion import staging as ingestion
-from tests.ingestion_support import assign_users, count_rows, drain_all, rollup_mismatches
+from tests.support.ingestion import assign_users, count_rows, drain_all, rollup_mismatches
 
 SERVICE = "pay_module"
 
@@ -47,7 +48,7 @@ def test_track_queues_and_the_drain_writes_raw_event_and_rollups(client, auth, r
     assert rollup_mismatches(settings) == []
     import psycopg
 
-    with psycopg.connect(settings.database_url.replace("+psycopg", "")) as conn:
+    with psycopg.connect(libpq_url(settings.database_url)) as conn:
         row = conn.execute(
             "SELECT event_id, variant_id::text, value, currency, metadata, occurred_at "
             "FROM experiment_metrics"
@@ -247,7 +248,7 @@ def test_duplicate_event_ids_count_once_within_and_across_requests(client, auth,
     assert rollup_mismatches(settings) == []
     import psycopg
 
-    with psycopg.connect(settings.database_url.replace("+psycopg", "")) as conn:
+    with psycopg.connect(libpq_url(settings.database_url)) as conn:
         assert conn.execute("SELECT sum(events), sum(value_sum) FROM experiment_variant_rollups").fetchone() == (2, 10.0)
 
 
@@ -300,11 +301,9 @@ def test_accepted_events_are_counted_in_prometheus(client, auth, running):
 
 
 def test_openapi_schemas_describe_the_validated_fields(app):
-    from api.events import BatchEventSchema, TrackEventSchema
-
     from marshmallow import validate
 
-    from api.events import BatchSchema
+    from api.events import BatchEventSchema, BatchSchema, TrackEventSchema
     from models.enums import EVENT_TYPES
 
     assert set(TrackEventSchema().fields) == ingestion.TRACK_FIELDS

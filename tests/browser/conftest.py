@@ -28,9 +28,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from core.config import PROJECT_ROOT, redis_url_with_db
+from core.config import PROJECT_ROOT, libpq_url, redis_url_with_db
 from core.redis import get_redis
-from tests.conftest import TEST_AUDIENCE, TEST_ISSUER, _create_database, _plain
+from tests.support.api import TEST_AUDIENCE, TEST_ISSUER
+from tests.support.database import create_database
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -93,7 +94,7 @@ class Platform:
 
 
 def _browser_database_url(settings) -> str:
-    name = psycopg.conninfo.conninfo_to_dict(_plain(settings.database_url))["dbname"]
+    name = psycopg.conninfo.conninfo_to_dict(libpq_url(settings.database_url))["dbname"]
     return settings.database_url.rsplit("/", 1)[0] + f"/{name}_browser"
 
 
@@ -140,7 +141,7 @@ def _stop(process: subprocess.Popen) -> None:
 def platform(settings, key_pair, tmp_path_factory) -> Iterator[Platform]:
     """API (gunicorn), worker and beat on a database of their own, SIRA on short intervals."""
     database_url = _browser_database_url(settings)
-    _create_database(database_url)
+    create_database(database_url)
     _migrate(database_url)
     cache_url = redis_url_with_db(settings.redis_url, CACHE_DB)
     broker_url = redis_url_with_db(settings.redis_url, BROKER_DB)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+
 import pytest
 
 from services.experiments import assignment as service

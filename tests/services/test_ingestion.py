@@ -11,9 +11,12 @@ import psycopg
 import pytest
 
 from core import db
+from core.config import libpq_url
 from core.redis import get_redis
-from services.ingestion import rollups, staging as ingestion, writer as ingestion_writer
-from tests.ingestion_support import assign_users, count_rows, drain_all, plain_url, rollup_mismatches
+from services.ingestion import rollups
+from services.ingestion import staging as ingestion
+from services.ingestion import writer as ingestion_writer
+from tests.support.ingestion import assign_users, count_rows, drain_all, rollup_mismatches
 
 
 @pytest.fixture
@@ -158,7 +161,7 @@ def test_poison_goes_to_dead_letters_and_neighbours_are_written(population, redi
     totals = drain_all(redis_client)
     assert count_rows(settings, "experiment_metrics") == 20
     assert totals["inserted"] == 20
-    with psycopg.connect(plain_url(settings)) as conn:
+    with psycopg.connect(libpq_url(settings.database_url)) as conn:
         dead = conn.execute("SELECT event_id, error FROM experiment_metric_dead_letters ORDER BY id").fetchall()
     errors = {event_id: error for event_id, error in dead}
     assert "is not a variant of experiment" in errors["poison-variant"]
@@ -198,7 +201,7 @@ def test_reconcile_reports_and_repairs_drift(population, redis_client, settings,
     clean = rollups.reconcile(db.new_session, experiments)
     assert [d.total for d in clean] == [0, 0] and not any(d.repaired for d in clean)
 
-    with psycopg.connect(plain_url(settings), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(settings.database_url), autocommit=True) as conn:
         conn.execute("UPDATE experiment_variant_rollups SET events = events + 1, value_sum = value_sum * 1.01 "
                      "WHERE ctid = (SELECT ctid FROM experiment_variant_rollups LIMIT 1)")
         conn.execute("DELETE FROM experiment_user_rollups WHERE ctid IN "

@@ -9,12 +9,13 @@ import numpy as np
 import psycopg
 import pytest
 
+from core.config import libpq_url
 from core.redis import get_redis
 from services.analysis import jobs as sira_jobs
 from services.cache import definition_key
 from sira.bandit import BanditConfig, bandit_weights
 from sira.stats import ProportionStats
-from tests.sira_data import plain_url, set_arm, set_rollup
+from tests.support.sira_data import set_arm, set_rollup
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def redis_client(settings, app):
 
 
 def rows(settings, query, *params):
-    with psycopg.connect(plain_url(settings.database_url)) as conn:
+    with psycopg.connect(libpq_url(settings.database_url)) as conn:
         return conn.execute(query, params).fetchall()
 
 
@@ -111,7 +112,7 @@ def test_new_and_non_running_experiments(app, settings, create_experiment, redis
     scan = sira_jobs.fail_fast_scan(redis_client)
     assert scan.experiments == 1 and scan.recommendations == 0 and not scan.errors
     # No running experiment at all.
-    db_url = plain_url(settings.database_url)
+    db_url = libpq_url(settings.database_url)
     with psycopg.connect(db_url) as conn:
         conn.execute("UPDATE experiments SET status = 'stopped'")
     assert sira_jobs.recompute_posteriors(redis_client).experiments == 0
@@ -218,7 +219,7 @@ def test_cannot_pause_the_last_active_arm(app, settings, create_experiment, redi
     )
     # Make the control the loser and pause the winner by hand.
     set_rollup(settings.database_url, experiment["id"], control, "conversion", users=100)
-    with psycopg.connect(plain_url(settings.database_url)) as conn:
+    with psycopg.connect(libpq_url(settings.database_url)) as conn:
         conn.execute("UPDATE experiment_variants SET paused = true WHERE id = %s", (green,))
     summary = sira_jobs.fail_fast_scan(redis_client)
     assert summary.recommendations == 1 and summary.actions_applied == 0 and not summary.errors

@@ -11,10 +11,11 @@ import pytest
 from scipy import integrate, stats
 from statsmodels.stats.proportion import proportion_confint
 
+from core.config import libpq_url
 from core.redis import get_redis
 from models.enums import EVENT_TYPES, LOWER_IS_BETTER
 from services.analysis import results as sira_results
-from tests.sira_data import NOW, set_arm, simulate
+from tests.support.sira_data import NOW, set_arm, simulate
 
 
 @pytest.fixture
@@ -168,9 +169,8 @@ def test_d7_retention_from_assignments_and_user_rollups(app, settings, create_ex
     # Backdate the start so users assigned up to 20 days ago are plausible.
     import psycopg
 
-    from tests.sira_data import plain_url
 
-    with psycopg.connect(plain_url(settings.database_url)) as conn:
+    with psycopg.connect(libpq_url(settings.database_url)) as conn:
         conn.execute("UPDATE experiments SET started_at = %s WHERE id = %s", (NOW - timedelta(days=30), experiment["id"]))
     raw = simulate(
         settings.database_url,

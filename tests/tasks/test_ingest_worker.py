@@ -3,7 +3,6 @@ by the API reach PostgreSQL on their own, and a worker killed with SIGKILL mid-s
 and double-counts nothing once a new worker takes over."""
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -18,7 +17,7 @@ from core import db
 from core.config import PROJECT_ROOT, redis_url_with_db
 from core.redis import get_redis
 from services.ingestion import writer as ingestion_writer
-from tests.ingestion_support import assign_users, count_rows, rollup_mismatches
+from tests.support.ingestion import assign_users, count_rows, rollup_mismatches
 
 SERVICE = "pay_module"
 

@@ -9,10 +9,10 @@ import psycopg
 import pytest
 from celery.schedules import crontab
 
-from core import db
+from core.config import libpq_url
 from core.redis import get_redis
 from services.analysis import jobs as sira_jobs
-from tests.sira_data import plain_url, set_arm
+from tests.support.sira_data import set_arm
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def sira_tasks(app, settings):
 
 
 def count(settings, query):
-    with psycopg.connect(plain_url(settings.database_url)) as conn:
+    with psycopg.connect(libpq_url(settings.database_url)) as conn:
         return conn.execute(query).fetchone()[0]
 
 
@@ -111,7 +111,7 @@ def test_daily_report_task_once_per_day(sira_tasks, create_experiment, settings)
 def test_daily_report_of_an_empty_experiment(sira_tasks, create_experiment, settings):
     experiment = create_experiment(start=True, mode="bandit")
     assert sira_tasks.daily_report.apply(kwargs={"report_date": "2026-05-02"}).get()["created"] == 1
-    with psycopg.connect(plain_url(settings.database_url)) as conn:
+    with psycopg.connect(libpq_url(settings.database_url)) as conn:
         content, markdown = conn.execute("SELECT content, markdown FROM sira_reports").fetchone()
     assert content["experiment"]["id"] == experiment["id"]
     assert content["recommendation"].startswith("Not enough data yet")

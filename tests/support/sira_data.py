@@ -12,11 +12,9 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from core.config import libpq_url
+
 NOW = datetime.now(timezone.utc)
-
-
-def plain_url(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://")
 
 
 @dataclass
@@ -147,7 +145,7 @@ def simulate(
                         "occurred_at": min(assignment["assigned_at"] + timedelta(days=float(rng.uniform(0, 14))), NOW),
                     }
                 )
-    with psycopg.connect(plain_url(database_url)) as conn:
+    with psycopg.connect(libpq_url(database_url)) as conn:
         insert_assignments(conn, experiment["id"], raw.assignments)
         insert_events(conn, experiment["id"], raw.events)
         rebuild_rollups(conn, experiment["id"])
@@ -158,7 +156,7 @@ def set_rollup(
     database_url: str, experiment_id: str, variant_id: str, event_type: str, *, users: int, events: int | None = None
 ) -> None:
     """Write one rollup row directly (counts only)."""
-    with psycopg.connect(plain_url(database_url)) as conn:
+    with psycopg.connect(libpq_url(database_url)) as conn:
         conn.execute(
             """
             INSERT INTO experiment_variant_rollups (experiment_id, variant_id, event_type, events, users)
@@ -173,7 +171,7 @@ def set_rollup(
 def assign_many(database_url: str, experiment_id: str, variant_id: str, count: int, prefix: str | None = None) -> None:
     """``count`` assigned users in one variant (no context columns)."""
     prefix = prefix or f"{variant_id[:8]}-"
-    with psycopg.connect(plain_url(database_url)) as conn:
+    with psycopg.connect(libpq_url(database_url)) as conn:
         conn.execute(
             """
             INSERT INTO experiment_assignments (experiment_id, variant_id, molam_id)

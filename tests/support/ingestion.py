@@ -8,18 +8,14 @@ from typing import Any
 
 import psycopg
 
-from core.config import Settings
-
-
-def plain_url(settings: Settings) -> str:
-    return settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+from core.config import Settings, libpq_url
 
 
 def assign_users(settings: Settings, experiment: dict[str, Any], molam_ids: list[str]) -> dict[str, str]:
     """Give each user a variant (round robin) by inserting assignment rows directly."""
     variants = [v["id"] for v in experiment["variants"]]
     held = {molam_id: variants[i % len(variants)] for i, molam_id in enumerate(molam_ids)}
-    with psycopg.connect(plain_url(settings), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(settings.database_url), autocommit=True) as conn:
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO experiment_assignments (experiment_id, variant_id, molam_id) VALUES (%s, %s, %s)",
@@ -97,7 +93,7 @@ def _same(a: tuple, b: tuple) -> bool:
 def rollup_mismatches(settings: Settings) -> list[str]:
     """Every difference between the stored rollups and a from-scratch aggregation."""
     problems: list[str] = []
-    with psycopg.connect(plain_url(settings)) as conn:
+    with psycopg.connect(libpq_url(settings.database_url)) as conn:
         for label, expected_sql, stored_sql, width in (
             ("variant", EXPECTED_VARIANTS, STORED_VARIANTS, 3),
             ("user", EXPECTED_USERS, STORED_USERS, 3),
@@ -115,7 +111,7 @@ def rollup_mismatches(settings: Settings) -> list[str]:
 
 
 def count_rows(settings: Settings, table: str) -> int:
-    with psycopg.connect(plain_url(settings)) as conn:
+    with psycopg.connect(libpq_url(settings.database_url)) as conn:
         return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
