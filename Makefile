@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: run migrate demo start stop logs test fuzz flower bench-assign bench-ingest bench-sira bench-bandit bench-sim bench-sdk vectors clean
+.PHONY: run migrate demo start stop logs test lint fuzz flower bench-assign bench-ingest bench-sira bench-bandit bench-sim bench-sdk vectors clean
 
 # docker compose v2, or the older docker-compose
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
@@ -39,6 +39,11 @@ logs:
 ## Run the full test suite against real PostgreSQL and Redis.
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Static checks: ruff (pyflakes, bugbear, import order, pyupgrade) and mypy (strict on sira/).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 ## Flower on :5555 against the configured broker.
 flower: $(STAMP)

@@ -1,4 +1,18 @@
-"""One engine and one session factory per process."""
+"""One engine and one session factory per process, and which way to reach PostgreSQL when.
+
+- **Request session** (``api.context.session()``): a view's unit of work. The view calls a
+  service, the request boundary commits (mutations through ``services.cache.commit_invalidating``)
+  and the session is closed at teardown.
+- **Task session scope** (:func:`session_scope`): a Celery task's or CLI command's unit of work;
+  commits on success, rolls back on error. Jobs that must isolate one experiment's failure from
+  the next open a :func:`new_session` per experiment instead.
+- **Autocommit connection** (``get_engine().connect()`` with ``isolation_level="AUTOCOMMIT"``):
+  single statements that are their own transaction, such as the assignment path's
+  ``INSERT … ON CONFLICT`` and session-level advisory locks held for a job's duration.
+- **Raw driver connection** (``get_engine().raw_connection()``): psycopg's own API where
+  SQLAlchemy would cost a measurable share, namely COPY (the ingestion writer, CSV/NDJSON
+  exports) and the drain's set-based batch statement.
+
 from __future__ import annotations
 
 from contextlib import contextmanager

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 # A developer's .env must not leak into the tests (nor into the processes they start).
 os.environ["MOLAM_ENV_FILE"] = ""

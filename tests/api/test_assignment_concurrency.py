@@ -12,6 +12,8 @@ from werkzeug.serving import make_server
 
 from core.config import libpq_url
 
+pytestmark = pytest.mark.slow
+
 CALLS = 200
 
 

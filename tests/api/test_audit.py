@@ -115,6 +115,7 @@ def test_audit_list_paginates(client, auth, create_experiment):
     assert json.loads(response.headers["X-Pagination"])["total"] == 5
 
 
+@pytest.mark.slow
 def test_concurrent_mutations_keep_one_chain(app, auth, create_experiment):
     from concurrent.futures import ThreadPoolExecutor
 

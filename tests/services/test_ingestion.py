@@ -92,6 +92,7 @@ def test_randomised_stream_with_duplicates_matches_a_from_scratch_aggregation(po
     assert (backlog.length, backlog.pending) == (0, 0)
 
 
+@pytest.mark.slow
 def test_concurrent_drains_on_overlapping_users_stay_exact(population, redis_client, settings, monkeypatch):
     rng = random.Random(7)
     monkeypatch.setattr(ingestion_writer, "BATCH_EVENTS", 300)

@@ -227,6 +227,7 @@ def test_cannot_pause_the_last_active_arm(app, settings, create_experiment, redi
     assert outcome.startswith("not applied: cannot pause the last active variant")
 
 
+@pytest.mark.slow
 def test_concurrent_scans_record_each_finding_once(app, settings, create_experiment, redis_client):
     for n in range(3):
         losing_experiment(create_experiment, settings, name=f"Exp {n}", guardrails=[], fail_fast={"action": "pause_variant"})

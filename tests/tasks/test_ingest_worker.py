@@ -95,6 +95,7 @@ def test_tasks_have_explicit_names_and_workers_send_events(settings):
     assert celery.conf.beat_schedule["ingest.drain_events"]["task"] == "ingest.drain_events"
 
 
+@pytest.mark.slow
 def test_worker_drains_events_accepted_by_the_api(client, auth, create_experiment, settings, start_worker):
     experiment = create_experiment(start=True)
     assign_users(settings, experiment, [f"u{i}" for i in range(10)])
@@ -108,6 +109,7 @@ def test_worker_drains_events_accepted_by_the_api(client, auth, create_experimen
     assert rollup_mismatches(settings) == []
 
 
+@pytest.mark.slow
 def test_kill_9_mid_stream_loses_nothing_and_counts_nothing_twice(client, auth, create_experiment, settings,
                                                                   start_worker):
     rng = random.Random(20_000)

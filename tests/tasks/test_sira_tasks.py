@@ -68,6 +68,7 @@ def test_fail_fast_task_twice_records_once(sira_tasks, create_experiment, settin
     assert count(settings, "SELECT count(*) FROM experiment_audit_logs WHERE actor = 'sira'") == 1
 
 
+@pytest.mark.slow
 def test_concurrent_task_runs_are_safe(sira_tasks, create_experiment, settings):
     losing_bandit(create_experiment, settings)
     barrier = threading.Barrier(3)
