@@ -12,7 +12,7 @@
 - **Raw driver connection** (``get_engine().raw_connection()``): psycopg's own API where
   SQLAlchemy would cost a measurable share, namely COPY (the ingestion writer, CSV/NDJSON
   exports) and the drain's set-based batch statement.
-
+"""
 from __future__ import annotations
 
 from contextlib import contextmanager
