@@ -9,7 +9,7 @@ import pytest
 from api import cli_demo
 from core.redis import get_redis
 from services.ingestion import staging
-from tests.ingestion_support import count_rows
+from tests.support.ingestion import count_rows
 
 
 @pytest.fixture

@@ -11,22 +11,22 @@ from alembic import command
 from alembic.config import Config
 
 from core import db
-from core.config import PROJECT_ROOT
-from tests.conftest import _create_database, _plain
+from core.config import PROJECT_ROOT, libpq_url
+from tests.support.database import create_database
 
 
 @pytest.fixture(scope="module")
 def replica_url(migrated_database: str) -> str:
-    primary = psycopg.conninfo.conninfo_to_dict(_plain(migrated_database))["dbname"]
+    primary = psycopg.conninfo.conninfo_to_dict(libpq_url(migrated_database))["dbname"]
     name = primary.removesuffix("_test") + "_replica_test"
     url = migrated_database.rsplit("/", 1)[0] + "/" + name
-    _create_database(url)
+    create_database(url)
     config = Config(str(PROJECT_ROOT / "alembic.ini"))
     config.attributes["url"] = url
     config.attributes["configure_logging"] = False
     command.upgrade(config, "head")
     yield url
-    with psycopg.connect(_plain(migrated_database), dbname="postgres", autocommit=True) as conn:
+    with psycopg.connect(libpq_url(migrated_database), dbname="postgres", autocommit=True) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,)
         )
@@ -37,7 +37,7 @@ def replica_url(migrated_database: str) -> str:
 def replica_client(settings, replica_url, migrated_database):
     from api import create_app
 
-    with psycopg.connect(_plain(replica_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(replica_url), autocommit=True) as conn:
         conn.execute("SET session_replication_role = replica")
         conn.execute("TRUNCATE experiments, experiment_variants, experiment_assignments, experiment_metrics, "
                      "experiment_variant_rollups, experiment_user_rollups, sira_reports, experiment_audit_logs CASCADE")
@@ -52,9 +52,9 @@ def replica_client(settings, replica_url, migrated_database):
 
 def copy_rows(primary_url: str, replica_url: str, table: str, where: str, params: tuple) -> int:
     """Replicate rows by hand: what streaming replication would have done by now."""
-    with psycopg.connect(_plain(primary_url)) as source:
+    with psycopg.connect(libpq_url(primary_url)) as source:
         rows = [r[0] for r in source.execute(f"SELECT row_to_json(t) FROM {table} t WHERE {where}", params)]
-    with psycopg.connect(_plain(replica_url), autocommit=True) as target:
+    with psycopg.connect(libpq_url(replica_url), autocommit=True) as target:
         target.execute("SET session_replication_role = replica")
         for row in rows:
             target.execute(f"INSERT INTO {table} SELECT * FROM json_populate_record(NULL::{table}, %s)", (json.dumps(row),))
@@ -62,7 +62,7 @@ def copy_rows(primary_url: str, replica_url: str, table: str, where: str, params
 
 
 def count(url: str, sql: str, params: tuple = ()) -> int:
-    with psycopg.connect(_plain(url)) as conn:
+    with psycopg.connect(libpq_url(url)) as conn:
         return conn.execute(sql, params).fetchone()[0]
 
 
@@ -70,7 +70,7 @@ def test_reads_come_from_the_replica_and_writes_stay_on_the_primary(replica_clie
     primary = settings.database_url
     client = replica_client
     admin = auth("ops_admin")
-    from tests.conftest import experiment_body
+    from tests.support.api import experiment_body
 
     # Writes: create and start go to the primary only.
     created = client.post("/api/experiments", json=experiment_body(), headers=admin)
@@ -111,7 +111,7 @@ def test_reads_come_from_the_replica_and_writes_stay_on_the_primary(replica_clie
     assert client.get(f"/api/reports/{reports[0]['id']}", headers=admin).status_code == 200
 
     # A user only the replica knows shows up in an export: the read really went there.
-    with psycopg.connect(_plain(replica_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(replica_url), autocommit=True) as conn:
         conn.execute("SET session_replication_role = replica")
         conn.execute(
             "INSERT INTO experiment_assignments (experiment_id, variant_id, molam_id) "

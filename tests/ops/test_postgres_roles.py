@@ -13,8 +13,8 @@ from alembic import command
 from alembic.config import Config
 from psycopg import sql
 
-from core.config import PROJECT_ROOT
-from tests.conftest import _create_database, _plain
+from core.config import PROJECT_ROOT, libpq_url
+from tests.support.database import create_database
 
 SCRIPT = PROJECT_ROOT / "deploy/postgres/10-app-role.sh"
 
@@ -23,15 +23,15 @@ SCRIPT = PROJECT_ROOT / "deploy/postgres/10-app-role.sh"
 def role_database(migrated_database):
     if shutil.which("psql") is None:
         pytest.skip("psql is not installed")
-    primary = psycopg.conninfo.conninfo_to_dict(_plain(migrated_database))
+    primary = psycopg.conninfo.conninfo_to_dict(libpq_url(migrated_database))
     name = primary["dbname"].removesuffix("_test") + "_roles_test"
     role = f"{name}_app"
     url = migrated_database.rsplit("/", 1)[0] + "/" + name
-    _create_database(url)
+    create_database(url)
     try:
         yield url, name, role, primary
     finally:
-        with psycopg.connect(_plain(migrated_database), dbname="postgres", autocommit=True) as conn:
+        with psycopg.connect(libpq_url(migrated_database), dbname="postgres", autocommit=True) as conn:
             conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
@@ -54,7 +54,7 @@ def test_the_app_role_gets_rows_not_schema(role_database):
     config.attributes["configure_logging"] = False
     command.upgrade(config, "head")  # as the owner, after the role exists: default privileges apply
 
-    app_url = psycopg.conninfo.make_conninfo(_plain(url), user=role, password="app-password-for-the-test")
+    app_url = psycopg.conninfo.make_conninfo(libpq_url(url), user=role, password="app-password-for-the-test")
     with psycopg.connect(app_url, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM experiments").fetchone()[0] == 0
         conn.execute("INSERT INTO experiment_metric_dead_letters (event_id, payload, error) VALUES ('e1', '{}', 'check')")
@@ -77,6 +77,6 @@ def test_the_app_role_gets_rows_not_schema(role_database):
             )
         }
         assert granted == {"SELECT", "INSERT", "UPDATE", "DELETE"}
-    with psycopg.connect(_plain(url)) as conn:
+    with psycopg.connect(libpq_url(url)) as conn:
         superuser, = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
         assert superuser is False

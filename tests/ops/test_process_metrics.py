@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from core.config import PROJECT_ROOT, redis_url_with_db
 from core.redis import get_redis
 from services.ingestion import staging
-from tests.ingestion_support import count_rows
+from tests.support.ingestion import count_rows
 
 pytestmark = pytest.mark.slow
 SERVICE = "pay_module"

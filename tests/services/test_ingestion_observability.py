@@ -11,8 +11,8 @@ from core import db, metrics
 from core.redis import get_redis
 from services.ingestion import staging as ingestion
 from services.ingestion import writer as ingestion_writer
-from tests.ingestion_support import assign_users
 from tests.services.test_ingestion import make_record
+from tests.support.ingestion import assign_users
 
 
 @pytest.fixture
