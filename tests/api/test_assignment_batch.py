@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 import psycopg
 import pytest
 
+from core.config import libpq_url
 from services.experiments import assignment
 from services.experiments.definitions import get_definition
 
@@ -26,7 +27,7 @@ def _post(client, auth, exposures, role=SERVICE):
 
 
 def _rows(settings, experiment_id):
-    plain = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    plain = libpq_url(settings.database_url)
     with psycopg.connect(plain) as conn:
         return dict(
             conn.execute(

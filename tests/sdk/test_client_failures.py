@@ -6,6 +6,8 @@ import time
 
 from molam_experiments import Client
 
+from core.config import libpq_url
+
 
 def _dead_url() -> str:
     with socket.socket() as probe:
@@ -82,7 +84,7 @@ def test_upload_errors_are_retried_with_backoff_without_blocking_assign(faulty_p
         assert faulty_proxy.requests.count("POST /api/assignments/batch") >= 4
         import psycopg
 
-        with psycopg.connect(settings.database_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        with psycopg.connect(libpq_url(settings.database_url)) as conn:
             stored = dict(conn.execute(
                 "SELECT molam_id, variant_id::text FROM experiment_assignments WHERE experiment_id = %s", (experiment["id"],)
             ).fetchall())
