@@ -147,7 +147,9 @@ class Client:
             capacity=exposure_queue_size, batch_size=exposure_batch_size, interval_s=exposure_flush_interval_s,
             backoff_base_s=backoff_base_s, backoff_cap_s=backoff_cap_s,
         )
-        self._refresh_transport = Transport(base_url, token, timeout_s)
+        # Background downloads may meet a snapshot being rebuilt after a change: allow them
+        # the upload timeout rather than the hot path's.
+        self._refresh_transport = Transport(base_url, token, upload_timeout_s)
         if not self._fetch(self._refresh_transport, timeout_s=start_timeout_s) and bootstrap_path is not None:
             self._load_bootstrap(Path(bootstrap_path))
         self._refresher = threading.Thread(target=self._refresh_loop, name="molam-definitions", daemon=True)
@@ -397,8 +399,9 @@ class Client:
                         etag = json.loads(event.data)["etag"]
                     except (ValueError, KeyError, TypeError):
                         continue
-                    if etag != self._etag:
-                        self._fetch(transport)
+                    if etag != self._etag and not self._fetch(transport):
+                        # Leave the stream: the outer loop downloads again, then reconnects.
+                        return self._backoff_base_s
                 elif event.name == "reconnect":
                     return None
         except TransportError as exc:
