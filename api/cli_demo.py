@@ -220,7 +220,7 @@ def run_demo(
         simulate_user(api, rng, experiments, tally)
 
     with ThreadPoolExecutor(workers) as pool, click.progressbar(
-        length=seconds, label="Simulating users", show_eta=True,
+        range(seconds), label="Simulating users", show_eta=True,
         item_show_func=lambda _: f"{tally['users']} users, {tally['events']} events, {tally['errors']} errors",
     ) as bar:
         elapsed = 0

@@ -122,7 +122,9 @@ def handler(log_format: str, process: str, stream: Any = None) -> logging.Handle
 _OWN_HANDLERS = ("gunicorn.error", "gunicorn.access", "celery", "celery.task", "celery.redirected")
 
 
-def configure_logging(log_format: str = "json", level: str = "INFO", *, process: str, stream: Any = None) -> logging.Handler:
+def configure_logging(
+    log_format: str = "json", level: int | str = "INFO", *, process: str, stream: Any = None
+) -> logging.Handler:
     """Route every logger through one handler on the root logger; returns that handler."""
     root = logging.getLogger()
     for existing in list(root.handlers):
