@@ -79,8 +79,8 @@ def main() -> int:
     print(f"  OpenAPI        http://localhost:{settings.port}/openapi.json  (docs: /docs)")
     print(f"  Health         http://localhost:{settings.port}/healthz  /readyz")
     print(f"  Metrics        http://localhost:{settings.port}/metrics  (worker :{settings.worker_metrics_port}, beat :{settings.beat_metrics_port})")
-    print(f"  Demo traffic   make demo  (in another terminal)")
-    print(f"  Flower         make flower  → http://localhost:5555")
+    print("  Demo traffic   make demo  (in another terminal)")
+    print("  Flower         make flower  → http://localhost:5555")
     if not settings.molam_id_public_key and not settings.is_production:
         print("\nDevelopment tokens (24 h):")
         for role in ROLES:

@@ -19,7 +19,9 @@ from core import db
 from core.config import Settings, load_settings
 from core.redis import reset_clients
 
-from . import logs as _logs, metrics as _metrics  # noqa: F401 - connect their Celery signals
+# Imported for their Celery signal handlers: logging set-up, the metrics exporters.
+from . import logs as _logs  # noqa: F401
+from . import metrics as _metrics  # noqa: F401
 
 #: Connections per worker process (prefork children each get their own pool).
 WORKER_POOL = {"pool_size": 5, "max_overflow": 5}

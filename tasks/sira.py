@@ -10,11 +10,12 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from celery import shared_task
+
 from core import metrics
 from core.redis import get_redis
-from services.analysis import jobs as sira_jobs, reports as sira_reports
-
-from celery import shared_task
+from services.analysis import jobs as sira_jobs
+from services.analysis import reports as sira_reports
 
 from .celery_app import current_settings
 
