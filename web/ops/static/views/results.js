@@ -191,6 +191,21 @@ function numbersTable(results, metric, lowerIsBetter) {
       }))));
 }
 
+function chartsFor(results, experiment, metric, lowerIsBetter) {
+  const hasDifference = results.variants.some((v) => v.metrics[metric]?.difference);
+  return [
+    section(`${metric} rate per variant`, rateChart(results, metric)),
+    section(`Uplift of ${metric} versus control`, upliftChart(results, metric) || h("p", { class: "muted" }, "No comparison yet.")),
+    hasDifference ? section("Difference versus control (percentage points)", upliftChart(results, metric, "difference")) : null,
+    metric === results.primary_metric
+      ? section("Posterior densities", densityChart(results.variants.map((v, index) => ({ label: v.name, colorIndex: index, color: colorOf(index), alpha: v.alpha, beta: v.beta })),
+        { label: `Posterior densities of ${metric}${lowerIsBetter ? " (users without the event)" : ""} per arm` }))
+      : null,
+    revenueSection(results, metric),
+    guardrailSection(results, experiment),
+  ];
+}
+
 /** Render results into `container`; `state.metric` is the metric shown (kept across refreshes). */
 export function renderResults(container, results, experiment, state) {
   const types = Object.keys(results.variants[0]?.metrics || {});
@@ -199,7 +214,6 @@ export function renderResults(container, results, experiment, state) {
   const lowerIsBetter = (results.lower_is_better || []).includes(metric);
   const srm = results.srm;
   const hasData = results.variants.some((v) => v.assigned_users > 0);
-  const hasDifference = results.variants.some((v) => v.metrics[metric]?.difference);
   replace(container,
     h("div", { class: "toolbar" },
       h("label", { class: "inline-field" }, "Metric ",
@@ -213,16 +227,8 @@ export function renderResults(container, results, experiment, state) {
       h("strong", {}, srm.flagged ? "Sample ratio mismatch" : "SRM check"), " ",
       finite(srm.p_value) ? `χ² = ${decimal(srm.chi2, 2)}, p = ${Number(srm.p_value).toPrecision(3)}. ` : "",
       srm.message) : null,
-    hasData ? null : h("p", { class: "muted" }, "No assigned users yet: the charts fill in as traffic arrives."),
-    section(`${metric} rate per variant`, rateChart(results, metric)),
-    section(`Uplift of ${metric} versus control`, upliftChart(results, metric) || h("p", { class: "muted" }, "No comparison yet.")),
-    hasDifference ? section("Difference versus control (percentage points)", upliftChart(results, metric, "difference")) : null,
-    metric === results.primary_metric
-      ? section("Posterior densities", densityChart(results.variants.map((v, index) => ({ label: v.name, colorIndex: index, color: colorOf(index), alpha: v.alpha, beta: v.beta })),
-        { label: `Posterior densities of ${metric}${lowerIsBetter ? " (users without the event)" : ""} per arm` }))
-      : null,
-    revenueSection(results, metric),
-    guardrailSection(results, experiment),
+    hasData ? null : h("p", { class: "muted" }, "No assigned users yet: the charts appear as traffic arrives."),
+    hasData ? chartsFor(results, experiment, metric, lowerIsBetter) : null,
     numbersTable(results, metric, lowerIsBetter),
     h("p", { class: "muted small" }, "Rates are per assigned user (a user counts once). Fixed-horizon intervals hold for one look at a planned sample size; always-valid ones stay valid however often you look. P(best) is on the primary metric; weight is the share of new users the arm receives now."),
   );
