@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: run migrate demo start stop logs test lint fuzz flower bench-assign bench-ingest bench-sira bench-bandit bench-sim bench-sdk vectors clean
+.PHONY: run migrate demo start stop logs test lint fuzz flower bench-compare bench-assign bench-ingest bench-sira bench-bandit bench-sim bench-sdk vectors clean
 
 # docker compose v2, or the older docker-compose
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
@@ -48,6 +48,12 @@ lint: $(STAMP)
 ## Flower on :5555 against the configured broker.
 flower: $(STAMP)
 	$(BIN)/celery -A tasks.celery_app flower --port=5555
+
+## Side by side, interleaved rounds: assign and track vs Sixpack 2.7.0 and a bare Flask+Redis ceiling (shipped defaults).
+## BENCH_REDIS_URL picks the Redis server (databases 8-13 are flushed); BENCH_COMPARE_ARGS e.g. "--rounds 1 --duration 5".
+bench-compare: $(STAMP)
+	bash bench/compare/setup.sh
+	$(BIN)/python bench/compare/side_by_side.py $(BENCH_COMPARE_ARGS)
 
 ## Assignment benchmark (needs wrk): cached and new-user assign vs a bare Flask+Redis baseline.
 bench-assign: $(STAMP)

@@ -13,9 +13,8 @@ from core.errors import Invalid
 from services.experiments import assignment as service
 from services.sdk import exposures as exposure_service
 
-from . import context
+from . import context, ratelimit
 from .auth import require
-from .ratelimit import rate_limited
 from .schemas import StrictSchema, _code_in
 
 blp = Blueprint(
@@ -69,7 +68,6 @@ class StoredAssignmentOutSchema(ma.Schema):
 
 @blp.route("/<uuid:experiment_id>/assign", methods=["POST"])
 @require("assign")
-@rate_limited
 @blp.arguments(ASSIGN_REQUEST)
 @blp.response(200, AssignmentOutSchema)
 @blp.alt_response(404, description="Unknown experiment")
@@ -81,19 +79,18 @@ def assign(user: service.UserContext, experiment_id: uuid.UUID):
     # The service builds the response in its final shape; returning a Response
     # skips a second marshmallow pass on the hot path (flask-smorest passes
     # Responses through), while the schema above still documents it.
-    return jsonify(service.assign(context.redis_client(), experiment_id, user))
+    return context.json_response(service.assign(context.redis_client(), experiment_id, user, ratelimit.budget()))
 
 
 @blp.route("/<uuid:experiment_id>/assignment/<string(maxlength=200):molam_id>", methods=["GET"])
 @require("assign")
-@rate_limited
 @blp.response(200, StoredAssignmentOutSchema)
 @blp.alt_response(404, description="Unknown experiment, or no assignment for this user")
 @blp.alt_response(429, description="Rate limit exceeded (Retry-After)")
 @blp.alt_response(503, description="PostgreSQL unreachable and the assignment not cached (Retry-After)")
 def get_assignment(experiment_id: uuid.UUID, molam_id: str):
     """The user's stored assignment in an experiment."""
-    return jsonify(service.stored_assignment(context.redis_client(), experiment_id, molam_id))
+    return context.json_response(service.stored_assignment(context.redis_client(), experiment_id, molam_id, ratelimit.budget()))
 
 
 # --- exposures decided by SDK clients ---------------------------------------------------

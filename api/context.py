@@ -1,8 +1,11 @@
 """Per-request plumbing: the database session, the actor, the Redis client."""
 from __future__ import annotations
 
+import json
+
+import orjson
 import redis
-from flask import current_app, g, request
+from flask import Response, current_app, g, request
 from sqlalchemy.orm import Session
 
 from core import db
@@ -56,3 +59,16 @@ _MAX_OFFSET = 2**62
 def page_offset(pagination_parameters) -> int:  # noqa: ANN001
     """The row offset of the requested page, clamped so an absurd ``page`` is an empty page, not a 500."""
     return min(pagination_parameters.first_item, _MAX_OFFSET)
+
+
+def json_response(payload: object, status: int = 200) -> Response:
+    """A JSON response encoded by orjson (several times faster than the stdlib on the hot paths).
+
+    orjson refuses what the stdlib accepts in two corners (integers beyond 64 bits in a
+    variant's config, lone surrogates in client strings): those take the stdlib.
+    """
+    try:
+        body = orjson.dumps(payload)
+    except TypeError:
+        body = json.dumps(payload, separators=(",", ":")).encode()
+    return Response(body, status=status, mimetype="application/json")

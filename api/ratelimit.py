@@ -1,86 +1,43 @@
-"""Rate limiting of the assignment endpoints: Flask-Limiter on Redis, one budget per caller.
+"""Rate limiting of the assignment endpoints: one budget per caller, counted in the request's own Redis call.
 
 The budget (``Settings.assign_rate_limit``, e.g. ``120000/minute``) is keyed by the
-caller's token ``sub`` and shared by ``POST /assign`` and ``GET /assignment``.
-The check runs after authentication (``@require`` wraps ``@rate_limited``), so the
-key is always a verified subject and an unauthenticated request costs no counter.
+caller's token ``sub`` and shared by ``POST /assign`` and ``GET /assignment``. The
+views hand :func:`budget` to the assignment service, which spends it in the same
+Lua call that reads the cached definition and assignment
+(:mod:`services.ratelimit`): no extra round trip, and one counter in Redis for all
+gunicorn workers. A refused request gets 429 with ``Retry-After`` (seconds until
+the window resets) and the standard error payload; nothing is read or stored for it.
 
-Each app gets its own :class:`~flask_limiter.Limiter` (tests build several apps in
-one process, pointing at different Redis servers). When Redis is unreachable the
-limiter falls back to per-process in-memory counters rather than failing requests,
-and goes back to Redis once it answers again.
+The check runs after authentication and body validation (the service call is the
+view's first Redis access), so the key is always a verified subject and neither an
+unauthenticated nor a malformed request costs a counter. When Redis is unreachable
+each process enforces ``limit / WEB_CONCURRENCY`` on its own counters (fail open to a
+per-process budget) and goes back to Redis once it answers again.
+
+Flask-Limiter did the same job with a second Redis round trip and its own
+bookkeeping in ``before_request`` and around the view; bench/README.md
+("Rate limiting") has the measurement that justified writing this by hand.
 """
 from __future__ import annotations
 
-import functools
-import logging
-import time
-from typing import Any, Callable, TypeVar
-
-from flask import Flask, current_app, g, jsonify
-from flask_limiter import Limiter, RateLimitExceeded
+from flask import Flask, current_app, g
 
 from core.config import Settings
-from core.errors import error_body
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-log = logging.getLogger(__name__)
+from services.ratelimit import Budget, RatePolicy
 
 EXTENSION = "assign_rate_limit"
 SCOPE = "assign"
 
 
-def _caller() -> str:
-    return g.principal.sub
-
-
-def init_rate_limiting(app: Flask, settings: Settings) -> Limiter | None:
+def init_rate_limiting(app: Flask, settings: Settings) -> RatePolicy | None:
     if not settings.rate_limit_enabled:
         return None
-    limiter = Limiter(
-        key_func=_caller,
-        storage_uri=settings.redis_url,
-        storage_options={"socket_connect_timeout": 0.5, "socket_timeout": 1.0},
-        # One INCR+EXPIRE round trip per request; the sliding variants cost more.
-        strategy="fixed-window",
-        key_prefix="ratelimit",
-        # Headers on every response would cost a second Redis read per request;
-        # Retry-After is computed only for refused requests (below).
-        headers_enabled=False,
-        in_memory_fallback_enabled=True,
-        swallow_errors=True,
-    )
-    limiter.init_app(app)
-    decorate = limiter.shared_limit(settings.assign_rate_limit, scope=SCOPE, key_func=_caller)
-    app.extensions[EXTENSION] = {"limiter": limiter, "decorate": decorate, "views": {}}
-
-    @app.errorhandler(RateLimitExceeded)
-    def too_many_requests(error: RateLimitExceeded):  # noqa: ANN202
-        retry_after = 1
-        try:
-            current = limiter.current_limit
-            if current is not None:
-                retry_after = max(1, int(current.reset_at - time.time()))
-        except Exception as exc:  # noqa: BLE001 - the refusal stands; only the hint is lost
-            log.warning("could not compute Retry-After: %s", exc)
-        message = f"rate limit of {error.description} per caller exceeded; retry after {retry_after} s"
-        return jsonify(error_body(429, message)), 429, {"Retry-After": str(retry_after)}
-
-    return limiter
+    policy = RatePolicy.parse(SCOPE, settings.assign_rate_limit, settings.worker_processes)
+    app.extensions[EXTENSION] = policy
+    return policy
 
 
-def rate_limited(view: F) -> F:
-    """Apply the app's assignment budget to ``view`` (a no-op when rate limiting is off)."""
-
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        state = current_app.extensions.get(EXTENSION)
-        if state is None:
-            return view(*args, **kwargs)
-        limited = state["views"].get(view)
-        if limited is None:
-            limited = state["views"].setdefault(view, state["decorate"](view))
-        return limited(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+def budget() -> Budget | None:
+    """The current caller's assignment budget (``None`` when rate limiting is off)."""
+    policy: RatePolicy | None = current_app.extensions.get(EXTENSION)
+    return None if policy is None else policy.budget(g.principal.sub)

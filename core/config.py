@@ -107,6 +107,9 @@ class Settings:
     # Assignment hot path
     assign_rate_limit: str = "120000/minute"
     rate_limit_enabled: bool = True
+    # gunicorn worker processes (gunicorn.conf.py reads the same variable): the
+    # per-process share of the budget while Redis is unreachable.
+    worker_processes: int = 4
     # SIRA schedules (seconds) and daily report time (UTC)
     recompute_interval_s: float = 30.0
     fail_fast_interval_s: float = 60.0
@@ -189,6 +192,7 @@ def load_settings() -> Settings:
         molam_id_audience=_str("MOLAM_ID_AUDIENCE"),
         assign_rate_limit=_str("ASSIGN_RATE_LIMIT", defaults.assign_rate_limit),
         rate_limit_enabled=_str("RATE_LIMIT_ENABLED", "1") not in ("0", "false", "no"),
+        worker_processes=_int("WEB_CONCURRENCY", defaults.worker_processes),
         recompute_interval_s=_float("SIRA_RECOMPUTE_INTERVAL", defaults.recompute_interval_s),
         fail_fast_interval_s=_float("SIRA_FAIL_FAST_INTERVAL", defaults.fail_fast_interval_s),
         ingest_drain_interval_s=_float("INGEST_DRAIN_INTERVAL", defaults.ingest_drain_interval_s),

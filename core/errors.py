@@ -37,6 +37,19 @@ class Invalid(DomainError):
     status = 422
 
 
+class RateLimited(DomainError):
+    """The caller's request budget is spent; ``Retry-After`` says when the window resets."""
+
+    status = 429
+
+    def __init__(self, description: str, retry_after_s: int):
+        super().__init__(
+            f"rate limit of {description} per caller exceeded; retry after {retry_after_s} s",
+            headers={"Retry-After": str(retry_after_s)},
+        )
+        self.retry_after_s = retry_after_s
+
+
 class Unavailable(DomainError):
     """A dependency is down; the client should retry later."""
 

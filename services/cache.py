@@ -39,6 +39,11 @@ def weights_key(experiment_id: uuid.UUID | str) -> str:
     return f"sira:weights:{experiment_id}"
 
 
+def rate_limit_key(scope: str, caller: str) -> str:
+    """A caller's fixed-window request counter (``INCR``; the key lives for one window)."""
+    return f"ratelimit:{scope}:{caller}"
+
+
 def invalidate_definition(client: redis.Redis, experiment_id: uuid.UUID | str) -> bool:
     """Drop the cached definition; returns False (and logs) when Redis is unreachable."""
     try:

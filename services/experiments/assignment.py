@@ -27,8 +27,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
+import psycopg
 import redis
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
@@ -39,6 +40,7 @@ from core.metrics import EXPERIMENT_ASSIGNMENTS, SIRA_DECISION_LATENCY
 from models.enums import TARGETING_LIST_KEYS, ExperimentMode, ExperimentStatus
 
 from ..cache import assignment_key, definition_key, weights_key
+from ..ratelimit import Budget, read_with_budget
 from .definitions import Definition, VariantDefinition, load_definition, parse_definition
 
 log = logging.getLogger(__name__)
@@ -269,17 +271,36 @@ def _cache_assignment(client: redis.Redis | None, experiment_id: str, molam_id: 
         _mark_down(client, exc)
 
 
-def _read_cached(client: redis.Redis | None, experiment_id: str, molam_id: str) -> tuple[redis.Redis | None, bytes | None, bytes | None]:
-    """One round trip for the definition and the user's assignment; (None, None, None) if Redis is down."""
+class Cached(NamedTuple):
+    """What one round trip brought back: the client to keep using (None: Redis is down) and the raw copies."""
+
+    client: redis.Redis | None
+    definition: bytes | None
+    assignment: bytes | None
+    weights: bytes | None
+
+
+_REDIS_DOWN = Cached(None, None, None, None)
+
+
+def _read_cached(client: redis.Redis | None, experiment_id: str, molam_id: str, budget: Budget | None) -> Cached:
+    """One round trip: spend the caller's budget, read the definition, the assignment and the bandit weights.
+
+    Raises :class:`RateLimited` when the budget is spent; when Redis is down the
+    budget is spent in this process instead and nothing is cached.
+    """
     client = _usable(client)
-    if client is None:
-        return None, None, None
-    try:
-        raw_definition, raw_assignment = client.mget(definition_key(experiment_id), assignment_key(experiment_id, molam_id))
-    except redis.RedisError as exc:
-        _mark_down(client, exc)
-        return None, None, None
-    return client, raw_definition, raw_assignment
+    if client is not None:
+        keys = [definition_key(experiment_id), assignment_key(experiment_id, molam_id), weights_key(experiment_id)]
+        try:
+            raw_definition, raw_assignment, raw_weights = read_with_budget(client, budget, keys)
+        except redis.RedisError as exc:
+            _mark_down(client, exc)
+        else:
+            return Cached(client, raw_definition, raw_assignment, raw_weights)
+    if budget is not None:
+        budget.spend_locally()
+    return _REDIS_DOWN
 
 
 def _definition(client: redis.Redis | None, experiment_id: str, raw: bytes | None) -> Definition:
@@ -309,25 +330,27 @@ def _cached_variant(definition: Definition, raw: bytes | None) -> tuple[VariantD
 # --- the service -----------------------------------------------------------------------
 
 
-def assign(client: redis.Redis | None, experiment_id: uuid.UUID | str, user: UserContext) -> dict[str, Any]:
+def assign(
+    client: redis.Redis | None, experiment_id: uuid.UUID | str, user: UserContext, budget: Budget | None = None
+) -> dict[str, Any]:
     """Return the user's variant, deciding and recording it on the first call.
 
-    A returning user with a warm cache costs one Redis round trip and no database
-    connection. Raises NotFound (unknown experiment), Conflict (not running) and
-    Unavailable (PostgreSQL down and the answer is not cached).
+    A returning user with a warm cache costs one Redis round trip (which also spends
+    the caller's ``budget``) and no database connection. Raises RateLimited, NotFound
+    (unknown experiment), Conflict (not running) and Unavailable (PostgreSQL down and
+    the answer is not cached).
     """
     experiment_id = str(experiment_id)
-    client, raw_definition, raw_assignment = _read_cached(client, experiment_id, user.molam_id)
-    definition = _definition(client, experiment_id, raw_definition)
+    cached = _read_cached(client, experiment_id, user.molam_id, budget)
+    definition = _definition(cached.client, experiment_id, cached.definition)
     if not definition.is_running:
         raise Conflict(f"experiment {experiment_id} is {definition.status}; users are assigned only while it is running")
-    cached = _cached_variant(definition, raw_assignment)
-    if cached is not None:
-        return _assigned(definition, user.molam_id, cached[0], cached[1], new=False)
+    held = _cached_variant(definition, cached.assignment)
+    if held is not None:
+        return _assigned(definition, user.molam_id, held[0], held[1], new=False)
     with SIRA_DECISION_LATENCY.time():
         try:
-            with _autocommit() as connection:
-                return _decide(client, connection, definition, user)
+            return _decide(cached, definition, user)
         except _DATABASE_DOWN as exc:
             raise Unavailable(
                 "PostgreSQL is unreachable: new assignments cannot be recorded; retry shortly",
@@ -335,12 +358,13 @@ def assign(client: redis.Redis | None, experiment_id: uuid.UUID | str, user: Use
             ) from exc
 
 
-def _decide(client: redis.Redis | None, connection: Connection, definition: Definition, user: UserContext) -> dict[str, Any]:
+def _decide(cached: Cached, definition: Definition, user: UserContext) -> dict[str, Any]:
+    client = cached.client
     reason = targeting_reason(definition, user)
     if reason is not None:
         # The request's attributes may have changed since the user was assigned:
         # an assignment, once made, is kept (sticky) whatever the user sends later.
-        row = _existing(connection, definition.id, user.molam_id)
+        row = _on_held(_existing, definition.id, user.molam_id)
         if row is None:
             return _not_eligible(definition, user.molam_id, reason)
         return _finish(client, definition, user.molam_id, row, new=False)
@@ -349,12 +373,12 @@ def _decide(client: redis.Redis | None, connection: Connection, definition: Defi
     if not in_coverage(definition, user.molam_id):
         return _not_eligible(definition, user.molam_id, "outside_coverage")
     for attempt in range(2):
-        variant = _choose(client, definition, user.molam_id)
-        row = _insert(connection, definition.id, variant.id, user)
+        variant = _choose(definition, user.molam_id, cached.weights)
+        row = _on_held(_insert, definition.id, variant.id, user)
         if row is not None:
             EXPERIMENT_ASSIGNMENTS.labels(experiment_id=definition.id).inc()
             return _finish(client, definition, user.molam_id, row, new=True)
-        row = _existing(connection, definition.id, user.molam_id)
+        row = _on_held(_existing, definition.id, user.molam_id)
         if row is not None:
             return _finish(client, definition, user.molam_id, row, new=False)
         # Nothing inserted and nothing there: the cached definition is stale (the
@@ -365,30 +389,72 @@ def _decide(client: redis.Redis | None, connection: Connection, definition: Defi
     raise Unavailable("the experiment changed during assignment; retry", retry_after=1)
 
 
-def _autocommit() -> Connection:
-    """A pooled connection in autocommit mode: each statement is its own transaction.
+class _HeldConnection(threading.local):
+    engine: Any = None
+    connection: Connection | None = None
 
-    The miss path needs exactly one statement in the common case (the INSERT), so
-    this saves the BEGIN and COMMIT round trips a session would add.
+
+_held = _HeldConnection()
+
+
+def _connection() -> Connection:
+    """This thread's autocommit connection for the assignment statements.
+
+    Each statement is its own transaction: the miss path needs exactly one in the
+    common case (the INSERT), so there is no BEGIN or COMMIT round trip. The
+    connection stays checked out by the thread between requests, which spares the
+    pool's checkout and its pre-ping round trip on every first-time user; one that
+    has died (PostgreSQL restarted) is dropped by :func:`_on_held`, and the next
+    statement checks out a fresh, pre-pinged one.
     """
-    return db.get_engine().connect().execution_options(isolation_level="AUTOCOMMIT")
+    engine = db.get_engine()
+    connection = _held.connection
+    if connection is None or _held.engine is not engine or connection.closed or connection.invalidated:
+        if connection is not None:
+            _release_held()
+        connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        _held.engine, _held.connection = engine, connection
+    return connection
 
 
-def _choose(client: redis.Redis | None, definition: Definition, molam_id: str) -> VariantDefinition:
+def _release_held(invalidate: bool = False) -> None:
+    connection, _held.connection, _held.engine = _held.connection, None, None
+    if connection is None:
+        return
+    try:
+        if invalidate:
+            connection.invalidate()
+        connection.close()
+    except Exception as exc:  # noqa: BLE001 - it is being thrown away
+        log.debug("discarding a held connection: %s", exc)
+
+
+def _on_held(statement: Callable[..., Any], *args: Any) -> Any:
+    """Run ``statement(connection, *args)`` on this thread's held connection.
+
+    A held connection that died since its last use fails here: it is discarded and
+    the statement retried once on a fresh one (``INSERT … ON CONFLICT DO NOTHING`` and
+    the SELECT are both safe to repeat). Driver errors of a lost connection surface
+    as SQLAlchemy's, so callers handle one family.
+    """
+    for attempt in (0, 1):
+        try:
+            return statement(_connection(), *args)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            _release_held(invalidate=True)
+            if attempt:
+                raise sa_exc.OperationalError(getattr(statement, "__name__", "statement"), None, exc) from exc
+            log.warning("held PostgreSQL connection lost, retrying on a fresh one: %s", exc)
+    raise AssertionError("unreachable")
+
+
+def _choose(definition: Definition, molam_id: str, raw_weights: bytes | None) -> VariantDefinition:
     if definition.mode == ExperimentMode.BANDIT.value:
-        return draw_variant(bandit_weights(definition, _published_weights(client, definition.id)))
+        return draw_variant(bandit_weights(definition, _published_weights(raw_weights, definition.id)))
     return variant_for_bucket(definition, split_bucket(definition.id, molam_id))
 
 
-def _published_weights(client: redis.Redis | None, experiment_id: str) -> dict[str, Any] | None:
-    client = _usable(client)
-    if client is None:
-        return None
-    try:
-        raw = client.get(weights_key(experiment_id))
-    except redis.RedisError as exc:
-        _mark_down(client, exc)
-        return None
+def _published_weights(raw: bytes | None, experiment_id: str) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
@@ -400,31 +466,30 @@ def _published_weights(client: redis.Redis | None, experiment_id: str) -> dict[s
 
 
 def _insert(connection: Connection, experiment_id: str, variant_id: str, user: UserContext) -> tuple[Any, datetime] | None:
-    # Autocommit: the row is committed when the statement returns, so Redis never
+    # Run on the driver's cursor (SQLAlchemy's result machinery costs more than the statement).
+    # In autocommit the row is committed when the statement returns, so Redis never
     # holds an assignment that PostgreSQL could still roll back.
-    cursor = connection.connection.cursor()
-    row = cursor.execute(
-        _INSERT_ASSIGNMENT,
-        {
-            "experiment_id": experiment_id,
-            "variant_id": variant_id,
-            "molam_id": user.molam_id,
-            "country": user.country,
-            "lang": user.lang,
-            "currency": user.currency,
-            "region": user.region,
-            "device": user.device,
-            "running": ExperimentStatus.RUNNING.value,
-        },
-    ).fetchone()
-    cursor.close()
+    with connection.connection.cursor() as cursor:
+        row = cursor.execute(
+            _INSERT_ASSIGNMENT,
+            {
+                "experiment_id": experiment_id,
+                "variant_id": variant_id,
+                "molam_id": user.molam_id,
+                "country": user.country,
+                "lang": user.lang,
+                "currency": user.currency,
+                "region": user.region,
+                "device": user.device,
+                "running": ExperimentStatus.RUNNING.value,
+            },
+        ).fetchone()
     return None if row is None else (row[0], row[1])
 
 
 def _existing(connection: Connection, experiment_id: str, molam_id: str) -> tuple[Any, datetime] | None:
-    cursor = connection.connection.cursor()
-    row = cursor.execute(_SELECT_ASSIGNMENT, {"experiment_id": experiment_id, "molam_id": molam_id}).fetchone()
-    cursor.close()
+    with connection.connection.cursor() as cursor:
+        row = cursor.execute(_SELECT_ASSIGNMENT, {"experiment_id": experiment_id, "molam_id": molam_id}).fetchone()
     return None if row is None else (row[0], row[1])
 
 
@@ -439,17 +504,19 @@ def _finish(client: redis.Redis | None, definition: Definition, molam_id: str, r
     return _assigned(definition, molam_id, variant, assigned_at, new=new)
 
 
-def stored_assignment(client: redis.Redis | None, experiment_id: uuid.UUID | str, molam_id: str) -> dict[str, Any]:
+def stored_assignment(
+    client: redis.Redis | None, experiment_id: uuid.UUID | str, molam_id: str, budget: Budget | None = None
+) -> dict[str, Any]:
     """The user's recorded assignment (any experiment status); NotFound when there is none."""
     experiment_id = str(experiment_id)
-    client, raw_definition, raw_assignment = _read_cached(client, experiment_id, molam_id)
-    definition = _definition(client, experiment_id, raw_definition)
-    cached = _cached_variant(definition, raw_assignment)
-    if cached is not None:
-        return _stored(definition, molam_id, cached[0], cached[1])
+    cached = _read_cached(client, experiment_id, molam_id, budget)
+    client = cached.client
+    definition = _definition(client, experiment_id, cached.definition)
+    held = _cached_variant(definition, cached.assignment)
+    if held is not None:
+        return _stored(definition, molam_id, held[0], held[1])
     try:
-        with _autocommit() as connection:
-            row = _existing(connection, experiment_id, molam_id)
+        row = _on_held(_existing, experiment_id, molam_id)
     except _DATABASE_DOWN as exc:
         raise Unavailable("PostgreSQL is unreachable and this assignment is not cached; retry shortly", retry_after=DATABASE_RETRY_AFTER_S) from exc
     if row is None:
