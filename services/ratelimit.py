@@ -62,14 +62,14 @@ class RatePolicy:
     local: LocalWindow = field(repr=False, compare=False)
 
     @classmethod
-    def parse(cls, scope: str, spec: str, workers: int) -> "RatePolicy":
+    def parse(cls, scope: str, spec: str, workers: int) -> RatePolicy:
         """``spec`` in the ``limits`` notation (``120000/minute``, ``50 per second``)."""
         item = limits.parse(spec)
         window_s = int(item.get_expiry())
         share = max(1, math.ceil(item.amount / max(1, workers)))
         return cls(scope, item.amount, window_s, str(item), LocalWindow(share, window_s))
 
-    def budget(self, caller: str) -> "Budget":
+    def budget(self, caller: str) -> Budget:
         return Budget(self, rate_limit_key(self.scope, caller))
 
 

@@ -26,7 +26,7 @@ def hello():
 
 @app.get("/redis")
 def redis_get_set():
-    key = "flaskbench:%d" % random.randint(1, 100000)
+    key = f"flaskbench:{random.randint(1, 100000)}"
     old = _client.get(key)
     _client.set(key, b"1")
     return jsonify(key=key, seen=old is not None)

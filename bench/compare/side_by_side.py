@@ -293,10 +293,10 @@ def main() -> int:
         returning: dict[str, str] = {}
         for project in projects:
             returning[project.label] = project.new_experiment(admin)
+            url = f"/api/experiments/{returning[project.label]}/assign"
             with ThreadPoolExecutor(16) as pool:
-                list(pool.map(lambda i: project.call("POST", f"/api/experiments/{returning[project.label]}/assign",
-                                                      {"molam_id": f"u{i}", "country": "SN", "lang": "fr"}, service),
-                              range(1, args.pool + 1)))
+                list(pool.map(lambda i, p=project, u=url: p.call("POST", u, {"molam_id": f"u{i}", "country": "SN", "lang": "fr"},
+                                                                service), range(1, args.pool + 1)))
             print(f"{project.label}: {args.pool} users assigned", flush=True)
 
         def record(label: str, conc: int, r: dict) -> None:

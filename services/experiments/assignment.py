@@ -25,9 +25,10 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import psycopg
 import redis
@@ -372,7 +373,7 @@ def _decide(cached: Cached, definition: Definition, user: UserContext) -> dict[s
     # can never have been assigned: no lookup needed.
     if not in_coverage(definition, user.molam_id):
         return _not_eligible(definition, user.molam_id, "outside_coverage")
-    for attempt in range(2):
+    for _attempt in range(2):
         variant = _choose(definition, user.molam_id, cached.weights)
         row = _on_held(_insert, definition.id, variant.id, user)
         if row is not None:

@@ -169,9 +169,9 @@ def gunicorn_server(settings, migrated_database, tmp_path, key_pair):
             try:
                 urllib.request.urlopen(f"{base}/healthz", timeout=1)
                 break
-            except OSError:
+            except OSError as exc:
                 if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("gunicorn did not start")
+                    raise RuntimeError("gunicorn did not start") from exc
                 time.sleep(0.2)
         yield base, process
     finally:
