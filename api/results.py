@@ -36,17 +36,32 @@ class UpliftSchema(ma.Schema):
     message = fields.String()
 
 
+class ComparisonSchema(ma.Schema):
+    """Variant vs control: fixed-horizon 95% bounds and always-valid 95% bounds (hold at every look)."""
+
+    estimate = fields.Float(allow_none=True)
+    lower = fields.Float(allow_none=True)
+    upper = fields.Float(allow_none=True)
+    always_valid_lower = fields.Float(allow_none=True)
+    always_valid_upper = fields.Float(allow_none=True)
+    message = fields.String()
+
+
 class MetricResultSchema(ma.Schema):
     users = fields.Integer()
     events = fields.Integer()
     rate = fields.Float()
+    matured_users = fields.Integer(
+        metadata={"description": "Users whose attribution window has closed (what the bandit and fail-fast count)"}
+    )
     interval = fields.Nested(IntervalSchema)
     credible_interval = fields.Nested(IntervalSchema)
     value_count = fields.Integer()
     value_sum = fields.Float()
     value_mean = fields.Float()
     value_interval = fields.Nested(IntervalSchema, allow_none=True)
-    uplift = fields.Nested(UpliftSchema, allow_none=True)
+    difference = fields.Nested(ComparisonSchema, allow_none=True)
+    uplift = fields.Nested(ComparisonSchema, allow_none=True)
     value_uplift = fields.Nested(UpliftSchema, allow_none=True)
     prob_beat_control = fields.Float(allow_none=True)
 
@@ -89,6 +104,8 @@ class ResultsOutSchema(ma.Schema):
     primary_metric = fields.String()
     lower_is_better = fields.List(fields.String())
     variants = fields.List(fields.Nested(VariantResultSchema))
+    periods = fields.Integer(metadata={"description": "Allocation periods the assignments span"})
+    attribution_window_s = fields.Dict(keys=fields.String(), values=fields.Integer(allow_none=True))
     srm = fields.Nested(SrmSchema)
     d7_computed_at = fields.String(allow_none=True)
     bandit_computed_at = fields.String(allow_none=True)

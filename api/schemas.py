@@ -7,8 +7,9 @@ import marshmallow as ma
 from marshmallow import fields, validate, validates_schema
 
 from core.codes import COUNTRIES, CURRENCIES, LANGUAGES
+from services.analysis.inputs import DEFAULT_BANDIT_WINDOW_S, attribution_windows
 from sira.bandit import BanditConfig
-from sira.failfast import DEFAULT_FAIL_FAST_ACTION, DEFAULT_GUARDRAIL_ACTION, FailFastConfig
+from sira.failfast import DEFAULT_FAIL_FAST_ACTION, DEFAULT_GUARDRAIL_ACTION, DEFAULT_GUARDRAIL_MARGIN, FailFastConfig
 from models.enums import (
     DEFAULT_GUARDRAILS,
     EVENT_TYPES,
@@ -93,6 +94,40 @@ class BanditSettingsSchema(StrictSchema):
     floor = fields.Float(load_default=_BANDIT.floor, validate=validate.Range(min=0.0, max=0.5))
 
 
+MAX_ATTRIBUTION_WINDOW_S = 90 * 24 * 3600
+
+
+def _attribution_window_field(**kwargs: object) -> fields.Dict:
+    return fields.Dict(
+        keys=fields.String(validate=validate.OneOf(EVENT_TYPES)),
+        values=fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=0, max=MAX_ATTRIBUTION_WINDOW_S)),
+        allow_none=True,
+        metadata={
+            "description": (
+                "Attribution window per event type, in seconds (null: none). A user counts for the bandit and "
+                "fail-fast once the window since assignment has closed, with the events inside it. Event types "
+                f"left out get the mode's default ({DEFAULT_BANDIT_WINDOW_S} s for bandits, none for fixed splits)."
+            )
+        },
+        **kwargs,
+    )
+
+
+def _guardrail_margin_field(**kwargs: object) -> fields.Float:
+    return fields.Float(
+        validate=validate.Range(min=0.0, max=10.0),
+        metadata={
+            "description": (
+                "Non-inferiority margin of the guardrails, relative: a variant is flagged only when its guardrail "
+                "ratio is credibly more than (1 + margin) times control's."
+            ),
+            "minimum": 0,
+            "maximum": 10,
+        },
+        **kwargs,
+    )
+
+
 def validate_variants(variants: list[dict]) -> dict[str, list[str]]:
     """Cross-variant rules; returns field errors keyed like marshmallow does."""
     problems: list[str] = []
@@ -132,7 +167,9 @@ class ExperimentCreateSchema(StrictSchema):
         validate=_unique_list,
     )
     guardrail_action = fields.String(load_default=DEFAULT_GUARDRAIL_ACTION, validate=validate.OneOf(GUARDRAIL_ACTIONS))
+    guardrail_margin = _guardrail_margin_field(load_default=DEFAULT_GUARDRAIL_MARGIN)
     bandit = fields.Nested(BanditSettingsSchema, load_default=lambda: BanditSettingsSchema().load({}))
+    attribution_window_s = _attribution_window_field(load_default=None)
 
     @validates_schema
     def check_variants(self, data: dict, **kwargs: object) -> None:
@@ -159,7 +196,9 @@ class ExperimentUpdateSchema(StrictSchema):
     fail_fast = fields.Nested(FailFastSchema)
     guardrails = fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)), validate=_unique_list)
     guardrail_action = fields.String(validate=validate.OneOf(GUARDRAIL_ACTIONS))
+    guardrail_margin = _guardrail_margin_field()
     bandit = fields.Nested(BanditSettingsSchema)
+    attribution_window_s = _attribution_window_field()
 
     @validates_schema
     def check_variants(self, data: dict, **kwargs: object) -> None:
@@ -191,7 +230,9 @@ class ExperimentOutSchema(ma.Schema):
     fail_fast = fields.Dict()
     guardrails = fields.Method("dump_guardrails")
     guardrail_action = fields.Method("dump_guardrail_action")
+    guardrail_margin = fields.Method("dump_guardrail_margin")
     bandit = fields.Dict()
+    attribution_window_s = fields.Method("dump_attribution_window_s")
     variants = fields.List(fields.Nested(VariantOutSchema))
     created_by = fields.String()
     created_at = fields.DateTime()
@@ -202,6 +243,13 @@ class ExperimentOutSchema(ma.Schema):
 
     def dump_guardrails(self, experiment: object) -> list[str]:
         return list(experiment.guardrails.get("event_types", []))
+
+    def dump_guardrail_margin(self, experiment: object) -> float:
+        return float(experiment.guardrails.get("margin", DEFAULT_GUARDRAIL_MARGIN))
+
+    def dump_attribution_window_s(self, experiment: object) -> dict[str, int | None]:
+        """The windows in force: the configured ones, the mode's default for the rest."""
+        return attribution_windows(experiment.mode, experiment.attribution_window_s)
 
     def dump_guardrail_action(self, experiment: object) -> str | None:
         return experiment.guardrails.get("action")

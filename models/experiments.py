@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     ForeignKey,
     Index,
@@ -47,6 +48,8 @@ class Experiment(Base):
     guardrails: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     # {"min_samples", "floor"}
     bandit: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    # {event_type: seconds or null}; NULL = the mode's default (see services.analysis.inputs)
+    attribution_window_s: Mapped[dict[str, Any] | None]
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
@@ -100,7 +103,15 @@ class Assignment(Base):
     __tablename__ = "experiment_assignments"
     __table_args__ = (
         UniqueConstraint("experiment_id", "molam_id", name="uq_experiment_assignments_experiment_id_molam_id"),
-        Index("ix_experiment_assignments_variant_id", "variant_id"),
+        CheckConstraint("probability IS NULL OR (probability > 0 AND probability <= 1)", name="probability_range"),
+        # Per-period user counts (and the logged probabilities, for SRM) are read from
+        # this index alone.
+        Index(
+            "ix_experiment_assignments_variant_id_period",
+            "variant_id",
+            "period",
+            postgresql_include=["probability", "assigned_at"],
+        ),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -114,3 +125,7 @@ class Assignment(Base):
     region: Mapped[str | None] = mapped_column(String(64))
     device: Mapped[str | None] = mapped_column(String(32))
     assigned_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    # The allocation period the user was assigned in (see services.experiments.assignment.period_id)
+    # and the probability with which this arm was chosen in it; NULL for rows from before periods.
+    period: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    probability: Mapped[float | None]

@@ -28,6 +28,9 @@ class BanditState(Base):
     prob_best: Mapped[float]
     weight: Mapped[float]
     burn_in: Mapped[bool]
+    # Sequence number of the published weights in force (0 = the configured shares);
+    # bumped each time SIRA replaces them, which opens a new allocation period.
+    period: Mapped[int] = mapped_column(BigInteger, server_default="0")
     computed_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 

@@ -35,7 +35,11 @@ def assignment_key(experiment_id: uuid.UUID | str, molam_id: str) -> str:
 
 
 def weights_key(experiment_id: uuid.UUID | str) -> str:
-    """Bandit weights published by SIRA: JSON ``{weights: {variant_id: p}, burn_in, computed_at}``."""
+    """Bandit weights published by SIRA: JSON ``{weights: {variant_id: p}, burn_in, period, computed_at}``
+
+    ``period`` numbers the weights in force (0 = the configured shares); the assignment
+    path records it on every row as part of the allocation period.
+    """
     return f"sira:weights:{experiment_id}"
 
 

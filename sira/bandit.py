@@ -18,8 +18,9 @@ import numpy as np
 
 from sira.posterior import prob_best
 from sira.stats import ProportionStats
+from sira.strata import PeriodTable
 
-__all__ = ["BanditConfig", "WeightsResult", "bandit_weights", "draw_arm", "posteriors"]
+__all__ = ["BanditConfig", "WeightsResult", "bandit_weights", "draw_arm", "floored_weights", "live_effective", "posteriors", "weights_moved", "REPUBLISH_STEP"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,20 @@ class WeightsResult:
     message: str = ""
 
 
+#: Published weights are replaced only when some arm's weight moves by more than this.
+#: Each replacement opens a new allocation period (every assignment records its
+#: period), so the step bounds the number of periods an experiment accumulates while
+#: costing the bandit almost nothing (``bench/sim_adaptive.py``).
+REPUBLISH_STEP = 0.01
+
+
+def weights_moved(previous, new, step: float = REPUBLISH_STEP):
+    """Whether ``new`` weights differ from ``previous`` by more than ``step`` for some arm
+    (elementwise over leading dimensions of (..., arms) arrays)."""
+    difference = np.abs(np.asarray(new, dtype=float) - np.asarray(previous, dtype=float))
+    return difference.max(axis=-1) > step
+
+
 def posteriors(arms: Sequence[ProportionStats]) -> tuple[np.ndarray, np.ndarray]:
     """Beta posteriors under a uniform prior: alpha = successes + 1, beta = failures + 1."""
     alphas = np.array([arm.successes + 1.0 for arm in arms], dtype=float)
@@ -54,8 +69,30 @@ def posteriors(arms: Sequence[ProportionStats]) -> tuple[np.ndarray, np.ndarray]
     return alphas, betas
 
 
+def floored_weights(best, active, floor: float) -> np.ndarray:
+    """w_i = floor + (1 - m floor) p_i over the m active arms, 0 for the others; works on
+    (..., arms) arrays (the simulations compute many experiments at once)."""
+    best = np.asarray(best, dtype=float)
+    active = np.asarray(active, dtype=bool)
+    m = active.sum(axis=-1, keepdims=True)
+    floor_used = np.minimum(floor, 1.0 / np.maximum(m, 1))
+    weights = np.where(active, floor_used + (1.0 - m * floor_used) * best, 0.0)
+    total = weights.sum(axis=-1, keepdims=True)
+    return np.where(total > 0, weights / np.where(total > 0, total, 1.0), 0.0)
+
+
+def live_effective(table: PeriodTable, paused: Sequence[bool]) -> list[ProportionStats]:
+    """Stratified counts of every arm: unpaused arms over the periods they all share
+    (so they are compared over the same time), paused arms over their own periods."""
+    live = [i for i, off in enumerate(paused) if not off] or list(range(table.arms))
+    own = table.effective(shared=False)
+    shared = table.select(live).effective()
+    by_index = dict(zip(live, shared))
+    return [by_index.get(i, own[i]) for i in range(table.arms)]
+
+
 def bandit_weights(
-    arms: Sequence[ProportionStats],
+    arms: Sequence[ProportionStats] | PeriodTable,
     traffic_shares: Sequence[float],
     paused: Sequence[bool],
     config: BanditConfig,
@@ -73,7 +110,18 @@ def bandit_weights(
 
     which keeps every unpaused arm at or above ``floor`` and still sums to 1.  The
     floor is capped at 1/m (uniform weights) when m * floor > 1.  Paused arms get 0.
+
+    ``arms`` may be a :class:`~sira.strata.PeriodTable`: burn-in then counts the users
+    actually assigned and the posteriors are the period-stratified ones, so a base
+    rate that drifts while the weights move does not lock the bandit onto the arm
+    that happened to get the good periods.
     """
+    table = arms if isinstance(arms, PeriodTable) else None
+    if table is not None:
+        assigned = [arm.users for arm in table.pooled()]
+        arms = live_effective(table, paused)
+    else:
+        assigned = [arm.users for arm in arms]
     k = len(arms)
     if len(traffic_shares) != k or len(paused) != k:
         raise ValueError("arms, traffic_shares and paused must have the same length")
@@ -89,7 +137,7 @@ def bandit_weights(
     best = np.zeros(k)
     best[active] = prob_best(alphas[active], betas[active])
 
-    if any(arm.users < config.min_samples for arm, on in zip(arms, active) if on):
+    if any(users < config.min_samples for users, on in zip(assigned, active) if on):
         shares = np.where(active, np.asarray(traffic_shares, dtype=float), 0.0)
         shares = np.clip(shares, 0.0, None)
         message = f"burn-in: every unpaused arm needs {config.min_samples} users"
@@ -98,9 +146,7 @@ def bandit_weights(
             message += "; unpaused arms have no configured share, splitting evenly"
         return WeightsResult(shares / shares.sum(), best, True, message)
 
-    floor = min(config.floor, 1.0 / m)
-    weights = np.where(active, floor + (1.0 - m * floor) * best, 0.0)
-    return WeightsResult(weights / weights.sum(), best, False)
+    return WeightsResult(floored_weights(best, active, config.floor), best, False)
 
 
 def draw_arm(weights: Sequence[float], rng: np.random.Generator | int | None) -> int:

@@ -21,8 +21,10 @@ import numpy as np
 
 from sira.posterior import prob_best
 from sira.stats import ProportionStats
+from sira.strata import PeriodTable
 
 __all__ = [
+    "DEFAULT_GUARDRAIL_MARGIN",
     "ArmFlag",
     "FailFastConfig",
     "bayesian_flags",
@@ -30,9 +32,14 @@ __all__ = [
     "evaluate",
     "guardrail_flags",
     "sequential_flags",
+    "stratified_confidence_sequence",
 ]
 
 RULES = ("sequential", "bayesian")
+
+#: Guardrail non-inferiority margin (relative): a variant is flagged only when its
+#: guardrail ratio is credibly more than (1 + margin) times control's.
+DEFAULT_GUARDRAIL_MARGIN = 0.10
 
 
 #: What SIRA does with a losing variant, and with a guardrail breach, unless told otherwise.
@@ -87,6 +94,25 @@ def _mixture_rho_squared(alpha: float, target_samples: float) -> float:
     return (-2.0 * log_alpha + math.log(1.0 - 2.0 * log_alpha)) / target_samples
 
 
+def confidence_sequence_radius(variance, effective_users, alpha: float, target_samples: float):
+    """Radius of the always-valid CS for a difference with estimated ``variance`` after
+    ``effective_users`` balanced pairs (elementwise on arrays):
+
+        sqrt( V * (1 + 1/(t rho^2)) * log((t rho^2 + 1) / alpha^2) )
+
+    See :func:`difference_confidence_sequence` for the derivation; with period
+    stratification V and t are the stratified variance and information
+    (:mod:`sira.strata`), which is what keeps the sequence valid when the split
+    changes between periods.
+    """
+    variance = np.asarray(variance, dtype=float)
+    effective_users = np.asarray(effective_users, dtype=float)
+    t_rho2 = effective_users * _mixture_rho_squared(alpha, target_samples)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        radius = np.sqrt(variance * (1.0 + 1.0 / t_rho2) * np.log((t_rho2 + 1.0) / alpha**2))
+    return np.where(effective_users > 0, radius, np.inf)
+
+
 def difference_confidence_sequence(
     successes_a,
     users_a,
@@ -122,41 +148,57 @@ def difference_confidence_sequence(
         smoothed_a * (1.0 - smoothed_a) / users_a + smoothed_b * (1.0 - smoothed_b) / users_b
     )
     effective_n = 2.0 * users_a * users_b / (users_a + users_b)
-    t_rho2 = effective_n * _mixture_rho_squared(alpha, target_samples)
-    radius = np.sqrt(variance * (1.0 + 1.0 / t_rho2) * np.log((t_rho2 + 1.0) / alpha**2))
+    radius = confidence_sequence_radius(variance, effective_n, alpha, target_samples)
     return estimate, estimate - radius, estimate + radius
 
 
-def sequential_flags(arms: Sequence[ProportionStats], config: FailFastConfig) -> list[ArmFlag]:
+def stratified_confidence_sequence(table: PeriodTable, a: int, b: int, alpha: float, target_samples: float):
+    """Always-valid CS for p_b - p_a from period-stratified counts: (estimate, lower, upper).
+
+    Each period's difference has mean p_b - p_a whatever the base rate of that period
+    and whatever split the bandit chose for it (the split is fixed before the period's
+    outcomes are seen), so the size-weighted sum of per-period differences is a
+    martingale under the null and the normal-mixture boundary applies in its
+    information time.  With one period this is :func:`difference_confidence_sequence`.
+    """
+    difference = table.difference(a, b)
+    radius = float(confidence_sequence_radius(difference.variance, difference.effective_users, alpha, target_samples))
+    return difference.estimate, difference.estimate - radius, difference.estimate + radius
+
+
+def _as_table(arms: Sequence[ProportionStats] | PeriodTable) -> PeriodTable:
+    return arms if isinstance(arms, PeriodTable) else PeriodTable.single(arms)
+
+
+def sequential_flags(arms: Sequence[ProportionStats] | PeriodTable, config: FailFastConfig) -> list[ArmFlag]:
     """Flag arm i when the CS for p_j - p_i lies entirely above 0 for some arm j.
 
-    alpha is split equally over the k(k-1)/2 pairs of the experiment's k arms
-    (Bonferroni), so with all arms equal the chance that any arm is *ever* flagged,
-    however often this is called, is at most alpha (asymptotically).  A pair is
-    evaluated only once both arms have ``min_samples`` users.  When an arm loses to
-    several arms, the one reported is the one with the highest observed rate.
+    ``arms`` is either pooled counts (one period) or a :class:`~sira.strata.PeriodTable`;
+    with several periods the stratified CS is used, which stays valid when a bandit
+    moves traffic between arms while the base rate drifts.  alpha is split equally
+    over the k(k-1)/2 pairs of the experiment's k arms (Bonferroni), so with all arms
+    equal the chance that any arm is *ever* flagged, however often this is called, is
+    at most alpha (asymptotically).  A pair is evaluated only once both arms have
+    ``min_samples`` users.  When an arm loses to several arms, the one reported is the
+    one with the highest observed rate.
     """
-    k = len(arms)
+    table = _as_table(arms)
+    k = table.arms
     if k < 2:
         return []
     pair_alpha = config.alpha / (k * (k - 1) / 2)
-    eligible = [i for i, arm in enumerate(arms) if arm.users >= config.min_samples]
+    pooled = table.pooled()
+    rates = [arm.rate for arm in table.effective()]
+    eligible = [i for i, arm in enumerate(pooled) if arm.users >= config.min_samples]
     flags = []
     for i in eligible:
         losses = []
         for j in eligible:
             if j == i:
                 continue
-            estimate, lower, upper = difference_confidence_sequence(
-                arms[i].successes,
-                arms[i].users,
-                arms[j].successes,
-                arms[j].users,
-                pair_alpha,
-                config.target_samples,
-            )
+            _, lower, upper = stratified_confidence_sequence(table, i, j, pair_alpha, config.target_samples)
             if lower > 0.0:
-                losses.append((arms[j].rate, j, float(lower), float(upper)))
+                losses.append((rates[j], j, float(lower), float(upper)))
         if losses:
             _, j, lower, upper = max(losses)
             flags.append(
@@ -168,7 +210,7 @@ def sequential_flags(arms: Sequence[ProportionStats], config: FailFastConfig) ->
                     probability=None,
                     message=(
                         f"arm {i} converts worse than arm {j} "
-                        f"({arms[i].rate:.2%} vs {arms[j].rate:.2%}): always-valid "
+                        f"({rates[i]:.2%} vs {rates[j]:.2%}): always-valid "
                         f"{1 - config.alpha:.0%} bounds on the gap are "
                         f"[{lower:.2%}, {upper:.2%}]"
                     ),
@@ -177,7 +219,7 @@ def sequential_flags(arms: Sequence[ProportionStats], config: FailFastConfig) ->
     return flags
 
 
-def bayesian_flags(arms: Sequence[ProportionStats], config: FailFastConfig) -> list[ArmFlag]:
+def bayesian_flags(arms: Sequence[ProportionStats] | PeriodTable, config: FailFastConfig) -> list[ArmFlag]:
     """The seed's rule: flag arm i when P(arm i is worse than the best) > threshold.
 
     With k > 2 arms "P(worse than best)" is taken as 1 - P(arm i is best), where
@@ -186,11 +228,14 @@ def bayesian_flags(arms: Sequence[ProportionStats], config: FailFastConfig) -> l
     near 0.75 before any data, so noise pushes one over 0.95 often.  The rule is also
     checked at every look with no correction, so it stops equal experiments far more
     often than 5% (bench/sim_failfast.py); it is kept for comparison, not as default.
-    Only evaluated once every arm has ``min_samples`` users.
+    Only evaluated once every arm has ``min_samples`` users.  With several periods the
+    posteriors are the stratified ones (:meth:`~sira.strata.PeriodTable.effective`).
     """
-    k = len(arms)
-    if k < 2 or any(arm.users < config.min_samples for arm in arms):
+    table = _as_table(arms)
+    k = table.arms
+    if k < 2 or any(arm.users < config.min_samples for arm in table.pooled()):
         return []
+    arms = table.effective()
     best_probabilities = prob_best(
         [arm.successes + 1 for arm in arms], [arm.failures + 1 for arm in arms]
     )
@@ -215,7 +260,7 @@ def bayesian_flags(arms: Sequence[ProportionStats], config: FailFastConfig) -> l
     return flags
 
 
-def evaluate(arms: Sequence[ProportionStats], config: FailFastConfig) -> list[ArmFlag]:
+def evaluate(arms: Sequence[ProportionStats] | PeriodTable, config: FailFastConfig) -> list[ArmFlag]:
     """Apply the rule named in ``config.rule``."""
     if config.rule == "sequential":
         return sequential_flags(arms, config)
@@ -225,43 +270,46 @@ def evaluate(arms: Sequence[ProportionStats], config: FailFastConfig) -> list[Ar
 
 
 def guardrail_flags(
-    control: ProportionStats,
-    variants: Sequence[ProportionStats],
+    control: ProportionStats | PeriodTable,
+    variants: Sequence[ProportionStats] | int,
     config: FailFastConfig,
 ) -> list[ArmFlag]:
     """Flag variants whose guardrail rate (fraud alerts, refunds: higher is worse) is
     credibly above control's.
 
-    Same always-valid CS as ``sequential_flags``, on p_variant - p_control, with alpha
-    split over the number of variants.  ``arm`` indexes ``variants``; ``against`` is
-    ``None`` (the control).  Both sides need ``min_samples`` users.
+    Called either with pooled counts ``(control, variants, config)`` or with a
+    :class:`~sira.strata.PeriodTable` and the control's index ``(table, control_index,
+    config)``; with several periods the stratified CS is used.  Same always-valid CS as
+    ``sequential_flags``, on p_variant - p_control, with alpha split over the number of
+    variants.  ``arm`` indexes the variants (the arms other than control, in order);
+    ``against`` is ``None`` (the control).  Both sides need ``min_samples`` users.
     """
-    if not variants or control.users < config.min_samples:
+    if isinstance(control, PeriodTable):
+        table, control_index = control, int(variants)
+    else:
+        table, control_index = PeriodTable.single([control, *variants]), 0
+    others = [i for i in range(table.arms) if i != control_index]
+    pooled = table.pooled()
+    if not others or pooled[control_index].users < config.min_samples:
         return []
-    pair_alpha = config.alpha / len(variants)
+    pair_alpha = config.alpha / len(others)
+    rates = table.effective()
     flags = []
-    for index, variant in enumerate(variants):
-        if variant.users < config.min_samples:
+    for position, index in enumerate(others):
+        if pooled[index].users < config.min_samples:
             continue
-        _, lower, upper = difference_confidence_sequence(
-            control.successes,
-            control.users,
-            variant.successes,
-            variant.users,
-            pair_alpha,
-            config.target_samples,
-        )
+        _, lower, upper = stratified_confidence_sequence(table, control_index, index, pair_alpha, config.target_samples)
         if lower > 0.0:
             flags.append(
                 ArmFlag(
-                    arm=index,
+                    arm=position,
                     against=None,
                     lower=float(lower),
                     upper=float(upper),
                     probability=None,
                     message=(
-                        f"variant {index} raises the guardrail rate "
-                        f"({variant.rate:.2%} vs control {control.rate:.2%}): always-valid "
+                        f"variant {position} raises the guardrail rate "
+                        f"({rates[index].rate:.2%} vs control {rates[control_index].rate:.2%}): always-valid "
                         f"{1 - config.alpha:.0%} bounds on the increase are "
                         f"[{float(lower):.2%}, {float(upper):.2%}]"
                     ),

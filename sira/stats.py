@@ -18,11 +18,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from scipy import special
 
 from sira.posterior import prob_beat_control, prob_best
 
 __all__ = [
+    "Comparison",
     "Interval",
     "ProportionStats",
     "SampleStats",
@@ -31,11 +33,14 @@ __all__ = [
     "beta_credible_interval",
     "d7_retention",
     "mean_interval",
+    "newcombe_difference",
     "prob_beat_control",
+    "ratio_interval",
     "prob_best",
     "relative_uplift",
     "required_sample_size",
     "srm_test",
+    "srm_test_periods",
     "wilson_interval",
 ]
 
@@ -227,11 +232,92 @@ def relative_uplift(
         return UpliftResult(None, None, "no users yet in control or variant")
     if mean_c == 0.0:
         return UpliftResult(None, None, "control mean is zero: relative uplift is undefined")
+    if mean_c < 0.0:
+        # A ratio to a negative baseline flips the sign of every change: no estimate.
+        return UpliftResult(None, None, "control mean is negative: relative uplift is undefined")
     z = _two_sided_z(confidence)
     estimate = mean_v / mean_c - 1.0
     variance = var_v / mean_c**2 + mean_v**2 * var_c / mean_c**4
     half_width = z * math.sqrt(variance)
     return UpliftResult(estimate, Interval(estimate - half_width, estimate + half_width))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A variant against control: point estimate, fixed-horizon and always-valid bounds.
+
+    ``lower``/``upper`` are the usual 95% interval, right for one look at a planned
+    sample size; ``always_valid_lower``/``always_valid_upper`` hold simultaneously at
+    every look (a confidence sequence), which is what a decision taken while watching
+    the dashboard needs.  Any of them is ``None`` when undefined, with ``message``.
+    """
+
+    estimate: float | None
+    lower: float | None
+    upper: float | None
+    always_valid_lower: float | None
+    always_valid_upper: float | None
+    message: str = ""
+
+
+def newcombe_difference(
+    control_successes: float, control_users: float, variant_successes: float, variant_users: float,
+    confidence: float = 0.95,
+) -> Interval:
+    """Newcombe's hybrid score interval for p_variant − p_control (his method 10).
+
+    Built from the two Wilson intervals (l, u): with D = p̂_v − p̂_c,
+
+        [D − sqrt((p̂_v − l_v)² + (u_c − p̂_c)²),  D + sqrt((u_v − p̂_v)² + (p̂_c − l_c)²)]
+
+    It inherits Wilson's behaviour at the edges: never zero-width, inside [−1, 1],
+    near-nominal coverage with few successes (Newcombe 1998, Statistics in Medicine 17).
+    """
+    if control_users <= 0 or variant_users <= 0:
+        return Interval(-1.0, 1.0, "no users yet in control or variant")
+    p_c = control_successes / control_users
+    p_v = variant_successes / variant_users
+    wilson_c = wilson_interval(control_successes, control_users, confidence)
+    wilson_v = wilson_interval(variant_successes, variant_users, confidence)
+    difference = p_v - p_c
+    lower = difference - math.sqrt((p_v - wilson_v.lower) ** 2 + (wilson_c.upper - p_c) ** 2)
+    upper = difference + math.sqrt((wilson_v.upper - p_v) ** 2 + (p_c - wilson_c.lower) ** 2)
+    return Interval(max(lower, -1.0), min(upper, 1.0))
+
+
+def ratio_interval(
+    control_successes: float, control_users: float, variant_successes: float, variant_users: float,
+    confidence: float = 0.95,
+) -> Interval | None:
+    """Score-based interval for the rate ratio p_variant / p_control (MOVER-R).
+
+    Donner and Zou's method of variance estimates recovery applied to the two Wilson
+    intervals (Donner & Zou 2012, Statistical Methods in Medical Research 21): the
+    closed-form analogue of Fieller's interval for a ratio of two independent rates,
+
+        L = (p̂_v p̂_c − sqrt((p̂_v p̂_c)² − l_v u_c (2p̂_v − l_v)(2p̂_c − u_c))) / (u_c (2p̂_c − u_c))
+        U = (p̂_v p̂_c + sqrt((p̂_v p̂_c)² − u_v l_c (2p̂_v − u_v)(2p̂_c − l_c))) / (l_c (2p̂_c − l_c))
+
+    A variant without successes gets [0, U] with U > 0, never a zero-width interval;
+    the upper bound is unbounded (``inf``) when control's lower Wilson bound is 0.
+    Returns None when control has no successes (the ratio is undefined).
+    """
+    if control_users <= 0 or variant_users <= 0 or control_successes <= 0:
+        return None
+    p_c = control_successes / control_users
+    p_v = variant_successes / variant_users
+    l_c, u_c = (lambda i: (i.lower, i.upper))(wilson_interval(control_successes, control_users, confidence))
+    l_v, u_v = (lambda i: (i.lower, i.upper))(wilson_interval(variant_successes, variant_users, confidence))
+    product = p_v * p_c
+    denominator_lower = u_c * (2.0 * p_c - u_c)
+    denominator_upper = l_c * (2.0 * p_c - l_c)
+    lower_root = max(product**2 - l_v * u_c * (2.0 * p_v - l_v) * (2.0 * p_c - u_c), 0.0)
+    upper_root = max(product**2 - u_v * l_c * (2.0 * p_v - u_v) * (2.0 * p_c - l_c), 0.0)
+    # 2p̂ − u can be <= 0 for tiny counts (u above twice the estimate): the bound then
+    # runs to the edge (0 below, infinity above).
+    lower = (product - math.sqrt(lower_root)) / denominator_lower if denominator_lower > 0 else 0.0
+    upper = (product + math.sqrt(upper_root)) / denominator_upper if denominator_upper > 0 else math.inf
+    return Interval(max(lower, 0.0), upper)
 
 
 def srm_test(
@@ -270,6 +356,72 @@ def srm_test(
         expected = total_users * share / total_share
         chi2 += (observed - expected) ** 2 / expected
     p_value = float(special.chdtrc(len(counted) - 1, chi2))
+    flagged = p_value < threshold
+    if flagged:
+        notes.insert(0, f"sample ratio mismatch: p = {p_value:.2g} < {threshold}")
+    return SrmResult(chi2, p_value, flagged, "; ".join(notes))
+
+
+def srm_test_periods(
+    users,
+    probabilities,
+    fallback_shares: Sequence[float] | None = None,
+    threshold: float = 0.001,
+) -> SrmResult:
+    """SRM check against the probabilities logged per allocation period.
+
+    ``users[k][a]`` users reached arm a in period k, where the assignment path drew a
+    with probability ``probabilities[k][a]`` (NaN where no row of that cell exists to
+    say).  Within a period the counts are multinomial, so over the run the observed
+    totals O have mean E = Σ_k N_k π_k and covariance C = Σ_k N_k (diag π_k − π_k π_kᵀ);
+    the statistic is the quadratic form (O − E)ᵀ C⁺ (O − E) on the arms with a positive
+    expected count, chi-square with rank(C) degrees of freedom.  With one period it is
+    Pearson's statistic of :func:`srm_test`.  This holds for a bandit (its weights are
+    chosen before the period's users arrive) and after a pause, where the paused arm's
+    probability is 0 and only the arms still live are compared.
+
+    A probability missing for an arm that got nobody in a period is the period's
+    remaining mass, shared among such arms; a period with no logged probability at all
+    (rows from before periods) uses ``fallback_shares``.
+    """
+    users = np.asarray(users, dtype=float)
+    probabilities = np.array(probabilities, dtype=float)
+    if users.ndim != 2 or users.shape != probabilities.shape:
+        raise ValueError("users and probabilities must be 2-d arrays (periods, arms) of the same shape")
+    periods, k = users.shape
+    for period in range(periods):
+        row = probabilities[period]
+        missing = np.isnan(row)
+        if missing.all():
+            if fallback_shares is None:
+                row[:] = 1.0 / k
+            else:
+                shares = np.clip(np.asarray(fallback_shares, dtype=float), 0.0, None)
+                row[:] = shares / shares.sum() if shares.sum() > 0 else 1.0 / k
+        elif missing.any():
+            row[missing] = max(1.0 - float(row[~missing].sum()), 0.0) / int(missing.sum())
+        total = row.sum()
+        if total > 0:
+            row /= total
+    if periods == 1:
+        return srm_test([int(round(u)) for u in users[0]], list(probabilities[0] * 100.0), threshold)
+    sizes = users.sum(axis=1)
+    observed = users.sum(axis=0)
+    expected = (sizes[:, None] * probabilities).sum(axis=0)
+    notes = []
+    live = expected > 0
+    stray = int(observed[~live].sum())
+    if stray:
+        notes.append(f"{stray} users were assigned to arms with a zero probability and are left out")
+    if live.sum() < 2 or observed[live].sum() == 0:
+        notes.insert(0, "fewer than two arms with traffic: nothing to compare" if live.sum() < 2 else "no users yet")
+        return SrmResult(0.0, 1.0, False, "; ".join(notes))
+    p = probabilities[:, live]
+    covariance = np.einsum("k,ka,ab->ab", sizes, p, np.eye(int(live.sum()))) - np.einsum("k,ka,kb->ab", sizes, p, p)
+    deviation = observed[live] - expected[live]
+    chi2 = float(deviation @ np.linalg.pinv(covariance, rcond=1e-10, hermitian=True) @ deviation)
+    dof = int(np.linalg.matrix_rank(covariance, tol=1e-9 * max(float(np.abs(covariance).max()), 1.0)))
+    p_value = float(special.chdtrc(max(dof, 1), chi2))
     flagged = p_value < threshold
     if flagged:
         notes.insert(0, f"sample ratio mismatch: p = {p_value:.2g} < {threshold}")

@@ -11,10 +11,8 @@ from typing import Any
 
 from models.enums import LOWER_IS_BETTER
 from sira.failfast import ArmFlag, FailFastConfig, evaluate, guardrail_flags
-from sira.stats import ProportionStats
 
 from .inputs import ExperimentInput
-from .results import decision_proportions
 
 FAIL_FAST = "fail_fast"
 GUARDRAIL_BREACH = "guardrail_breach"
@@ -32,27 +30,29 @@ class Finding:
 
 
 def _flag_details(flag: ArmFlag, experiment: ExperimentInput, event_type: str) -> dict[str, Any]:
+    """The flag and the counts it was decided on (matured users, pooled over periods)."""
     return {
         "against_variant_id": str(experiment.arms[flag.against].variant_id) if flag.against is not None else None,
         "lower": flag.lower,
         "upper": flag.upper,
         "probability": flag.probability,
         "rule_message": flag.message,
+        "periods": experiment.periods,
         "arms": [
             {"variant_id": str(arm.variant_id), "users": p.users, "successes": p.successes}
-            for arm, p in zip(experiment.arms, experiment.proportions(event_type))
+            for arm, p in zip(experiment.arms, experiment.table(event_type, matured=True).pooled())
         ],
     }
 
 
 def fail_fast_findings(experiment: ExperimentInput) -> list[Finding]:
+    """Arms the fail-fast rule finds losing, on the period-stratified matured counts."""
     config = experiment.fail_fast_config
-    decision = decision_proportions(experiment)
     findings = []
-    for flag in evaluate(decision, config):
+    for flag in evaluate(experiment.decision_table(), config):
         loser = experiment.arms[flag.arm]
         winner = experiment.arms[flag.against] if flag.against is not None else None
-        raw = experiment.proportions(experiment.primary_metric)
+        raw = experiment.table(experiment.primary_metric, matured=True).effective()
         if config.rule == "bayesian":
             evidence = f"P(worse than the best) = {flag.probability:.1%} > {config.threshold:.0%}"
         else:
@@ -84,11 +84,10 @@ def guardrail_findings(experiment: ExperimentInput) -> list[Finding]:
     others = [i for i in range(len(experiment.arms)) if i != control_index]
     findings: dict[int, Finding] = {}
     for event_type in experiment.guardrail_event_types:
-        bad = experiment.proportions(event_type)
-        if event_type not in LOWER_IS_BETTER:
-            bad = [ProportionStats(users=p.users, successes=p.failures) for p in bad]
-        raw = experiment.proportions(event_type)
-        for flag in guardrail_flags(bad[control_index], [bad[i] for i in others], config):
+        table = experiment.table(event_type, matured=True)
+        bad = table if event_type in LOWER_IS_BETTER else table.flipped()
+        raw = table.effective()
+        for flag in guardrail_flags(bad, control_index, config):
             index = others[flag.arm]
             if index in findings:
                 continue  # one breach per variant: the first guardrail it breaches

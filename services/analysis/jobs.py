@@ -29,7 +29,7 @@ from core import db, metrics
 from core.errors import Conflict
 from models import Recommendation
 from models.enums import LOWER_IS_BETTER, ExperimentMode, ExperimentStatus
-from sira.bandit import bandit_weights, posteriors
+from sira.bandit import bandit_weights, live_effective, posteriors, weights_moved
 from sira.failfast import ArmFlag, FailFastConfig, evaluate, guardrail_flags
 from sira.stats import ProportionStats
 
@@ -115,57 +115,87 @@ class ArmState:
     prob_best: float
     weight: float
     burn_in: bool
+    period: int = 0
 
 
-def arm_states(experiment: ExperimentInput) -> list[ArmState]:
+@dataclass(frozen=True)
+class PublishedState:
+    """What ``experiment_bandit_state`` held before this run, per variant."""
+
+    users: int
+    successes: int
+    weight: float
+    period: int
+
+
+def arm_states(experiment: ExperimentInput, previous: dict[uuid.UUID, PublishedState] | None = None) -> list[ArmState]:
     """Posterior, P(best) and traffic weight of every arm.
 
     A bandit's weights are P(best) among unpaused arms with the burn-in and floor of
-    :func:`sira.bandit.bandit_weights`.  A fixed split keeps its configured shares
-    (over unpaused arms): the state is still stored so the dashboard can chart the
-    posteriors, but nothing is published for the assignment path.
+    :func:`sira.bandit.bandit_weights`, computed from the period-stratified counts of
+    the users whose attribution window has closed.  They replace the weights in force
+    only when some arm's weight moved by more than :data:`sira.bandit.REPUBLISH_STEP`
+    (or the arms changed); each replacement gets the next weights period, which the
+    assignment path records on every row (0 = the configured shares, in burn-in).  A
+    fixed split keeps its configured shares (over unpaused arms): the state is still
+    stored so the dashboard can chart the posteriors, but nothing is published.
     """
     if not experiment.arms:
         return []
-    decision = decision_proportions(experiment)
-    result = bandit_weights(decision, experiment.traffic_shares, experiment.paused, experiment.bandit_config)
-    alphas, betas = posteriors(decision)
+    table = experiment.decision_table()
+    result = bandit_weights(table, experiment.traffic_shares, experiment.paused, experiment.bandit_config)
+    effective = live_effective(table, experiment.paused)
+    alphas, betas = posteriors(effective)
+    pooled = table.pooled()
+    period = 0
     if experiment.mode == ExperimentMode.BANDIT.value:
         weights, burn_in = [float(w) for w in result.weights], result.burn_in
+        before = [previous.get(arm.variant_id) for arm in experiment.arms] if previous else []
+        if not burn_in:
+            known = bool(before) and all(b is not None for b in before)
+            last_period = max((b.period for b in before if b is not None), default=0)
+            if known and last_period > 0 and not weights_moved([b.weight for b in before], weights):
+                weights, period = [b.weight for b in before], last_period
+            else:
+                period = last_period + 1
     else:
         weights, burn_in = experiment.active_shares(), False
     return [
         ArmState(
             experiment_id=experiment.id,
             variant_id=arm.variant_id,
-            users=proportion.users,
-            successes=proportion.successes,
+            users=raw.users,
+            successes=raw.successes,
             alpha=float(alphas[i]),
             beta=float(betas[i]),
             prob_best=float(result.prob_best[i]),
             weight=weights[i],
             burn_in=burn_in,
+            period=period,
         )
-        for i, (arm, proportion) in enumerate(zip(experiment.arms, decision))
+        for i, (arm, raw) in enumerate(zip(experiment.arms, pooled))
     ]
 
 
 _PREVIOUS_STATE = text(
     """
-    SELECT experiment_id, variant_id, users, successes, weight
+    SELECT experiment_id, variant_id, users, successes, weight, period
     FROM experiment_bandit_state
     WHERE experiment_id = ANY(:experiment_ids)
     """
 ).bindparams(bindparam("experiment_ids", type_=ARRAY(UUID(as_uuid=True))))
 
 
-def _changed(previous: dict[uuid.UUID, tuple[int, int, float]], states: list[ArmState]) -> bool:
+def _changed(previous: dict[uuid.UUID, PublishedState], states: list[ArmState]) -> bool:
     for state in states:
         before = previous.get(state.variant_id)
         if before is None:
             return True
-        users, successes, weight = before
-        if users != state.users or successes != state.successes or abs(weight - state.weight) > WEIGHT_EPSILON:
+        if (
+            before.users != state.users
+            or before.successes != state.successes
+            or abs(before.weight - state.weight) > WEIGHT_EPSILON
+        ):
             return True
     return False
 
@@ -177,11 +207,11 @@ def _store_states(session: Session, experiments: list[ExperimentInput], now: dat
     data (or every 30 s over an idle experiment) adds nothing.
     """
     ids = [e.id for e in experiments]
-    previous: dict[uuid.UUID, tuple[int, int, float]] = {
-        row.variant_id: (int(row.users), int(row.successes), float(row.weight))
+    previous: dict[uuid.UUID, PublishedState] = {
+        row.variant_id: PublishedState(int(row.users), int(row.successes), float(row.weight), int(row.period))
         for row in session.execute(_PREVIOUS_STATE, {"experiment_ids": ids})
     }
-    all_states = [arm_states(e) for e in experiments]
+    all_states = [arm_states(e, previous) for e in experiments]
     flat = [s for states in all_states for s in states]
     if flat:
         session.execute(_UPSERT_STATE, {**_columns(flat), "computed_at": now})
@@ -202,6 +232,7 @@ def _columns(states: list[ArmState]) -> dict[str, list[Any]]:
         "prob_bests": [s.prob_best for s in states],
         "weights": [s.weight for s in states],
         "burn_ins": [s.burn_in for s in states],
+        "periods": [s.period for s in states],
     }
 
 
@@ -215,19 +246,22 @@ _ARRAYS = (
     bindparam("prob_bests", type_=ARRAY(Double)),
     bindparam("weights", type_=ARRAY(Double)),
     bindparam("burn_ins", type_=ARRAY(Boolean)),
+    bindparam("periods", type_=ARRAY(BigInteger)),
 )
-_UNNEST = "unnest(:experiment_ids, :variant_ids, :users, :successes, :alphas, :betas, :prob_bests, :weights, :burn_ins)"
+_UNNEST = (
+    "unnest(:experiment_ids, :variant_ids, :users, :successes, :alphas, :betas, :prob_bests, :weights, :burn_ins, :periods)"
+)
 
 # One statement per chunk (arrays unnested server-side) rather than one row each.
 _UPSERT_STATE = text(
     f"""
     INSERT INTO experiment_bandit_state
-        (experiment_id, variant_id, users, successes, alpha, beta, prob_best, weight, burn_in, computed_at)
-    SELECT e, v, u, s, a, b, p, w, bi, :computed_at FROM {_UNNEST} AS t(e, v, u, s, a, b, p, w, bi)
+        (experiment_id, variant_id, users, successes, alpha, beta, prob_best, weight, burn_in, period, computed_at)
+    SELECT e, v, u, s, a, b, p, w, bi, pe, :computed_at FROM {_UNNEST} AS t(e, v, u, s, a, b, p, w, bi, pe)
     ON CONFLICT (experiment_id, variant_id) DO UPDATE SET
         users = excluded.users, successes = excluded.successes, alpha = excluded.alpha, beta = excluded.beta,
         prob_best = excluded.prob_best, weight = excluded.weight, burn_in = excluded.burn_in,
-        computed_at = excluded.computed_at
+        period = excluded.period, computed_at = excluded.computed_at
     """
 ).bindparams(*_ARRAYS)
 
@@ -235,7 +269,7 @@ _APPEND_HISTORY = text(
     f"""
     INSERT INTO experiment_bandit_history
         (experiment_id, variant_id, users, successes, alpha, beta, prob_best, weight, computed_at)
-    SELECT e, v, u, s, a, b, p, w, :computed_at FROM {_UNNEST} AS t(e, v, u, s, a, b, p, w, bi)
+    SELECT e, v, u, s, a, b, p, w, :computed_at FROM {_UNNEST} AS t(e, v, u, s, a, b, p, w, bi, pe)
     """
 ).bindparams(*_ARRAYS)
 
@@ -257,6 +291,7 @@ def publish_weights(
         document = {
             "weights": {str(s.variant_id): s.weight for s in states},
             "burn_in": states[0].burn_in,
+            "period": states[0].period,
             "computed_at": now.isoformat(),
         }
         pipe.set(cache.weights_key(experiment.id), json.dumps(document), ex=ttl_s)
@@ -305,7 +340,9 @@ def recompute_posteriors(
     ttl_s = weights_ttl_seconds(recompute_interval_s)
     for chunk in chunks(ids, CHUNK_SIZE):
         with db.session_scope() as session:
-            experiments = [e for e in load_inputs(session, chunk, with_config=False) if e.status == ExperimentStatus.RUNNING.value]
+            experiments = [
+                e for e in load_inputs(session, chunk, with_config=False, now=now) if e.status == ExperimentStatus.RUNNING.value
+            ]
             all_states, history_rows = _store_states(session, experiments, now)
         summary.experiments += len(experiments)
         summary.arms += sum(len(states) for states in all_states)

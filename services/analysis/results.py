@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import numpy as np
 import redis
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
@@ -30,9 +31,11 @@ from sqlalchemy.orm import Session
 from core.errors import NotFound
 from models import BanditState
 from models.enums import EVENT_TYPES, LOWER_IS_BETTER, ExperimentMode
-from sira.bandit import posteriors
+from sira.bandit import live_effective, posteriors
+from sira.compare import compare_rates
 from sira.posterior import prob_beat_control, prob_best
 from sira.stats import (
+    Comparison,
     Interval,
     ProportionStats,
     beta_credible_interval,
@@ -40,6 +43,7 @@ from sira.stats import (
     mean_interval,
     relative_uplift,
     srm_test,
+    srm_test_periods,
     wilson_interval,
 )
 
@@ -54,17 +58,26 @@ RETENTION_DAYS = 7
 
 
 def decision_proportions(experiment: ExperimentInput) -> list[ProportionStats]:
-    """The primary metric as SIRA decides on it (success = the good outcome)."""
-    proportions = experiment.proportions(experiment.primary_metric)
-    if experiment.primary_metric in LOWER_IS_BETTER:
-        return [ProportionStats(users=p.users, successes=p.failures) for p in proportions]
-    return proportions
+    """The primary metric as SIRA decides on it (success = the good outcome): matured
+    users only, period-stratified (the raw counts for one period without windows)."""
+    return live_effective(experiment.decision_table(), experiment.paused)
 
 
 def _interval(interval: Interval | None) -> dict[str, float] | None:
     if interval is None:
         return None
     return {"lower": interval.lower, "upper": interval.upper}
+
+
+def _comparison(comparison: Comparison) -> dict[str, Any]:
+    return {
+        "estimate": comparison.estimate,
+        "lower": comparison.lower,
+        "upper": comparison.upper,
+        "always_valid_lower": comparison.always_valid_lower,
+        "always_valid_upper": comparison.always_valid_upper,
+        "message": comparison.message,
+    }
 
 
 def _beats_control(control: ProportionStats, variant: ProportionStats, lower_is_better: bool) -> float:
@@ -74,20 +87,29 @@ def _beats_control(control: ProportionStats, variant: ProportionStats, lower_is_
 
 
 def _metric_block(experiment: ExperimentInput, index: int, event_type: str) -> dict[str, Any]:
+    """One arm's numbers for one event type.
+
+    ``rate`` and its intervals are over all users so far, period-stratified when the
+    split changed (:mod:`sira.strata`); ``matured_users`` are the users whose
+    attribution window has closed, the ones the bandit and fail-fast count.
+    """
     arm = experiment.arms[index]
     counts = arm.counts(event_type)
-    proportion = arm.proportion(event_type)
+    table = experiment.table(event_type)
+    proportion = table.effective(shared=False)[index]
     sample = arm.value_sample(event_type)
     block: dict[str, Any] = {
         "users": counts.users,
         "events": counts.events,
         "rate": proportion.rate,
+        "matured_users": experiment.matured_users(event_type)[index],
         "interval": _interval(wilson_interval(proportion.successes, proportion.users)),
         "credible_interval": _interval(beta_credible_interval(proportion.successes, proportion.users)),
         "value_count": counts.value_count,
         "value_sum": counts.value_sum,
         "value_mean": sample.mean,
         "value_interval": _interval(mean_interval(sample)) if sample.n >= 2 else None,
+        "difference": None,
         "uplift": None,
         "value_uplift": None,
         "prob_beat_control": None,
@@ -95,13 +117,11 @@ def _metric_block(experiment: ExperimentInput, index: int, event_type: str) -> d
     control_index = experiment.control_index
     if index != control_index:
         control = experiment.arms[control_index]
-        uplift = relative_uplift(control.proportion(event_type), proportion)
-        block["uplift"] = {
-            "estimate": uplift.estimate,
-            "lower": uplift.interval.lower if uplift.interval else None,
-            "upper": uplift.interval.upper if uplift.interval else None,
-            "message": uplift.message,
-        }
+        # The pair over the periods both arms share, so they are compared over the same time.
+        control_pair, variant_pair = table.select([control_index, index]).effective()
+        difference, uplift = compare_rates(table, control_index, index)
+        block["difference"] = _comparison(difference)
+        block["uplift"] = _comparison(uplift)
         value_uplift = relative_uplift(control.value_sample(event_type), sample)
         block["value_uplift"] = {
             "estimate": value_uplift.estimate,
@@ -110,9 +130,7 @@ def _metric_block(experiment: ExperimentInput, index: int, event_type: str) -> d
             "message": value_uplift.message,
         }
         if control.assigned_users and arm.assigned_users:
-            block["prob_beat_control"] = _beats_control(
-                control.proportion(event_type), proportion, event_type in LOWER_IS_BETTER
-            )
+            block["prob_beat_control"] = _beats_control(control_pair, variant_pair, event_type in LOWER_IS_BETTER)
     return block
 
 
@@ -147,6 +165,18 @@ def current_weights(experiment: ExperimentInput, states: dict[uuid.UUID, StoredS
 
 
 def srm_block(experiment: ExperimentInput) -> dict[str, Any]:
+    """SRM against the probabilities logged per allocation period (bandits and pauses
+    included); without logged probabilities, against the configured shares."""
+    if experiment.period_users is not None and experiment.periods and (
+        experiment.periods > 1 or not np.isnan(experiment.period_probability).all()
+    ):
+        result = srm_test_periods(experiment.period_users, experiment.period_probability, experiment.traffic_shares)
+        return {
+            "chi2": float(result.chi2),
+            "p_value": float(result.p_value),
+            "flagged": bool(result.flagged),
+            "message": result.message,
+        }
     if experiment.mode == ExperimentMode.BANDIT.value:
         return {"chi2": None, "p_value": None, "flagged": False,
                 "message": "not applicable: a bandit changes the split on purpose"}
@@ -301,6 +331,8 @@ def build_results(
         "primary_metric": experiment.primary_metric,
         "lower_is_better": sorted(LOWER_IS_BETTER),
         "variants": variants,
+        "periods": experiment.periods,
+        "attribution_window_s": experiment.windows,
         "srm": srm_block(experiment),
         "d7_computed_at": d7.get("computed_at") if d7 else None,
         "bandit_computed_at": max(state_times).isoformat() if state_times else None,
@@ -309,8 +341,8 @@ def build_results(
     }
 
 
-def load_experiment(session: Session, experiment_id: uuid.UUID) -> ExperimentInput:
-    found = load_inputs(session, [experiment_id])
+def load_experiment(session: Session, experiment_id: uuid.UUID, now: datetime | None = None) -> ExperimentInput:
+    found = load_inputs(session, [experiment_id], now=now)
     if not found:
         raise NotFound(f"experiment {experiment_id} not found")
     return found[0]
@@ -320,6 +352,6 @@ def experiment_results(
     session: Session, client: redis.Redis | None, experiment_id: uuid.UUID, now: datetime | None = None
 ) -> dict[str, Any]:
     now = now or datetime.now(timezone.utc)
-    experiment = load_experiment(session, experiment_id)
+    experiment = load_experiment(session, experiment_id, now)
     d7 = d7_retention_counts(session, client, experiment, now)
     return build_results(experiment, load_states(session, experiment_id), d7, now)

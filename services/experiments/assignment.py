@@ -59,8 +59,10 @@ _DATABASE_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.Timeout
 # Run on the driver's cursor (psycopg named parameters): on the miss path SQLAlchemy's
 # statement and result machinery cost more CPU than the statement itself.
 _INSERT_ASSIGNMENT = """
-    INSERT INTO experiment_assignments (experiment_id, variant_id, molam_id, country, lang, currency, region, device)
-    SELECT %(experiment_id)s, %(variant_id)s, %(molam_id)s, %(country)s, %(lang)s, %(currency)s, %(region)s, %(device)s
+    INSERT INTO experiment_assignments
+        (experiment_id, variant_id, molam_id, country, lang, currency, region, device, period, probability)
+    SELECT %(experiment_id)s, %(variant_id)s, %(molam_id)s, %(country)s, %(lang)s, %(currency)s, %(region)s, %(device)s,
+           %(period)s, %(probability)s
     WHERE EXISTS (
         SELECT 1 FROM experiments e JOIN experiment_variants v ON v.experiment_id = e.id
         WHERE e.id = %(experiment_id)s AND e.status = %(running)s AND v.id = %(variant_id)s AND NOT v.paused
@@ -106,6 +108,17 @@ def _hundredths(value: float) -> int:
     return int(round(value * 100))
 
 
+def period_id(version: int, weights_period: int) -> int:
+    """The allocation period an assignment is made in: (definition version, published weights).
+
+    Every change of the split changes one of the two: a pause, a resume or a restart
+    bumps the experiment's version, and each replacement of a bandit's weights bumps
+    the ``period`` SIRA publishes with them (0 while the configured shares apply).
+    Ordering by the id is chronological.
+    """
+    return (version << 32) | weights_period
+
+
 def in_coverage(definition: Definition, molam_id: str) -> bool:
     threshold = _hundredths(definition.coverage)
     return threshold >= BUCKETS or coverage_bucket(definition.id, molam_id) < threshold
@@ -136,12 +149,30 @@ def variant_for_bucket(definition: Definition, bucket: int) -> VariantDefinition
     return active[bisect.bisect_right(bounds, bucket)]
 
 
+def split_probability(definition: Definition, variant: VariantDefinition) -> float:
+    """The share of buckets the fixed split gives ``variant`` (its assignment probability)."""
+    probabilities = definition.derived.get("split_probability")
+    if probabilities is None:
+        bounds, active = split_boundaries(definition)
+        lower = (0,) + bounds[:-1]
+        probabilities = {v.id: (upper - low) / BUCKETS for v, low, upper in zip(active, lower, bounds)}
+        definition.derived["split_probability"] = probabilities
+    return probabilities[variant.id]
+
+
 def bandit_weights(definition: Definition, published: dict[str, Any] | None) -> list[tuple[VariantDefinition, float]]:
     """Draw weights for active arms: SIRA's published P(best), else the traffic shares.
 
     SIRA's weights are used only once it has left burn-in; arms paused in the
     definition get nothing whatever SIRA published.
     """
+    return _bandit_allocation(definition, published)[0]
+
+
+def _bandit_allocation(
+    definition: Definition, published: dict[str, Any] | None
+) -> tuple[list[tuple[VariantDefinition, float]], int]:
+    """(draw weights, weights period): the published period, or 0 for the configured shares."""
     active = definition.active_variants
     if published and not published.get("burn_in"):
         weights = published.get("weights") or {}
@@ -153,11 +184,12 @@ def bandit_weights(definition: Definition, published: dict[str, Any] | None) -> 
                 weight = 0.0
             drawn.append((variant, weight if math.isfinite(weight) and weight > 0 else 0.0))
         if sum(w for _, w in drawn) > 0:
-            return drawn
+            period = published.get("period")
+            return drawn, period if isinstance(period, int) and 0 < period < 1 << 32 else 0
     shares = [(v, float(_hundredths(v.traffic_share))) for v in active]
     if sum(w for _, w in shares) <= 0:
-        return [(v, 1.0) for v in active]
-    return shares
+        return [(v, 1.0) for v in active], 0
+    return shares, 0
 
 
 def draw_variant(weights: list[tuple[VariantDefinition, float]], rng: Callable[[], float] = random.random) -> VariantDefinition:
@@ -374,8 +406,8 @@ def _decide(cached: Cached, definition: Definition, user: UserContext) -> dict[s
     if not in_coverage(definition, user.molam_id):
         return _not_eligible(definition, user.molam_id, "outside_coverage")
     for _attempt in range(2):
-        variant = _choose(definition, user.molam_id, cached.weights)
-        row = _on_held(_insert, definition.id, variant.id, user)
+        variant, probability, period = _choose(definition, user.molam_id, cached.weights)
+        row = _on_held(_insert, definition.id, variant.id, user, period, probability)
         if row is not None:
             EXPERIMENT_ASSIGNMENTS.labels(experiment_id=definition.id).inc()
             return _finish(client, definition, user.molam_id, row, new=True)
@@ -449,10 +481,16 @@ def _on_held(statement: Callable[..., Any], *args: Any) -> Any:
     raise AssertionError("unreachable")
 
 
-def _choose(definition: Definition, molam_id: str, raw_weights: bytes | None) -> VariantDefinition:
+def _choose(definition: Definition, molam_id: str, raw_weights: bytes | None) -> tuple[VariantDefinition, float, int]:
+    """(variant, probability it had of being chosen, allocation period)."""
     if definition.mode == ExperimentMode.BANDIT.value:
-        return draw_variant(bandit_weights(definition, _published_weights(raw_weights, definition.id)))
-    return variant_for_bucket(definition, split_bucket(definition.id, molam_id))
+        weights, weights_period = _bandit_allocation(definition, _published_weights(raw_weights, definition.id))
+        variant = draw_variant(weights)
+        total = sum(w for _, w in weights)
+        probability = next(w for v, w in weights if v is variant) / total
+        return variant, probability, period_id(definition.version, weights_period)
+    variant = variant_for_bucket(definition, split_bucket(definition.id, molam_id))
+    return variant, split_probability(definition, variant), period_id(definition.version, 0)
 
 
 def _published_weights(raw: bytes | None, experiment_id: str) -> dict[str, Any] | None:
@@ -466,7 +504,9 @@ def _published_weights(raw: bytes | None, experiment_id: str) -> dict[str, Any] 
     return published if isinstance(published, dict) else None
 
 
-def _insert(connection: Connection, experiment_id: str, variant_id: str, user: UserContext) -> tuple[Any, datetime] | None:
+def _insert(
+    connection: Connection, experiment_id: str, variant_id: str, user: UserContext, period: int, probability: float
+) -> tuple[Any, datetime] | None:
     # Run on the driver's cursor (SQLAlchemy's result machinery costs more than the statement).
     # In autocommit the row is committed when the statement returns, so Redis never
     # holds an assignment that PostgreSQL could still roll back.
@@ -482,6 +522,8 @@ def _insert(connection: Connection, experiment_id: str, variant_id: str, user: U
                 "currency": user.currency,
                 "region": user.region,
                 "device": user.device,
+                "period": period,
+                "probability": probability,
                 "running": ExperimentStatus.RUNNING.value,
             },
         ).fetchone()

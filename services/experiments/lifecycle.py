@@ -12,6 +12,8 @@ from core.errors import Conflict, NotFound
 from models import Experiment, Variant
 from models.enums import ExperimentStatus as S
 
+from sira.failfast import DEFAULT_GUARDRAIL_MARGIN
+
 from . import audit
 from .audit import Actor
 
@@ -38,6 +40,7 @@ def snapshot(experiment: Experiment) -> dict[str, Any]:
         "fail_fast": experiment.fail_fast,
         "guardrails": experiment.guardrails,
         "bandit": experiment.bandit,
+        "attribution_window_s": experiment.attribution_window_s,
         "version": experiment.version,
         "variants": [
             {
@@ -106,7 +109,12 @@ def _build_variants(specs: list[dict[str, Any]]) -> list[Variant]:
 
 def _settings_columns(data: dict[str, Any]) -> dict[str, Any]:
     """Map API fields onto columns (guardrails + guardrail_action share one JSONB column)."""
-    columns = {k: data[k] for k in ("name", "description", "targeting", "mode", "coverage", "primary_metric", "fail_fast", "bandit") if k in data}
+    columns = {
+        k: data[k]
+        for k in ("name", "description", "targeting", "mode", "coverage", "primary_metric", "fail_fast", "bandit",
+                  "attribution_window_s")
+        if k in data
+    }
     return columns
 
 
@@ -115,7 +123,7 @@ def create_experiment(session: Session, data: dict[str, Any], actor: Actor) -> E
         id=uuid.uuid4(),
         status=S.DRAFT.value,
         created_by=actor.sub,
-        guardrails={"event_types": data["guardrails"], "action": data["guardrail_action"]},
+        guardrails={"event_types": data["guardrails"], "action": data["guardrail_action"], "margin": data.get("guardrail_margin", DEFAULT_GUARDRAIL_MARGIN)},
         variants=_build_variants(data["variants"]),
         version=1,
         **_settings_columns(data),
@@ -141,10 +149,11 @@ def update_experiment(session: Session, experiment_id: uuid.UUID, changes: dict[
     before = snapshot(experiment)
     for key, value in _settings_columns(changes).items():
         setattr(experiment, key, value)
-    if "guardrails" in changes or "guardrail_action" in changes:
+    if "guardrails" in changes or "guardrail_action" in changes or "guardrail_margin" in changes:
         experiment.guardrails = {
             "event_types": changes.get("guardrails", experiment.guardrails.get("event_types", [])),
             "action": changes.get("guardrail_action", experiment.guardrails.get("action")),
+            "margin": changes.get("guardrail_margin", experiment.guardrails.get("margin", DEFAULT_GUARDRAIL_MARGIN)),
         }
     if "variants" in changes:
         experiment.variants.clear()

@@ -60,7 +60,13 @@ def test_results_shape(client, auth, running):
     assert green["assigned_users"] == 1000 and green["metrics"]["conversion"]["users"] == 85
     assert green["metrics"]["conversion"]["rate"] == pytest.approx(0.085)
     assert green["metrics"]["conversion"]["uplift"]["estimate"] == pytest.approx(0.085 / 0.06 - 1)
-    assert set(green["metrics"]["conversion"]["uplift"]) >= {"estimate", "lower", "upper"}
+    for comparison in ("difference", "uplift"):
+        assert set(green["metrics"]["conversion"][comparison]) == {
+            "estimate", "lower", "upper", "always_valid_lower", "always_valid_upper", "message",
+        }
+    assert green["metrics"]["conversion"]["difference"]["estimate"] == pytest.approx(0.025)
+    assert green["metrics"]["conversion"]["matured_users"] == 1000
+    assert body["periods"] == 1
     assert green["metrics"]["conversion"]["prob_beat_control"] > 0.95
     assert (green["alpha"], green["beta"]) == (86, 916)
     assert control["prob_best"] + green["prob_best"] == pytest.approx(1.0)

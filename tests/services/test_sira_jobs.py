@@ -15,7 +15,7 @@ from services.analysis import jobs as sira_jobs
 from services.cache import definition_key
 from sira.bandit import BanditConfig, bandit_weights
 from sira.stats import ProportionStats
-from tests.support.sira_data import set_arm, set_rollup
+from tests.support.sira_data import NO_WINDOWS, set_arm, set_rollup
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def rows(settings, query, *params):
 
 
 def bandit_experiment(create_experiment, **overrides):
-    return create_experiment(start=True, mode="bandit", **overrides)
+    return create_experiment(start=True, mode="bandit", **{"attribution_window_s": NO_WINDOWS, **overrides})
 
 
 def test_recompute_writes_state_history_and_weights(app, settings, create_experiment, redis_client):
@@ -52,7 +52,8 @@ def test_recompute_writes_state_history_and_weights(app, settings, create_experi
     published = json.loads(redis_client.get(f"sira:weights:{experiment['id']}"))
     assert published["burn_in"] is False
     assert published["weights"] == pytest.approx({control: want.weights[0], green: want.weights[1]})
-    assert set(published) == {"weights", "burn_in", "computed_at"}
+    assert set(published) == {"weights", "burn_in", "period", "computed_at"}
+    assert published["period"] == 1  # the first weights after burn-in open period 1
     assert 0 < redis_client.ttl(f"sira:weights:{experiment['id']}") <= sira_jobs.weights_ttl_seconds(30)
 
     # Idempotent: nothing changed, so no new history; state is refreshed in place.
@@ -287,7 +288,8 @@ def test_redis_down_state_still_stored_and_pause_retried(app, settings, create_e
 
     dead = redis_lib.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
     experiment, control, green = losing_experiment(
-        create_experiment, settings, mode="bandit", guardrails=[], fail_fast={"action": "pause_variant"}
+        create_experiment, settings, mode="bandit", guardrails=[], fail_fast={"action": "pause_variant"},
+        attribution_window_s=NO_WINDOWS,
     )
     summary = sira_jobs.recompute_posteriors(dead)
     assert summary.arms == 2 and summary.published == 0 and summary.errors

@@ -9,7 +9,7 @@ from datetime import timedelta
 import numpy as np
 import pytest
 from scipy import integrate, stats
-from statsmodels.stats.proportion import proportion_confint
+from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
 from core.config import libpq_url
 from core.redis import get_redis
@@ -122,14 +122,26 @@ def test_results_equal_from_scratch_computation(app, settings, create_experiment
             c = control["metrics"][event_type]
             n_c, n_v = control["assigned"], want["assigned"]
             p_c, p_v = c["users"] / n_c, exp["users"] / n_v
+            difference = confint_proportions_2indep(
+                exp["users"], n_v, c["users"], n_c, method="newcomb", compare="diff"
+            )
+            assert got["difference"]["estimate"] == pytest.approx(p_v - p_c, abs=1e-12)
+            assert (got["difference"]["lower"], got["difference"]["upper"]) == pytest.approx(difference, abs=1e-9)
+            assert got["difference"]["always_valid_lower"] <= got["difference"]["lower"]
+            assert got["difference"]["always_valid_upper"] >= got["difference"]["upper"]
             if p_c > 0:
                 estimate = p_v / p_c - 1
-                se = math.sqrt(p_v * (1 - p_v) / n_v / p_c**2 + p_v**2 * p_c * (1 - p_c) / n_c / p_c**4)
+                # MOVER-R from the two Wilson intervals (Donner & Zou 2012)
+                l_c, u_c = proportion_confint(c["users"], n_c, method="wilson")
+                l_v, u_v = proportion_confint(exp["users"], n_v, method="wilson")
+                lower = (p_v * p_c - math.sqrt(max((p_v * p_c) ** 2 - l_v * u_c * (2 * p_v - l_v) * (2 * p_c - u_c), 0))) / (u_c * (2 * p_c - u_c))
+                upper = (p_v * p_c + math.sqrt(max((p_v * p_c) ** 2 - u_v * l_c * (2 * p_v - u_v) * (2 * p_c - l_c), 0))) / (l_c * (2 * p_c - l_c))
                 assert got["uplift"]["estimate"] == pytest.approx(estimate, rel=1e-9, abs=1e-12)
-                assert got["uplift"]["lower"] == pytest.approx(estimate - 1.959963984540054 * se, rel=1e-7, abs=1e-12)
-                assert got["uplift"]["upper"] == pytest.approx(estimate + 1.959963984540054 * se, rel=1e-7, abs=1e-12)
+                assert got["uplift"]["lower"] == pytest.approx(max(lower, 0) - 1, rel=1e-7, abs=1e-12)
+                assert got["uplift"]["upper"] == pytest.approx(upper - 1, rel=1e-7, abs=1e-12)
+                assert got["uplift"]["always_valid_lower"] <= got["uplift"]["lower"]
             else:
-                assert got["uplift"]["estimate"] is None
+                assert got["uplift"]["estimate"] is None and got["uplift"]["message"]
             p_higher = prob_greater(c["users"] + 1, n_c - c["users"] + 1, exp["users"] + 1, n_v - exp["users"] + 1)
             want_beat = 1 - p_higher if event_type in LOWER_IS_BETTER else p_higher
             assert got["prob_beat_control"] == pytest.approx(want_beat, abs=1e-6)

@@ -16,6 +16,10 @@ from core.config import libpq_url
 
 NOW = datetime.now(timezone.utc)
 
+#: Attribution windows switched off for every event type: a bandit experiment then
+#: decides on all users at once, like a fixed split (tests that set counts directly).
+NO_WINDOWS = {event_type: None for event_type in ("conversion", "refund", "churn", "fraud_alert", "click", "view")}
+
 
 @dataclass
 class RawData:

@@ -12,7 +12,7 @@ from celery.schedules import crontab
 from core.config import libpq_url
 from core.redis import get_redis
 from services.analysis import jobs as sira_jobs
-from tests.support.sira_data import set_arm
+from tests.support.sira_data import NO_WINDOWS, set_arm
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def count(settings, query):
 
 
 def losing_bandit(create_experiment, settings, **overrides):
-    experiment = create_experiment(start=True, mode="bandit", guardrails=[], **overrides)
+    experiment = create_experiment(start=True, mode="bandit", guardrails=[], **{"attribution_window_s": NO_WINDOWS, **overrides})
     control, green = (v["id"] for v in experiment["variants"])
     set_arm(settings.database_url, experiment["id"], control, assigned=3000, successes=300)
     set_arm(settings.database_url, experiment["id"], green, assigned=3000, successes=150)
@@ -110,7 +110,7 @@ def test_daily_report_task_once_per_day(sira_tasks, create_experiment, settings)
 
 
 def test_daily_report_of_an_empty_experiment(sira_tasks, create_experiment, settings):
-    experiment = create_experiment(start=True, mode="bandit")
+    experiment = create_experiment(start=True, mode="bandit", attribution_window_s=NO_WINDOWS)
     assert sira_tasks.daily_report.apply(kwargs={"report_date": "2026-05-02"}).get()["created"] == 1
     with psycopg.connect(libpq_url(settings.database_url)) as conn:
         content, markdown = conn.execute("SELECT content, markdown FROM sira_reports").fetchone()
