@@ -36,7 +36,7 @@ class UpliftSchema(ma.Schema):
     message = fields.String()
 
 
-class ComparisonSchema(ma.Schema):
+class RateComparisonSchema(ma.Schema):
     """Variant vs control: fixed-horizon 95% bounds and always-valid 95% bounds (hold at every look)."""
 
     estimate = fields.Float(allow_none=True)
@@ -60,8 +60,8 @@ class MetricResultSchema(ma.Schema):
     value_sum = fields.Float()
     value_mean = fields.Float()
     value_interval = fields.Nested(IntervalSchema, allow_none=True)
-    difference = fields.Nested(ComparisonSchema, allow_none=True)
-    uplift = fields.Nested(ComparisonSchema, allow_none=True)
+    difference = fields.Nested(RateComparisonSchema, allow_none=True)
+    uplift = fields.Nested(RateComparisonSchema, allow_none=True)
     value_uplift = fields.Nested(UpliftSchema, allow_none=True)
     prob_beat_control = fields.Float(allow_none=True)
 
