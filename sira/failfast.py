@@ -21,7 +21,7 @@ import numpy as np
 
 from sira.posterior import prob_best
 from sira.stats import ProportionStats
-from sira.strata import PeriodTable
+from sira.strata import PeriodTable, arm_estimates, difference_estimates, shared_periods
 
 __all__ = [
     "DEFAULT_GUARDRAIL_MARGIN",
@@ -31,6 +31,7 @@ __all__ = [
     "difference_confidence_sequence",
     "evaluate",
     "guardrail_flags",
+    "guardrail_ratio_flags",
     "sequential_flags",
     "stratified_confidence_sequence",
 ]
@@ -312,6 +313,89 @@ def guardrail_flags(
                         f"({rates[index].rate:.2%} vs control {rates[control_index].rate:.2%}): always-valid "
                         f"{1 - config.alpha:.0%} bounds on the increase are "
                         f"[{float(lower):.2%}, {float(upper):.2%}]"
+                    ),
+                )
+            )
+    return flags
+
+
+def _log_rate(estimates: dict, arm: int) -> tuple[float, float] | None:
+    """(log of an arm's stratified rate, its delta-method variance); None without data.
+
+    A rate of 0 is replaced by half a success (0.5 / effective users) so that an arm
+    without events yet has a finite, wide log rate instead of minus infinity.
+    """
+    users = float(estimates["effective_users"][arm])
+    if users <= 0:
+        return None
+    rate = max(float(estimates["rate"][arm]), 0.5 / users)
+    return math.log(rate), float(estimates["variance"][arm]) / rate**2
+
+
+def guardrail_ratio_flags(
+    bad: PeriodTable,
+    control_index: int,
+    config: FailFastConfig,
+    margin: float = DEFAULT_GUARDRAIL_MARGIN,
+    per: PeriodTable | None = None,
+) -> list[ArmFlag]:
+    """Flag variants whose guardrail ratio is credibly worse than control's by more than
+    ``margin`` (a non-inferiority test that watches continuously).
+
+    ``bad`` counts the users with the harmful outcome (a refund, a fraud alert) per
+    period and arm.  With ``per`` (the users who converted) the guardrail is judged
+    per converter, R = rate(bad) / rate(per): refunds per buyer, so a variant that sells
+    more with the same refund habits has the same R as control and is never flagged.
+    Without ``per`` it is the rate per assigned user.
+
+    For each variant, D = log R_v − log R_c from the period-stratified rates, with
+    variance the sum of the delta-method variances of the four log rates (the
+    positive covariance of a refund with a purchase is left out, which only widens the
+    sequence).  The variant is flagged when the always-valid lower bound of D exceeds
+    log(1 + margin), alpha split over the variants; ``lower``/``upper`` of the flag are
+    the bounds on R_v / R_c.  Both arms need ``min_samples`` users.
+    """
+    others = [i for i in range(bad.arms) if i != control_index]
+    pooled = bad.pooled()
+    if not others or pooled[control_index].users < config.min_samples:
+        return []
+    pair_alpha = config.alpha / len(others)
+    threshold = math.log1p(margin)
+    flags = []
+    for position, index in enumerate(others):
+        if pooled[index].users < config.min_samples:
+            continue
+        pair = bad.select([control_index, index])
+        mask = shared_periods(pair.users) if pair.periods > 1 else None
+        numerator = arm_estimates(pair.users, pair.successes, mask)
+        parts = [_log_rate(numerator, 0), _log_rate(numerator, 1)]
+        if per is not None:
+            per_pair = per.select([control_index, index])
+            per_mask = shared_periods(per_pair.users) if per_pair.periods > 1 else None
+            denominator = arm_estimates(per_pair.users, per_pair.successes, per_mask)
+            if float(denominator["rate"][0]) <= 0 or float(denominator["rate"][1]) <= 0:
+                continue  # nobody converted yet on one side: no ratio to judge
+            parts += [_log_rate(denominator, 0), _log_rate(denominator, 1)]
+        if any(part is None for part in parts):
+            continue
+        log_ratio = (parts[1][0] - parts[0][0]) - ((parts[3][0] - parts[2][0]) if per is not None else 0.0)
+        variance = sum(part[1] for part in parts)
+        information = difference_estimates(pair.users, pair.successes, 0, 1)["effective_users"]
+        radius = float(confidence_sequence_radius(variance, information, pair_alpha, config.target_samples))
+        lower, upper = log_ratio - radius, log_ratio + radius
+        if lower > threshold:
+            scale = "per converter" if per is not None else "per user"
+            flags.append(
+                ArmFlag(
+                    arm=position,
+                    against=None,
+                    lower=math.exp(lower),
+                    upper=math.exp(upper),
+                    probability=None,
+                    message=(
+                        f"variant {position}'s guardrail rate {scale} is {math.exp(log_ratio):.2f}x control's: "
+                        f"always-valid {1 - config.alpha:.0%} bounds on the ratio [{math.exp(lower):.2f}, "
+                        f"{math.exp(upper):.2f}] exceed the {margin:.0%} margin"
                     ),
                 )
             )

@@ -4,22 +4,31 @@ Pure functions over plain summaries so the API (and its tests) decide where the
 numbers come from; every threshold is an argument with the default the dashboard
 uses.  Suggestions are dictionaries, ready to serialise, each with a ``kind``:
 
-* ``roll_out_and_iterate``: one variant is the clear winner; roll it out and test
-  further values of the configuration keys that made the difference;
+* ``roll_out_and_iterate``: one variant is the clear winner (best with probability
+  ≥ 0.95 and an always-valid bound on its gap to control above 0, so peeking cannot
+  manufacture it); roll it out and test further values of the configuration keys
+  that made the difference;
 * ``extend_or_cut``: nothing has won and the arms are too small to see a 10%
   relative uplift; say how many more users that needs, and which arms are so far
   behind that cutting them would speed up the rest;
 * ``targeted_follow_up``: a variant wins in one segment (a country, say) but not in
-  another; suggest a follow-up targeted at the segment where it wins.
+  another; suggest a follow-up targeted at the segment where it wins.  A win must
+  survive Benjamini–Hochberg at 5% over every segment × variant comparison: with 18
+  segment values and one variant, an uncorrected 0.95 threshold suggests a follow-up
+  in most A/A experiments.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from scipy import special, stats
+
+from sira.failfast import FailFastConfig, difference_confidence_sequence
 from sira.posterior import prob_beat_control
 from sira.stats import required_sample_size
 
@@ -36,6 +45,10 @@ class VariantSummary:
     users: int = 0
     successes: int = 0
     prob_best: float = 0.0
+    # Always-valid lower bound on (rate - control's rate), success = the good outcome,
+    # at the level the roll-out needs (alpha split over the variants); None: computed
+    # here from ``users`` and ``successes``.
+    always_valid_lower: float | None = None
 
     @property
     def rate(self) -> float:
@@ -91,10 +104,27 @@ def _changed_config(winner: VariantSummary, others: Sequence[VariantSummary]) ->
     return changed
 
 
-def _roll_out(variants, control, win_probability) -> list[dict]:
+def _always_valid_lower(winner: VariantSummary, control: VariantSummary, alpha: float) -> float:
+    if winner.always_valid_lower is not None:
+        return winner.always_valid_lower
+    _, lower, _ = difference_confidence_sequence(
+        control.successes, control.users, winner.successes, winner.users, alpha, FailFastConfig.target_samples
+    )
+    return float(lower)
+
+
+def _roll_out(variants, control, win_probability, alpha) -> list[dict]:
+    """Roll out the leader only when it is best with ``win_probability`` *and* its
+    always-valid bound on the gap to control is above 0 (alpha split over the
+    variants): the dashboard is watched continuously, so the fixed-horizon posterior
+    alone would suggest rolling out an A/A winner far more often than 5%."""
     winner = max(variants, key=lambda v: v.prob_best)
     if winner.is_control or winner.prob_best < win_probability:
         return []
+    if control is not None:
+        variant_count = max(sum(1 for v in variants if not v.is_control), 1)
+        if _always_valid_lower(winner, control, alpha / variant_count) <= 0.0:
+            return []
     others = [control] if control else [v for v in variants if v is not winner]
     changed = _changed_config(winner, others)
     if changed:
@@ -176,13 +206,45 @@ def _extend_or_cut(
     ]
 
 
-def _targeted(variants, control, segments, min_samples, win_probability, lose_probability):
+def _two_proportion_p_value(control: tuple[int, int], variant: tuple[int, int]) -> float:
+    """Two-sided p-value of the pooled two-proportion z-test."""
+    (n_c, s_c), (n_v, s_v) = control, variant
+    pooled = (s_c + s_v) / (n_c + n_v)
+    variance = pooled * (1.0 - pooled) * (1.0 / n_c + 1.0 / n_v)
+    if variance <= 0:
+        return 1.0
+    z = (s_v / n_v - s_c / n_c) / math.sqrt(variance)
+    return float(2.0 * special.ndtr(-abs(z)))
+
+
+def _segment_discoveries(counts, variants, control, min_samples, fdr) -> set[tuple[str, str, str]]:
+    """(key, value, variant) where the variant beats control after Benjamini–Hochberg
+    at ``fdr`` over every segment × variant comparison made."""
+    tests = []
+    for (key, value), by_variant in counts.items():
+        c = by_variant.get(control.name)
+        if not c or c[0] < min_samples:
+            continue
+        for variant in variants:
+            v = by_variant.get(variant.name)
+            if variant.is_control or not v or v[0] < min_samples:
+                continue
+            better = v[1] / v[0] > c[1] / c[0]
+            tests.append(((key, value, variant.name), _two_proportion_p_value(c, v), better))
+    if not tests:
+        return set()
+    adjusted = stats.false_discovery_control([p for _, p, _ in tests], method="bh")
+    return {name for (name, _, better), q in zip(tests, adjusted) if better and q <= fdr}
+
+
+def _targeted(variants, control, segments, min_samples, win_probability, lose_probability, fdr=0.05):
     if control is None:
         return []
     # (key, value) -> variant name -> (users, successes)
     counts: dict[tuple[str, str], dict[str, tuple[int, int]]] = defaultdict(dict)
     for row in segments:
         counts[(row.key, row.value)][row.variant] = (row.users, row.successes)
+    discoveries = _segment_discoveries(counts, variants, control, min_samples, fdr)
     found = []
     for key in sorted({k for k, _ in counts}):
         for variant in variants:
@@ -199,7 +261,10 @@ def _targeted(variants, control, segments, min_samples, win_probability, lose_pr
                 beat[value] = prob_beat_control(
                     c[1] + 1, c[0] - c[1] + 1, v[1] + 1, v[0] - v[1] + 1
                 )
-            wins = {value: p for value, p in beat.items() if p >= win_probability}
+            wins = {
+                value: p for value, p in beat.items()
+                if p >= win_probability and (key, value, variant.name) in discoveries
+            }
             losses = {value: p for value, p in beat.items() if p <= lose_probability}
             if not wins or not losses:
                 continue
@@ -235,8 +300,12 @@ def suggestions(
     target_uplift: float = 0.10,
     alpha: float = 0.05,
     power: float = 0.8,
+    segment_fdr: float = 0.05,
 ) -> list[dict]:
     """Follow-up suggestions, most decisive first (see the module docstring for kinds).
+
+    ``segment_fdr`` is the Benjamini–Hochberg level of the segment comparisons (1.0
+    switches the correction off, which is how the simulations show what it buys).
 
     Nothing is suggested from arms below ``min_samples`` users except how many more
     users they need; segment comparisons need ``min_samples`` users on both sides.
@@ -246,7 +315,7 @@ def suggestions(
     control = _control(variants)
     found: list[dict] = []
     if min(v.users for v in variants) >= min_samples:
-        found += _roll_out(variants, control, win_probability)
+        found += _roll_out(variants, control, win_probability, alpha)
     found += _extend_or_cut(
         variants,
         control,
@@ -258,6 +327,6 @@ def suggestions(
         min_samples,
     )
     found += _targeted(
-        variants, control, segments, min_samples, win_probability, lose_probability
+        variants, control, segments, min_samples, win_probability, lose_probability, segment_fdr
     )
     return found

@@ -10,9 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.enums import LOWER_IS_BETTER
-from sira.failfast import ArmFlag, FailFastConfig, evaluate, guardrail_flags
+from sira.failfast import ArmFlag, FailFastConfig, evaluate, guardrail_ratio_flags
 
 from .inputs import ExperimentInput
+
+CONVERSION = "conversion"
+#: Guardrails judged per converter (refunds per buyer) rather than per assigned user.
+PER_CONVERTER = frozenset({"refund", "fraud_alert"})
 
 FAIL_FAST = "fail_fast"
 GUARDRAIL_BREACH = "guardrail_breach"
@@ -71,34 +75,42 @@ def fail_fast_findings(experiment: ExperimentInput) -> list[Finding]:
 
 
 def guardrail_findings(experiment: ExperimentInput) -> list[Finding]:
-    """Variants whose guardrail outcome is credibly worse than control's (same sequential CS).
+    """Variants whose guardrail outcome is credibly worse than control's by more than the margin.
 
-    :func:`sira.failfast.guardrail_flags` flags a *higher* rate; for an event type where
+    Refunds and fraud alerts are judged per converter (users with the event per user
+    who converted, :data:`PER_CONVERTER`), so a variant that sells more with the same
+    refund habits is never flagged; other guardrail types per assigned user.  The rule
+    is :func:`sira.failfast.guardrail_ratio_flags` on the period-stratified counts of
+    matured users, with the experiment's ``guardrail_margin``.  For an event type where
     more is better (a click used as a guardrail) the users without the event are the
     bad outcome, so the counts are flipped first.
     """
     if len(experiment.arms) < 2:
         return []
     config = FailFastConfig(min_samples=experiment.fail_fast_config.min_samples)
+    margin = experiment.guardrail_margin
     control_index = experiment.control_index
     others = [i for i in range(len(experiment.arms)) if i != control_index]
     findings: dict[int, Finding] = {}
     for event_type in experiment.guardrail_event_types:
         table = experiment.table(event_type, matured=True)
         bad = table if event_type in LOWER_IS_BETTER else table.flipped()
-        raw = table.effective()
-        for flag in guardrail_flags(bad, control_index, config):
+        per = experiment.table(CONVERSION, matured=True) if event_type in PER_CONVERTER else None
+        for flag in guardrail_ratio_flags(bad, control_index, config, margin, per):
             index = others[flag.arm]
             if index in findings:
                 continue  # one breach per variant: the first guardrail it breaches
             arm = experiment.arms[index]
+            scale = "per converter" if per is not None else "per user"
             message = (
-                f"Variant '{arm.name}' breaches the {event_type} guardrail "
-                f"({raw[index].rate:.2%} vs control {raw[control_index].rate:.2%}; always-valid "
-                f"{1 - config.alpha:.0%} bounds on the deterioration [{flag.lower:.2%}, {flag.upper:.2%}])"
+                f"Variant '{arm.name}' breaches the {event_type} guardrail: its {event_type} rate {scale} is "
+                f"credibly more than {1 + margin:.2f}x control's (always-valid {1 - config.alpha:.0%} bounds on "
+                f"the ratio [{flag.lower:.2f}, {flag.upper:.2f}])"
             )
             details = _flag_details(flag, experiment, event_type)
             details["against_variant_id"] = str(experiment.arms[control_index].variant_id)
+            details["margin"] = margin
+            details["per"] = CONVERSION if per is not None else "user"
             findings[index] = Finding(GUARDRAIL_BREACH, index, "sequential", event_type, experiment.guardrail_action,
                                       message, details)
     return [findings[i] for i in sorted(findings)]

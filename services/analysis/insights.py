@@ -20,6 +20,7 @@ from models.enums import LOWER_IS_BETTER
 from sira import insights as sira_insights
 from sira.insights import SegmentSummary, VariantSummary
 from sira.bandit import posteriors
+from sira.failfast import stratified_confidence_sequence
 from sira.posterior import prob_best
 from sira.stats import ProportionStats, wilson_interval
 
@@ -164,13 +165,26 @@ def build_insights(session: Session, experiment: ExperimentInput, now: datetime)
     decision = decision_proportions(experiment)
     min_samples = experiment.fail_fast_config.min_samples
 
+    # Always-valid bound on each variant's gap to control (decision scale, stratified),
+    # alpha split over the variants, for the roll-out suggestion.
+    table = experiment.decision_table()
+    control_index = experiment.control_index
+    variant_count = max(len(experiment.arms) - 1, 1)
+    config = experiment.fail_fast_config
+    always_valid = {
+        i: stratified_confidence_sequence(table, control_index, i, config.alpha / variant_count, config.target_samples)[1]
+        for i in range(len(experiment.arms))
+        if i != control_index
+    }
+
     def summaries(proportions: list[ProportionStats]) -> list[VariantSummary]:
         return [
             VariantSummary(
                 name=arm.name, config=arm.config, is_control=arm.is_control,
                 users=p.users, successes=p.successes, prob_best=item["prob_best"],
+                always_valid_lower=always_valid.get(i),
             )
-            for arm, p, item in zip(experiment.arms, proportions, summary)
+            for i, (arm, p, item) in enumerate(zip(experiment.arms, proportions, summary))
         ]
 
     # The sentence quotes the metric's own rate; the suggestions compare arms on

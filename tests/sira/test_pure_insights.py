@@ -7,10 +7,10 @@ from sira.posterior import prob_beat_control
 from sira.stats import required_sample_size
 
 BLUE = VariantSummary(
-    "Control (Blue)", {"button_color": "blue", "copy": "Pay"}, True, 1000, 71, 0.02
+    "Control (Blue)", {"button_color": "blue", "copy": "Pay"}, True, 10000, 710, 0.0001
 )
 GREEN = VariantSummary(
-    "Green Button", {"button_color": "green", "copy": "Pay"}, False, 1000, 85, 0.98
+    "Green Button", {"button_color": "green", "copy": "Pay"}, False, 10000, 850, 0.9999
 )
 
 
@@ -21,7 +21,7 @@ def kinds(found):
 def test_recommendation_uses_the_seed_wording():
     text = recommendation([BLUE, GREEN])
     assert text.startswith("Variant 'Green Button' is currently leading with 8.50% conversion")
-    assert "98.0%" in text
+    assert "100.0%" in text
 
 
 def test_recommendation_names_the_metric():
@@ -43,6 +43,14 @@ def test_roll_out_and_iterate_names_the_changed_keys():
     assert roll_out["changed_config"] == {"button_color": {"control": "blue", "variant": "green"}}
     assert "button_color" in roll_out["detail"] and "'green'" in roll_out["detail"]
     assert "copy" not in roll_out["detail"]
+
+
+def test_no_roll_out_on_a_posterior_win_that_peeking_could_have_made():
+    # P(best) 0.98 at one look is not enough: the always-valid bound on the gap is below 0
+    lucky = [replace(BLUE, users=1000, successes=71), replace(GREEN, users=1000, successes=85, prob_best=0.98)]
+    assert "roll_out_and_iterate" not in kinds(suggestions(lucky))
+    confirmed = [lucky[0], replace(lucky[1], always_valid_lower=0.001)]
+    assert "roll_out_and_iterate" in kinds(suggestions(confirmed))
 
 
 def test_no_roll_out_when_the_control_wins_or_nobody_is_sure():

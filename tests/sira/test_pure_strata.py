@@ -125,3 +125,32 @@ def test_srm_is_calibrated_under_changing_probabilities():
         ]
     )
     assert 0.03 < (p_values < 0.05).mean() < 0.07
+
+
+def test_guardrail_ratio_does_not_flag_a_variant_that_sells_more_with_the_same_refund_habits():
+    from sira.failfast import guardrail_ratio_flags
+
+    config = FailFastConfig()
+    # conversion 10% -> 15%, 5% of buyers refund on both sides
+    bad = PeriodTable([[60_000, 60_000]], [[300, 450]])
+    buyers = PeriodTable([[60_000, 60_000]], [[6_000, 9_000]])
+    assert guardrail_flags(bad, 0, config)  # per assigned user the refund rate is higher
+    assert guardrail_ratio_flags(bad, 0, config, 0.10, buyers) == []
+    # refunds per buyer 5% -> 12%: flagged, bounds on the ratio above 1 + margin
+    worse = PeriodTable([[20_000, 20_000]], [[100, 240]])
+    same_sales = PeriodTable([[20_000, 20_000]], [[2_000, 2_000]])
+    flags = guardrail_ratio_flags(worse, 0, config, 0.10, same_sales)
+    assert [flag.arm for flag in flags] == [0] and flags[0].lower > 1.1
+    # a clear 12% deterioration is flagged without a margin but not against a 10% one
+    slight = PeriodTable([[2_000_000, 2_000_000]], [[10_000, 11_200]])
+    many_buyers = PeriodTable([[2_000_000, 2_000_000]], [[200_000, 200_000]])
+    assert guardrail_ratio_flags(slight, 0, config, 0.0, many_buyers)
+    assert guardrail_ratio_flags(slight, 0, config, 0.10, many_buyers) == []
+
+
+def test_guardrail_ratio_skips_until_both_sides_converted():
+    from sira.failfast import guardrail_ratio_flags
+
+    bad = PeriodTable([[500, 500]], [[0, 30]])
+    nobody = PeriodTable([[500, 500]], [[0, 40]])
+    assert guardrail_ratio_flags(bad, 0, FailFastConfig(), 0.10, nobody) == []
