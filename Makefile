@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: run migrate demo start stop logs test lint fuzz flower bench-compare bench-assign bench-ingest bench-sira bench-bandit bench-sim bench-sdk vectors clean
+.PHONY: run migrate demo start stop logs test lint fuzz flower bench-compare bench-assign bench-ingest bench-sira bench-bandit bench-sim bench-validity bench-sdk vectors clean
 
 # docker compose v2, or the older docker-compose
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
@@ -83,6 +83,10 @@ vectors: $(STAMP)
 bench-sim: $(STAMP)
 	$(BIN)/python bench/sim_failfast.py --seeds 10000 --tune
 	$(BIN)/python bench/sim_regret.py --investigate
+
+## Decisions under bandit allocation, drift, peeking and late outcomes: the 2,000-replication table.
+bench-validity: $(STAMP)
+	$(BIN)/python bench/sim_adaptive.py --seeds 2000 --pooled
 
 ## Fuzz the running platform (start `make run` first) from its OpenAPI spec: no request may get a 5xx.
 fuzz: $(STAMP)

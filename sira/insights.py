@@ -153,25 +153,30 @@ def _roll_out(variants, control, win_probability, alpha) -> list[dict]:
 
 
 def _extend_or_cut(
-    variants, control, win_probability, cut_probability, target_uplift, alpha, power, min_samples
+    variants, control, cut_probability, target_uplift, alpha, power, min_samples, lower_is_better=False
 ) -> list[dict]:
-    if max(v.prob_best for v in variants) >= win_probability:
-        return []
+    """Sample-size advice on the metric's own rate.  Summaries are on the decision scale
+    (success = the good outcome), so for a metric where fewer is better (churn) the
+    event rate is 1 − the success rate and the effect to plan for is a relative
+    *reduction* of it."""
     parts = []
     required = additional = None
-    base = control if control and control.successes else None
-    base_rate = base.rate if base else (
-        sum(v.successes for v in variants) / max(sum(v.users for v in variants), 1)
+    events = (lambda v: v.users - v.successes) if lower_is_better else (lambda v: v.successes)
+    base = control if control and events(control) else None
+    base_rate = events(base) / base.users if base else (
+        sum(events(v) for v in variants) / max(sum(v.users for v in variants), 1)
     )
+    change = -target_uplift if lower_is_better else target_uplift
     try:
-        required = required_sample_size(base_rate, target_uplift, alpha, power)
+        required = required_sample_size(base_rate, change, alpha, power)
     except ValueError:
-        required = None  # no conversions yet (or a rate too close to 1 to plan for)
+        required = None  # no events yet (or a rate too close to 1 to plan for)
     if required is not None:
         additional = max(required - min(v.users for v in variants), 0)
         if additional:
+            effect = "reduction" if lower_is_better else "uplift"
             parts.append(
-                f"To see a {target_uplift:.0%} relative uplift on a {base_rate:.2%} base rate "
+                f"To see a {target_uplift:.0%} relative {effect} on a {base_rate:.2%} base rate "
                 f"with {power:.0%} power, each arm needs about {required:,} users: about "
                 f"{additional:,} more per arm."
             )
@@ -301,11 +306,14 @@ def suggestions(
     alpha: float = 0.05,
     power: float = 0.8,
     segment_fdr: float = 0.05,
+    lower_is_better: bool = False,
 ) -> list[dict]:
     """Follow-up suggestions, most decisive first (see the module docstring for kinds).
 
     ``segment_fdr`` is the Benjamini–Hochberg level of the segment comparisons (1.0
     switches the correction off, which is how the simulations show what it buys).
+    ``lower_is_better``: the summaries' successes are the users *without* the event
+    (churn, refunds), and sample-size advice plans for a reduction of the event rate.
 
     Nothing is suggested from arms below ``min_samples`` users except how many more
     users they need; segment comparisons need ``min_samples`` users on both sides.
@@ -316,16 +324,10 @@ def suggestions(
     found: list[dict] = []
     if min(v.users for v in variants) >= min_samples:
         found += _roll_out(variants, control, win_probability, alpha)
-    found += _extend_or_cut(
-        variants,
-        control,
-        win_probability,
-        cut_probability,
-        target_uplift,
-        alpha,
-        power,
-        min_samples,
-    )
+    if not found:  # no confirmed winner, even if the posterior already leans one way
+        found += _extend_or_cut(
+            variants, control, cut_probability, target_uplift, alpha, power, min_samples, lower_is_better
+        )
     found += _targeted(
         variants, control, segments, min_samples, win_probability, lose_probability, segment_fdr
     )

@@ -467,10 +467,12 @@ def required_sample_size(
 def d7_retention(eligible_users: int, retained_users: int) -> ProportionStats:
     """Day-7 retention as a proportion.
 
-    Definition: among users assigned at least 7 days ago (``eligible_users``), the
-    share who have an event 7 or more days after their own assignment
-    (``retained_users``).  Users assigned less than 7 days ago are left out of both
-    counts, because they have not had the chance to be retained yet; counting them as
-    failures would make every young experiment look like it churns.
+    Definition: among users assigned at least 8 days ago (``eligible_users``), the
+    share active in the 24 hours starting 7 days after their own assignment, counting
+    only engagement events (view, click, conversion) (``retained_users``).  Users
+    whose day 7 is not over are left out of both counts: counting them as failures
+    would make every young experiment look like it churns, and counting any later
+    event (as "active on day 7 or after") makes the figure grow with the age of the
+    experiment instead of measuring day 7.
     """
     return ProportionStats(users=eligible_users, successes=retained_users)

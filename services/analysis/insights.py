@@ -193,7 +193,10 @@ def build_insights(session: Session, experiment: ExperimentInput, now: datetime)
         summaries(experiment.proportions(experiment.primary_metric)), min_samples=min_samples, metric=experiment.primary_metric
     )
     suggestions = sira_insights.suggestions(
-        summaries(decision), segment_summaries(session, experiment), min_samples=min_samples
+        summaries(decision),
+        segment_summaries(session, experiment),
+        min_samples=min_samples,
+        lower_is_better=experiment.primary_metric in LOWER_IS_BETTER,
     )
     return {
         "experiment_id": str(experiment.id),

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import redis
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import String, bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Session
 
@@ -189,40 +189,58 @@ def srm_block(experiment: ExperimentInput) -> dict[str, Any]:
 
 # --- Day-7 retention -------------------------------------------------------------
 
+#: Event types that show a user came back (a refund or a fraud alert does not).
+ENGAGEMENT_EVENTS = ("view", "click", "conversion")
+
+# Retained = at least one engagement event in [assigned_at + 7 days, assigned_at + 8 days).
+# The raw events are needed (the per-user rollups only keep the first and last event);
+# the scan is bounded by the experiment's engagement events of eligible users, runs at
+# most hourly per experiment (cached) and joins the assignments by their unique key.
 _D7_QUERY = text(
     """
-    WITH last_seen AS (
-        SELECT experiment_id, molam_id, max(last_event_at) AS last_event_at
-        FROM experiment_user_rollups
-        WHERE experiment_id = ANY(:experiment_ids)
-        GROUP BY experiment_id, molam_id
+    WITH eligible AS (
+        SELECT experiment_id, molam_id, variant_id, assigned_at
+        FROM experiment_assignments
+        WHERE experiment_id = ANY(:experiment_ids) AND assigned_at <= :cutoff
+    ), active AS (
+        SELECT DISTINCT e.experiment_id, e.molam_id
+        FROM experiment_metrics m
+        JOIN eligible e ON e.experiment_id = m.experiment_id AND e.molam_id = m.molam_id
+        WHERE m.experiment_id = ANY(:experiment_ids)
+          AND m.event_type = ANY(:event_types)
+          AND m.occurred_at >= e.assigned_at + make_interval(days => :days)
+          AND m.occurred_at < e.assigned_at + make_interval(days => :days + 1)
     )
-    SELECT a.experiment_id, a.variant_id,
-           count(*) AS eligible,
-           count(*) FILTER (WHERE l.last_event_at >= a.assigned_at + make_interval(days => :days)) AS retained
-    FROM experiment_assignments a
-    LEFT JOIN last_seen l ON l.experiment_id = a.experiment_id AND l.molam_id = a.molam_id
-    WHERE a.experiment_id = ANY(:experiment_ids)
-      AND a.assigned_at <= :cutoff
-    GROUP BY a.experiment_id, a.variant_id
+    SELECT e.experiment_id, e.variant_id, count(*) AS eligible, count(a.molam_id) AS retained
+    FROM eligible e
+    LEFT JOIN active a ON a.experiment_id = e.experiment_id AND a.molam_id = e.molam_id
+    GROUP BY e.experiment_id, e.variant_id
     """
-).bindparams(bindparam("experiment_ids", type_=ARRAY(UUID(as_uuid=True))))
+).bindparams(
+    bindparam("experiment_ids", type_=ARRAY(UUID(as_uuid=True))),
+    bindparam("event_types", type_=ARRAY(String)),
+)
 
 
 def compute_d7(
     session: Session, experiments: list[ExperimentInput], now: datetime
 ) -> dict[uuid.UUID, dict[str, list[int]]]:
-    """{experiment: {variant: [eligible, retained]}} from assignments and user rollups.
+    """{experiment: {variant: [eligible, retained]}} from assignments and raw events.
 
-    Experiments first started less than 7 days ago cannot have an eligible user yet
-    (users are only assigned while running, after ``started_at``), so the query is
-    skipped for them.
+    D7 retention: among users assigned at least 8 days ago (so that their whole day 7
+    is over), the share with an engagement event (view, click, conversion) in the 24
+    hours starting 7 days after their own assignment.  Experiments first started less
+    than 8 days ago cannot have an eligible user yet, so the query is skipped for them.
     """
-    cutoff = now - timedelta(days=RETENTION_DAYS)
+    cutoff = now - timedelta(days=RETENTION_DAYS + 1)
     result = {e.id: {str(arm.variant_id): [0, 0] for arm in e.arms} for e in experiments}
     old_enough = [e.id for e in experiments if e.started_at is not None and e.started_at <= cutoff]
     if old_enough:
-        rows = session.execute(_D7_QUERY, {"experiment_ids": old_enough, "cutoff": cutoff, "days": RETENTION_DAYS})
+        rows = session.execute(
+            _D7_QUERY,
+            {"experiment_ids": old_enough, "cutoff": cutoff, "days": RETENTION_DAYS,
+             "event_types": list(ENGAGEMENT_EVENTS)},
+        )
         for row in rows:
             result[row.experiment_id][str(row.variant_id)] = [int(row.eligible), int(row.retained)]
     return result

@@ -138,3 +138,15 @@ def test_no_targeted_follow_up_without_a_control():
 
 def test_no_suggestions_for_no_variants():
     assert suggestions([]) == []
+
+
+def test_sample_size_advice_for_a_metric_where_fewer_is_better():
+    # churn 10% in both arms: successes are the users who stayed
+    variants = [
+        VariantSummary("Control", {}, True, 2000, 1800, 0.5),
+        VariantSummary("Retain", {"offer": True}, False, 2000, 1800, 0.5),
+    ]
+    found = suggestions(variants, lower_is_better=True)
+    advice = next(s for s in found if s["kind"] == "extend_or_cut")
+    assert advice["required_users_per_arm"] == required_sample_size(0.10, -0.10)
+    assert "reduction" in advice["detail"] and "10.00% base rate" in advice["detail"]
