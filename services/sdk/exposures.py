@@ -156,7 +156,13 @@ def _store(
             writer = next((i for i in indexes if outcomes[i][0] == exposures[i].variant_id), None)
             row = None
             if writer is not None:
-                row = assignment._insert(connection, experiment_id, exposures[writer].variant_id, exposures[writer].user)
+                # A fixed split (bandits are refused above): the period is the definition's
+                # version and the probability the arm's bucket share, as ``assign`` records.
+                variant = definition.by_id[exposures[writer].variant_id]
+                row = assignment._insert(
+                    connection, experiment_id, variant.id, exposures[writer].user,
+                    assignment.period_id(definition.version, 0), assignment.split_probability(definition, variant),
+                )
             new = row is not None
             if row is None:
                 row = assignment._existing(connection, experiment_id, exposures[indexes[0]].user.molam_id)
