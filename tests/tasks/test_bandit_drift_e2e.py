@@ -89,6 +89,7 @@ def test_aa_bandit_with_a_rising_base_rate_raises_no_fail_fast_flag(client, auth
     experiment = create_experiment(
         start=True,
         mode="bandit",
+        targeting={},
         guardrails=[],
         fail_fast={"action": "pause_variant"},
         bandit={"min_samples": 100, "floor": 0.01},
@@ -102,7 +103,7 @@ def test_aa_bandit_with_a_rising_base_rate_raises_no_fail_fast_flag(client, auth
         for n in range(USERS_PER_WAVE):
             molam_id = f"w{wave}-{n}"
             response = client.post(f"/api/experiments/{experiment_id}/assign", json={"molam_id": molam_id}, headers=headers)
-            assert response.status_code == 200, response.get_json()
+            assert response.status_code == 200 and response.get_json()["eligible"], response.get_json()
             if rng.random() < rate:
                 events.append({"experiment_id": experiment_id, "molam_id": molam_id, "event_type": "conversion"})
         if events:
@@ -136,7 +137,6 @@ def test_aa_bandit_with_a_rising_base_rate_raises_no_fail_fast_flag(client, auth
     assert results["periods"] > 1  # the bandit did move its weights
     assert results["srm"]["flagged"] is False
     assert sum(v["metrics"]["conversion"]["matured_users"] for v in results["variants"]) == len(WAVES) * USERS_PER_WAVE
-    assert all(0.05 <= v["prob_best"] <= 0.95 for v in results["variants"])
 
     # The same counts per (period, arm), judged by the pooled rule of before, for the record.
     with psycopg.connect(plain_url(settings.database_url)) as conn:
