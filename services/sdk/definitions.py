@@ -122,6 +122,8 @@ def server_buckets(definition: Definition, configurations: set[frozenset[str]]) 
     if len(others) > MAX_PAUSE_CONFIGURATIONS:
         return None
     current = _mapping(definition, current_paused)
+    if current is None:  # no unpaused arm: nothing is assigned at all
+        return []
     mappings = [m for m in (_mapping(definition, c) for c in others) if m is not None]
     # Between two consecutive boundaries (of any configuration) every mapping is constant.
     points = sorted({0, BUCKETS, *current[0], *(b for m in mappings for b in m[0])})
@@ -329,26 +331,27 @@ def current_snapshot(client: redis.Redis | None) -> Snapshot:
     global _local
     now = time.monotonic()
     version, answered = _read_version(client)
+    redis_client = client if answered else None
     snapshot = _local
-    if _fresh(snapshot, version, now):
+    if snapshot is not None and _fresh(snapshot, version, now):
         return snapshot
     if not answered and snapshot is not None and snapshot.version is None and now - snapshot.built_at < UNVERSIONED_MAX_AGE_S:
         return snapshot
     with _local_lock:
         snapshot = _local
-        if _fresh(snapshot, version, now):
+        if snapshot is not None and _fresh(snapshot, version, now):
             return snapshot
-        if answered:
-            snapshot = _from_redis(client, version, now)
+        if redis_client is not None and version is not None:
+            snapshot = _from_redis(redis_client, version, now)
             if snapshot is not None:
                 _local = snapshot
                 return snapshot
-        body = encode(build_document(client if answered else None))
+        body = encode(build_document(redis_client))
         snapshot = Snapshot(version, etag_of(body), body, time.monotonic())
-        if answered:
+        if redis_client is not None:
             try:
                 header = f"{version} {snapshot.etag} {time.time():.3f}\n".encode()
-                client.set(cache.SDK_DEFINITIONS_SNAPSHOT_KEY, header + body, ex=int(SNAPSHOT_MAX_AGE_S) * 2)
+                redis_client.set(cache.SDK_DEFINITIONS_SNAPSHOT_KEY, header + body, ex=int(SNAPSHOT_MAX_AGE_S) * 2)
             except redis.RedisError as exc:
                 log.warning("could not cache the SDK snapshot: %s", exc)
         # Without a version (Redis down) the copy is kept for UNVERSIONED_MAX_AGE_S only.

@@ -151,6 +151,7 @@ def _store(
         for key in sorted(pending):
             experiment_id, _ = key
             definition = definitions[experiment_id]
+            assert definition is not None  # only known experiments are pending
             indexes = pending[key]
             outcomes = {i: _expected(definition, exposures[i].user) for i in indexes}
             writer = next((i for i in indexes if outcomes[i][0] == exposures[i].variant_id), None)
@@ -185,7 +186,7 @@ def _store(
                     verdicts[index] = Verdict(index, exposure, False, "definition_changed")
             if new:
                 new_rows[experiment_id] = new_rows.get(experiment_id, 0) + 1
-            results[key] = (verdicts, None if row is None else (stored_id, assignment._iso(row[1])))
+            results[key] = (verdicts, None if row is None else (str(row[0]), assignment._iso(row[1])))
     for experiment_id, count in new_rows.items():
         EXPERIMENT_ASSIGNMENTS.labels(experiment_id=experiment_id).inc(count)
     return results
