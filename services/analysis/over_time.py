@@ -16,6 +16,7 @@ event rate to read like results do.
 """
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import datetime
 from typing import Any
@@ -27,22 +28,16 @@ from sqlalchemy.orm import Session
 from models.enums import LOWER_IS_BETTER
 from services.experiments import bandit_history
 from services.experiments.lifecycle import get_experiment
-from sira.failfast import FailFastConfig, difference_confidence_sequence
-from sira.stats import ProportionStats, relative_uplift
+from sira.compare import compare_rates
+from sira.failfast import FailFastConfig
+from sira.stats import Comparison, ProportionStats
+from sira.strata import PeriodTable
 
 CONFIDENCE = 0.95
 
 
-def _comparison(estimate: float | None, lower: float | None, upper: float | None, message: str = "",
-                always_valid: tuple[float, float] | None = None) -> dict[str, Any]:
-    return {
-        "estimate": estimate,
-        "lower": lower,
-        "upper": upper,
-        "always_valid_lower": always_valid[0] if always_valid else None,
-        "always_valid_upper": always_valid[1] if always_valid else None,
-        "message": message,
-    }
+def _comparison(comparison: Comparison) -> dict[str, Any]:
+    return dataclasses.asdict(comparison)
 
 
 def _annotate_snapshot(snapshot: dict[str, Any], control_id: uuid.UUID | None, lower_is_better: bool,
@@ -59,29 +54,16 @@ def _annotate_snapshot(snapshot: dict[str, Any], control_id: uuid.UUID | None, l
         arm["event_users"] = arm["users"] - arm["successes"] if lower_is_better else arm["successes"]
         arm["uplift"] = None
         arm["difference"] = None
-    control = next((arm for arm in arms if arm["variant_id"] == control_id), None)
-    if control is None:
+    control_index = next((i for i, arm in enumerate(arms) if arm["variant_id"] == control_id), None)
+    if control_index is None:
         return
-    control_stats = ProportionStats(users=control["users"], successes=control["event_users"])
-    for arm in arms:
-        if arm is control:
+    table = PeriodTable.single([ProportionStats(users=arm["users"], successes=arm["event_users"]) for arm in arms])
+    for index, arm in enumerate(arms):
+        if index == control_index:
             continue
-        stats = ProportionStats(users=arm["users"], successes=arm["event_users"])
-        uplift = relative_uplift(control_stats, stats, CONFIDENCE)
-        arm["uplift"] = _comparison(
-            uplift.estimate,
-            uplift.interval.lower if uplift.interval else None,
-            uplift.interval.upper if uplift.interval else None,
-            uplift.message,
-        )
-        if control_stats.users and stats.users:
-            estimate, lower, upper = difference_confidence_sequence(
-                control_stats.successes, control_stats.users, stats.successes, stats.users,
-                alpha=1.0 - CONFIDENCE, target_samples=target_samples,
-            )
-            arm["difference"] = _comparison(float(estimate), None, None, "", (float(lower), float(upper)))
-        else:
-            arm["difference"] = _comparison(None, None, None, "no users yet in control or variant")
+        difference, uplift = compare_rates(table, control_index, index, CONFIDENCE, target_samples)
+        arm["difference"] = _comparison(difference)
+        arm["uplift"] = _comparison(uplift)
 
 
 def experiment_over_time(

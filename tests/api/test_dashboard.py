@@ -315,9 +315,13 @@ def test_bandit_history_rbac_is_the_results_action(client, auth, create_experime
 
 
 def test_bandit_history_carries_the_cumulative_comparison_with_control(client, auth, create_experiment):
+    """Each snapshot compares every arm with control exactly as results do (sira.compare)."""
     from scipy.stats import beta as beta_distribution
 
-    from sira.failfast import FailFastConfig, difference_confidence_sequence
+    from sira.compare import compare_rates
+    from sira.failfast import FailFastConfig
+    from sira.stats import ProportionStats
+    from sira.strata import PeriodTable
 
     experiment = create_experiment(start=True)
     base = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -330,16 +334,18 @@ def test_bandit_history_carries_the_cumulative_comparison_with_control(client, a
         n_c, s_c = 100 * (step + 1), 10 * (step + 1)
         n_v, s_v = n_c, s_c + 1
         assert (control["event_users"], variant["event_users"]) == (s_c, s_v)
-        p_c, p_v = s_c / n_c, s_v / n_v
-        uplift = variant["uplift"]
-        assert uplift["estimate"] == pytest.approx(p_v / p_c - 1)
-        half = 1.959964 * ((p_v * (1 - p_v) / n_v) / p_c**2 + p_v**2 * (p_c * (1 - p_c) / n_c) / p_c**4) ** 0.5
-        assert (uplift["lower"], uplift["upper"]) == (pytest.approx(uplift["estimate"] - half, rel=1e-4), pytest.approx(uplift["estimate"] + half, rel=1e-4))
-        difference = variant["difference"]
-        estimate, lower, upper = difference_confidence_sequence(s_c, n_c, s_v, n_v, 0.05, FailFastConfig().target_samples)
-        assert difference["estimate"] == pytest.approx(p_v - p_c)
-        assert (difference["always_valid_lower"], difference["always_valid_upper"]) == (pytest.approx(lower), pytest.approx(upper))
-        assert difference["always_valid_lower"] < difference["estimate"] < difference["always_valid_upper"]
+        table = PeriodTable.single([ProportionStats(users=n_c, successes=s_c), ProportionStats(users=n_v, successes=s_v)])
+        difference, uplift = compare_rates(table, 0, 1, 0.95, FailFastConfig().target_samples)
+        for served, expected in ((variant["difference"], difference), (variant["uplift"], uplift)):
+            for key in ("estimate", "lower", "upper", "always_valid_lower", "always_valid_upper"):
+                assert served[key] == pytest.approx(getattr(expected, key)), key
+        assert variant["uplift"]["estimate"] == pytest.approx((s_v / n_v) / (s_c / n_c) - 1)
+        assert variant["difference"]["estimate"] == pytest.approx(s_v / n_v - s_c / n_c)
+        for served in (variant["difference"], variant["uplift"]):
+            # An always-valid bound may be open (None, with a message) early on.
+            bounds = [served["always_valid_lower"], served["lower"], served["estimate"], served["upper"], served["always_valid_upper"]]
+            present = [b for b in bounds if b is not None]
+            assert present == sorted(present) and served["lower"] < served["estimate"] < served["upper"]
         for arm in (control, variant):
             assert arm["posterior_mean"] == pytest.approx(arm["alpha"] / (arm["alpha"] + arm["beta"]))
             low, high = beta_distribution.ppf([0.025, 0.975], arm["alpha"], arm["beta"])
