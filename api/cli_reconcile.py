@@ -41,7 +41,8 @@ def reconcile_command(experiment_id: uuid.UUID | None, dry_run: bool) -> None:
             f"experiment {drift.experiment_id}: {verb} drift - user rollups "
             f"{drift.users.missing} missing, {drift.users.extra} extra, {drift.users.differ} differ; "
             f"variant rollups {drift.variants.missing} missing, {drift.variants.extra} extra, "
-            f"{drift.variants.differ} differ"
+            f"{drift.variants.differ} differ; "
+            f"money rollups {drift.money.missing} missing, {drift.money.extra} extra, {drift.money.differ} differ"
         )
     summary = f"{len(experiment_ids)} experiment(s) checked, {len(drifted)} with drift"
     if drifted:

@@ -6,6 +6,7 @@ the event is durably queued; the same ``event_id`` sent again is counted once.
 """
 from __future__ import annotations
 
+import json
 import uuid
 
 import marshmallow as ma
@@ -14,6 +15,7 @@ from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from core.errors import DomainError, Invalid
+from core.money import DecimalLiteral
 from models.enums import EVENT_TYPES
 from services.ingestion import staging as ingestion
 
@@ -34,8 +36,19 @@ class TrackEventSchema(ma.Schema):
     variant_id = fields.UUID(metadata={"description": "Must match the user's assignment when given."})
     molam_id = fields.String(required=True, validate=validate.Length(min=1, max=ingestion.MAX_MOLAM_ID))
     event_type = fields.String(required=True, validate=validate.OneOf(EVENT_TYPES))
-    value = fields.Float(allow_nan=False, metadata={"description": "Finite number (amount, duration, rate)."})
-    currency = fields.String(metadata={"description": "ISO 4217 code, upper-case."})
+    value = fields.Raw(
+        metadata={
+            "type": ["number", "string"],
+            "description": (
+                "Without currency: a finite number (duration, score). With currency: the amount, "
+                "a JSON number or decimal string with at most the currency's decimals (XOF 0, EUR 2, KWD 3), "
+                "stored exactly as integer minor units."
+            ),
+        }
+    )
+    currency = fields.String(
+        metadata={"description": "ISO 4217 code, upper-case: makes the event money (value is then required)."}
+    )
     metadata = fields.Dict(metadata={"description": f"JSON object of at most {ingestion.MAX_METADATA_BYTES} bytes."})
     occurred_at = fields.DateTime(metadata={"description": "ISO 8601; defaults to the time received."})
 
@@ -65,8 +78,14 @@ class BatchAcceptedSchema(ma.Schema):
     rejected = fields.List(fields.Nested(RejectedEventSchema))
 
 
-def _json_body() -> object:
-    body = request.get_json(silent=True)
+def json_body() -> object:
+    """The JSON body, numbers with a fraction or exponent keeping their decimal text (exact money)."""
+    body = None
+    if request.is_json:
+        try:
+            body = json.loads(request.get_data(cache=True), parse_float=DecimalLiteral)
+        except (ValueError, RecursionError):
+            body = None
     if body is None:
         raise Invalid("the request body must be JSON", errors={"json": {"_schema": ["invalid or missing JSON body"]}})
     return body
@@ -84,7 +103,7 @@ def track(experiment_id: uuid.UUID):
     """Queue one event for an assigned user."""
     received_at, received_iso = ingestion.now_utc()
     record, errors = ingestion.validate_event(
-        _json_body(), experiment_id=str(experiment_id), received_at=received_at, received_iso=received_iso
+        json_body(), experiment_id=str(experiment_id), received_at=received_at, received_iso=received_iso
     )
     if errors:
         raise Invalid("invalid event", errors={"json": errors})
@@ -103,7 +122,7 @@ def track(experiment_id: uuid.UUID):
 @blp.alt_response(503, description="Redis unreachable or backlog full: nothing was queued (Retry-After)")
 def batch():
     """Queue up to 1,000 events; valid ones are queued even when neighbours are rejected."""
-    body = _json_body()
+    body = json_body()
     events = body.get("events") if isinstance(body, dict) else None
     if not isinstance(events, list) or not 1 <= len(events) <= ingestion.MAX_BATCH_REQUEST:
         raise Invalid(

@@ -3,6 +3,7 @@ from .audit import AuditEntry
 from .base import Base
 from .experiments import Assignment, Experiment, Variant
 from .metrics import DeadLetter, MetricEvent, UserRollup, VariantRollup
+from .money import FxRate, UserMoneyRollup
 from .sira import BanditHistory, BanditState, Recommendation, Report
 
 __all__ = [
@@ -13,9 +14,11 @@ __all__ = [
     "Base",
     "DeadLetter",
     "Experiment",
+    "FxRate",
     "MetricEvent",
     "Recommendation",
     "Report",
+    "UserMoneyRollup",
     "UserRollup",
     "Variant",
 ]

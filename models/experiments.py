@@ -31,6 +31,10 @@ class Experiment(Base):
         CheckConstraint(f"primary_metric IN ({sql_in(EVENT_TYPES)})", name="primary_metric"),
         CheckConstraint("coverage > 0 AND coverage <= 100", name="coverage_range"),
         CheckConstraint("version >= 1", name="version_positive"),
+        CheckConstraint(
+            "value_cap_percentile IS NULL OR (value_cap_percentile >= 50 AND value_cap_percentile < 100)",
+            name="value_cap_percentile_range",
+        ),
         Index("ix_experiments_status_created_at", "status", "created_at"),
     )
 
@@ -50,6 +54,11 @@ class Experiment(Base):
     bandit: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     # {event_type: seconds or null}; NULL = the mode's default (see services.analysis.inputs)
     attribution_window_s: Mapped[dict[str, Any] | None]
+    # Money results are converted into this currency at each event day's rate.
+    reporting_currency: Mapped[str] = mapped_column(String(3), server_default="EUR")
+    # Per-user revenue above this percentile (of users with revenue, all arms pooled) is
+    # capped for the per-user statistics; NULL means no capping.
+    value_cap_percentile: Mapped[Decimal | None] = mapped_column(Numeric(6, 3), server_default="99.5")
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
@@ -124,6 +133,9 @@ class Assignment(Base):
     currency: Mapped[str | None] = mapped_column(String(3))
     region: Mapped[str | None] = mapped_column(String(64))
     device: Mapped[str | None] = mapped_column(String(32))
+    txn_count: Mapped[int | None]
+    # A number the product knew before exposure (e.g. last-30-day spend): CUPED's covariate.
+    pre_exposure_value: Mapped[float | None]
     assigned_at: Mapped[datetime] = mapped_column(server_default=func.now())
     # The allocation period the user was assigned in (see services.experiments.assignment.period_id)
     # and the probability with which this arm was chosen in it; NULL for rows from before periods.

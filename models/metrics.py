@@ -18,6 +18,10 @@ class MetricEvent(Base):
     __table_args__ = (
         CheckConstraint(f"event_type IN ({sql_in(EVENT_TYPES)})", name="event_type"),
         CheckConstraint("value IS NULL OR (value = value AND abs(value) < 'Infinity')", name="value_finite"),
+        CheckConstraint(
+            "amount_minor IS NULL OR (currency IS NOT NULL AND value IS NULL AND amount_minor >= 0)",
+            name="money_in_minor_units",
+        ),
         Index("ix_experiment_metrics_experiment_id_variant_id", "experiment_id", "variant_id"),
     )
 
@@ -29,6 +33,8 @@ class MetricEvent(Base):
     event_type: Mapped[str] = mapped_column(String(32))
     value: Mapped[float | None]
     currency: Mapped[str | None] = mapped_column(String(3))
+    # A money event's amount in the currency's minor units (exact); ``value`` is then NULL.
+    amount_minor: Mapped[int | None] = mapped_column(BigInteger)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", server_default=text("'{}'::jsonb"))
     occurred_at: Mapped[datetime]
     received_at: Mapped[datetime]

@@ -15,7 +15,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
-from core.codes import CURRENCIES
+from core.money import MAX_MINOR_UNITS, MONEY_CURRENCIES, AmountError, decimal_of, to_minor_units
 from models.enums import EVENT_TYPES
 
 MAX_BATCH_REQUEST = 1000
@@ -40,11 +40,15 @@ class StagedEvent(NamedTuple):
     metadata: str  # serialised JSON object
     occurred_at: str  # ISO 8601, UTC
     received_at: str  # ISO 8601, UTC
+    # A money event (one with a currency): its amount in the currency's minor units, and no
+    # ``value``, so plain values and money never mix.
+    amount_minor: int | None = None
 
 
 RECORD_FIELDS: tuple[str, ...] = StagedEvent._fields
-#: Fields a client may send to ``track`` (the server fills ``experiment_id`` and ``received_at``).
-TRACK_FIELDS = frozenset(RECORD_FIELDS) - {"experiment_id", "received_at"}
+#: Fields a client may send to ``track`` (the server fills ``experiment_id``, ``received_at``
+#: and ``amount_minor``, the exact form of a money event's ``value``).
+TRACK_FIELDS = frozenset(RECORD_FIELDS) - {"experiment_id", "received_at", "amount_minor"}
 BATCH_FIELDS = TRACK_FIELDS | {"experiment_id"}
 
 
@@ -92,9 +96,25 @@ def check_value(value: object) -> str | None:
 
 
 def check_currency(value: object) -> str | None:
-    if not isinstance(value, str) or value not in CURRENCIES:
-        return "must be an upper-case ISO 4217 currency code"
+    if not isinstance(value, str) or value not in MONEY_CURRENCIES:
+        return "must be an upper-case ISO 4217 code of a currency with a minor unit (XOF, EUR, ...)"
     return None
+
+
+def check_amount_minor(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MINOR_UNITS:
+        return f"must be an integer number of minor units in [0, {MAX_MINOR_UNITS}]"
+    return None
+
+
+def money_amount(value: object, currency: str) -> tuple[int | None, str | None]:
+    """A money event's ``value`` as exact minor units of ``currency``, and the error message."""
+    if value is None:
+        return None, "required when currency is given (the amount, e.g. 12.34)"
+    try:
+        return to_minor_units(decimal_of(value), currency), None
+    except AmountError as exc:
+        return None, str(exc)
 
 
 def serialise_metadata(value: object) -> tuple[str, str | None]:
@@ -162,8 +182,16 @@ def validate_event(
             errors[required] = ["required"]
     molam_id = check("molam_id", check_molam_id)
     event_type = check("event_type", check_event_type)
-    value = check("value", check_value)
     currency = check("currency", check_currency)
+    amount_minor = None
+    if currency is None:
+        value = check("value", check_value)
+    else:
+        value = None
+        if "currency" not in errors:
+            amount_minor, problem = money_amount(raw.get("value"), currency)
+            if problem:
+                errors["value"] = [problem]
 
     variant_id = raw.get("variant_id")
     if variant_id is not None:
@@ -194,11 +222,14 @@ def validate_event(
     return StagedEvent(
         event_id, experiment_id, variant_id, molam_id, event_type,  # type: ignore[arg-type]
         None if value is None else float(value), currency, metadata_json, occurred_iso, received_iso,  # type: ignore[arg-type]
+        amount_minor,
     ), {}
 
 
 def coerce_record(raw: object) -> StagedEvent:
     """Re-check a record read back from the stream; ``ValueError`` makes it a dead letter."""
+    if isinstance(raw, (list, tuple)) and len(raw) == len(RECORD_FIELDS) - 1:
+        raw = _upgrade_legacy_record(raw)
     if not isinstance(raw, (list, tuple)) or len(raw) != len(RECORD_FIELDS):
         raise ValueError("malformed record: expected a list of %d fields" % len(RECORD_FIELDS))
     record = StagedEvent(*raw)
@@ -208,6 +239,12 @@ def coerce_record(raw: object) -> StagedEvent:
         "event_type": check_event_type(record.event_type),
         "value": None if record.value is None else check_value(record.value),
         "currency": None if record.currency is None else check_currency(record.currency),
+        "amount_minor": (
+            (None if record.amount_minor is None else "needs a currency") if record.currency is None
+            else "is required with a currency" if record.amount_minor is None
+            else "comes without a value" if record.value is not None
+            else check_amount_minor(record.amount_minor)
+        ),
         "metadata": None if isinstance(record.metadata, str) else "must be serialised JSON",
         "occurred_at": parse_timestamp(record.occurred_at)[1],
         "received_at": parse_timestamp(record.received_at)[1],
@@ -219,3 +256,22 @@ def coerce_record(raw: object) -> StagedEvent:
         if problem:
             raise ValueError(f"{name} {problem}")
     return record
+
+
+def _upgrade_legacy_record(raw: list[Any] | tuple[Any, ...]) -> list[Any]:
+    """A record staged before money was minor units: ``value`` in major units beside a currency.
+
+    Converted exactly (its float's shortest decimal text) or refused as a dead letter;
+    never written as a plain value that would be summed with other currencies.
+    """
+    value, currency = raw[5], raw[6]
+    if currency is None:
+        return [*raw, None]
+    if not isinstance(currency, str) or currency not in MONEY_CURRENCIES:
+        raise ValueError(f"currency {currency!r} is not a currency with a minor unit")
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("value: a money event needs a numeric amount")
+    minor, problem = money_amount(value, currency)
+    if problem:
+        raise ValueError(f"value: {problem}")
+    return [*raw[:5], None, *raw[6:], minor]

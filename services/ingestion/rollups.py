@@ -1,6 +1,7 @@
 """Recompute rollups from raw events: find drift and repair it.
 
-The drain keeps ``experiment_user_rollups`` and ``experiment_variant_rollups`` up to
+The drain keeps ``experiment_user_rollups``, ``experiment_variant_rollups`` and
+``experiment_user_money_rollups`` up to
 date incrementally, in the transaction that inserts the raw events. Reconciliation
 is the independent check: it aggregates ``experiment_metrics`` from scratch, compares
 with the stored rollups (floating-point sums within a relative tolerance, counts
@@ -55,6 +56,16 @@ FROM per_variant v
 """
 
 
+_EXPECTED_MONEY = """
+SELECT experiment_id, molam_id, event_type, currency, (occurred_at AT TIME ZONE 'UTC')::date AS day,
+       (array_agg(variant_id ORDER BY occurred_at, id))[1] AS variant_id,
+       count(*) AS events, sum(amount_minor) AS amount_minor
+FROM experiment_metrics
+WHERE experiment_id = :id AND amount_minor IS NOT NULL
+GROUP BY experiment_id, molam_id, event_type, currency, (occurred_at AT TIME ZONE 'UTC')::date
+"""
+
+
 def _close(column: str) -> str:
     return (
         f"abs(e.{column} - a.{column}) <= {RELATIVE_TOLERANCE} * greatest(abs(e.{column}), abs(a.{column}), 1)"
@@ -87,6 +98,18 @@ FULL JOIN (SELECT * FROM experiment_variant_rollups WHERE experiment_id = :id) a
   ON a.variant_id = e.variant_id AND a.event_type = e.event_type
 """
 
+# Money is exact: amounts must match to the minor unit.
+_DRIFT_MONEY = f"""
+WITH e AS ({_EXPECTED_MONEY})
+SELECT count(*) FILTER (WHERE a.molam_id IS NULL) AS missing,
+       count(*) FILTER (WHERE e.molam_id IS NULL) AS extra,
+       count(*) FILTER (WHERE e.molam_id IS NOT NULL AND a.molam_id IS NOT NULL AND NOT (
+           e.variant_id = a.variant_id AND e.events = a.events AND e.amount_minor = a.amount_minor)) AS differ
+FROM e
+FULL JOIN (SELECT * FROM experiment_user_money_rollups WHERE experiment_id = :id) a
+  ON a.molam_id = e.molam_id AND a.event_type = e.event_type AND a.currency = e.currency AND a.day = e.day
+"""
+
 _REPAIR = [
     "DELETE FROM experiment_user_rollups WHERE experiment_id = :id",
     f"""INSERT INTO experiment_user_rollups
@@ -100,6 +123,11 @@ _REPAIR = [
         SELECT experiment_id, variant_id, event_type, events, users, value_count, value_sum, value_sum_squares,
                user_value_sum_squares, now()
         FROM ({_EXPECTED_VARIANTS}) e""",
+    "DELETE FROM experiment_user_money_rollups WHERE experiment_id = :id",
+    f"""INSERT INTO experiment_user_money_rollups
+        (experiment_id, molam_id, event_type, currency, day, variant_id, events, amount_minor)
+        SELECT experiment_id, molam_id, event_type, currency, day, variant_id, events, amount_minor
+        FROM ({_EXPECTED_MONEY}) e""",
 ]
 
 
@@ -120,10 +148,11 @@ class ExperimentDrift:
     users: TableDrift
     variants: TableDrift
     repaired: bool
+    money: TableDrift = TableDrift(0, 0, 0)
 
     @property
     def total(self) -> int:
-        return self.users.total + self.variants.total
+        return self.users.total + self.variants.total + self.money.total
 
 
 def experiments_with_data(session: Session) -> list[uuid.UUID]:
@@ -150,12 +179,13 @@ def reconcile_experiment(session: Session, experiment_id: uuid.UUID, *, repair: 
     )
     users = TableDrift(*session.execute(text(_DRIFT_USERS), params).one())
     variants = TableDrift(*session.execute(text(_DRIFT_VARIANTS), params).one())
+    money = TableDrift(*session.execute(text(_DRIFT_MONEY), params).one())
     repaired = False
-    if repair and (users.total or variants.total):
+    if repair and (users.total or variants.total or money.total):
         for statement in _REPAIR:
             session.execute(text(statement), params)
         repaired = True
-    return ExperimentDrift(experiment_id, users, variants, repaired)
+    return ExperimentDrift(experiment_id, users, variants, repaired, money)
 
 
 def reconcile(

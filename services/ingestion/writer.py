@@ -58,7 +58,8 @@ CREATE TEMP TABLE IF NOT EXISTS ingest_staging (
     currency text,
     metadata jsonb NOT NULL,
     occurred_at timestamptz NOT NULL,
-    received_at timestamptz NOT NULL
+    received_at timestamptz NOT NULL,
+    amount_minor bigint
 ) ON COMMIT DELETE ROWS
 """
 
@@ -76,19 +77,36 @@ _LOCK_EXPERIMENTS = (
 #   delta (existing rows always hold >= 1 event), so "new user" is exact under concurrency:
 #   ON CONFLICT DO UPDATE waits for a concurrent inserter and then updates its row.
 # * user_value_sum_squares grows by new_sum^2 - old_sum^2 = d * (2 * new_sum - d).
+# * money: amounts (integer minor units) are summed per user, currency and UTC day of
+#   occurred_at, so the analysis converts each day at that day's rate and re-prices when
+#   a rate arrives late, without reading raw events.
 # * Every lock is taken in one global order (event ids, user keys, variant keys, each
 #   sorted), and the variant rows, the contended ones, last, just before the commit.
 _WRITE_BATCH = """
 WITH ins AS (
     INSERT INTO experiment_metrics
-        (event_id, experiment_id, variant_id, molam_id, event_type, value, currency, metadata, occurred_at, received_at)
+        (event_id, experiment_id, variant_id, molam_id, event_type, value, currency, amount_minor, metadata,
+         occurred_at, received_at)
     SELECT s.event_id, s.experiment_id, s.variant_id, s.molam_id, s.event_type, s.value, s.currency,
-           s.metadata, s.occurred_at, s.received_at
+           s.amount_minor, s.metadata, s.occurred_at, s.received_at
     FROM ingest_staging s
     JOIN experiment_variants v ON v.id = s.variant_id AND v.experiment_id = s.experiment_id
     ORDER BY s.event_id
     ON CONFLICT (event_id) DO NOTHING
-    RETURNING experiment_id, variant_id, molam_id, event_type, value, occurred_at
+    RETURNING experiment_id, variant_id, molam_id, event_type, value, currency, amount_minor, occurred_at
+), money AS (
+    INSERT INTO experiment_user_money_rollups AS m
+        (experiment_id, molam_id, event_type, currency, day, variant_id, events, amount_minor)
+    SELECT experiment_id, molam_id, event_type, currency, (occurred_at AT TIME ZONE 'UTC')::date, variant_id,
+           count(*), sum(amount_minor)
+    FROM ins
+    WHERE amount_minor IS NOT NULL
+    GROUP BY experiment_id, molam_id, event_type, currency, (occurred_at AT TIME ZONE 'UTC')::date, variant_id
+    ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (experiment_id, molam_id, event_type, currency, day) DO UPDATE SET
+        events = m.events + EXCLUDED.events,
+        amount_minor = m.amount_minor + EXCLUDED.amount_minor
+    RETURNING 1
 ), dead AS (
     INSERT INTO experiment_metric_dead_letters (event_id, payload, error)
     SELECT DISTINCT ON (s.event_id) s.event_id, to_jsonb(s),

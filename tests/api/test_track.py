@@ -35,32 +35,43 @@ def field_errors(response) -> dict:
 def test_track_queues_and_the_drain_writes_raw_event_and_rollups(client, auth, running, settings):
     experiment, held = running
     response = track(client, auth, experiment["id"], {
-        "molam_id": "u1", "event_type": "conversion", "value": 49.99, "currency": "XOF",
-        "metadata": {"source": "web", "page": "checkout"}, "occurred_at": "2026-11-20T10:00:00+01:00",
+        "molam_id": "u1", "event_type": "conversion", "value": 49.99, "currency": "EUR",
+        "metadata": {"source": "web", "page": "checkout"}, "occurred_at": "2026-11-20T00:30:00+01:00",
     })
     assert response.status_code == 202, response.get_json()
     body = response.get_json()
     assert body["status"] == "queued" and len(body["event_id"]) == 32
+    plain = track(client, auth, experiment["id"], {"molam_id": "u1", "event_type": "view", "value": 12.5})
+    assert plain.status_code == 202, plain.get_json()
     assert count_rows(settings, "experiment_metrics") == 0  # the API never writes metric rows
 
     drain_all(get_redis(settings.redis_url))
-    assert count_rows(settings, "experiment_metrics") == 1
+    assert count_rows(settings, "experiment_metrics") == 2
     assert rollup_mismatches(settings) == []
     import psycopg
 
     with psycopg.connect(libpq_url(settings.database_url)) as conn:
         row = conn.execute(
-            "SELECT event_id, variant_id::text, value, currency, metadata, occurred_at "
-            "FROM experiment_metrics"
+            "SELECT event_id, variant_id::text, value, currency, amount_minor, metadata, occurred_at "
+            "FROM experiment_metrics WHERE event_type = 'conversion'"
         ).fetchone()
-        rollup = conn.execute(
-            "SELECT events, users, value_count, value_sum, value_sum_squares, user_value_sum_squares "
+        rollups = {row[0]: row[1:] for row in conn.execute(
+            "SELECT event_type, events, users, value_count, value_sum, value_sum_squares, user_value_sum_squares "
             "FROM experiment_variant_rollups"
-        ).fetchone()
+        ).fetchall()}
+        money = conn.execute(
+            "SELECT molam_id, event_type, currency, day::text, variant_id::text, events, amount_minor "
+            "FROM experiment_user_money_rollups"
+        ).fetchall()
     assert row[0] == body["event_id"] and row[1] == held["u1"]  # variant filled in from the assignment
-    assert row[2] == 49.99 and row[3] == "XOF" and row[4] == {"source": "web", "page": "checkout"}
-    assert row[5].isoformat() == "2026-11-20T09:00:00+00:00"
-    assert rollup == (1, 1, 1, 49.99, pytest.approx(49.99**2), pytest.approx(49.99**2))
+    # Money: exact minor units, no float value (never mixed into the plain value sums).
+    assert row[2] is None and row[3] == "EUR" and row[4] == 4999
+    assert row[5] == {"source": "web", "page": "checkout"}
+    assert row[6].isoformat() == "2026-11-19T23:30:00+00:00"
+    assert rollups["conversion"] == (1, 1, 0, 0.0, 0.0, 0.0)
+    assert rollups["view"] == (1, 1, 1, 12.5, pytest.approx(12.5**2), pytest.approx(12.5**2))
+    # The UTC day of occurred_at, not the sender's local day.
+    assert money == [("u1", "conversion", "EUR", "2026-11-19", held["u1"], 1, 4999)]
 
 
 @pytest.mark.parametrize(
@@ -80,6 +91,19 @@ def test_track_queues_and_the_drain_writes_raw_event_and_rollups(client, auth, r
         ({"currency": "xof"}, "currency"),
         ({"currency": "ZZZ"}, "currency"),
         ({"currency": 978}, "currency"),
+        ({"currency": "XAU", "value": 1}, "currency"),  # ISO code without a minor unit: not money
+        ({"currency": "EUR"}, "value"),  # money needs its amount
+        ({"currency": "EUR", "value": 10.005}, "value"),  # more decimals than EUR has
+        ({"currency": "XOF", "value": 1.5}, "value"),
+        ({"currency": "KWD", "value": "1.0005"}, "value"),
+        ({"currency": "EUR", "value": "12,50"}, "value"),
+        ({"currency": "EUR", "value": " 12.50"}, "value"),
+        ({"currency": "EUR", "value": -5}, "value"),
+        ({"currency": "EUR", "value": 1e400}, "value"),
+        ({"currency": "EUR", "value": "Infinity"}, "value"),
+        ({"currency": "EUR", "value": "NaN"}, "value"),
+        ({"currency": "EUR", "value": True}, "value"),
+        ({"currency": "XOF", "value": 10**16}, "value"),
         ({"metadata": ["a"]}, "metadata"),
         ({"metadata": {"blob": "x" * 4100}}, "metadata"),
         ({"event_id": ""}, "event_id"),
@@ -117,6 +141,40 @@ def test_non_finite_values_and_non_json_bodies_are_rejected(client, auth, runnin
         headers={**auth(SERVICE), "Content-Type": "application/json"},
     )
     assert response.status_code == 422
+
+
+def test_money_is_stored_exactly_in_minor_units_for_every_exponent(client, auth, running, settings):
+    experiment, _ = running
+    cases = [
+        ("XOF", 1500, 1500), ("XOF", "1500.000", 1500), ("EUR", 10.1, 1010), ("EUR", "0.07", 7),
+        ("EUR", 9999999999999.99, 999999999999999), ("KWD", "1.005", 1005), ("TND", 0.001, 1),
+        ("CLF", 1.2345, 12345), ("JPY", 0, 0),
+    ]
+    for i, (currency, amount, _) in enumerate(cases):
+        response = track(client, auth, experiment["id"], {
+            "event_id": f"money-{i}", "molam_id": "u1", "event_type": "conversion", "value": amount, "currency": currency,
+        })
+        assert response.status_code == 202, (currency, amount, response.get_json())
+    drain_all(get_redis(settings.redis_url))
+    import psycopg
+
+    with psycopg.connect(settings.database_url.replace("+psycopg", "")) as conn:
+        stored = dict(conn.execute("SELECT event_id, amount_minor FROM experiment_metrics").fetchall())
+    assert stored == {f"money-{i}": minor for i, (_, _, minor) in enumerate(cases)}
+
+
+def test_a_batch_refuses_only_its_bad_amounts(client, auth, running, settings):
+    experiment, _ = running
+    events = [
+        {"experiment_id": experiment["id"], "molam_id": "u1", "event_type": "conversion", "value": 10.5, "currency": "EUR"},
+        {"experiment_id": experiment["id"], "molam_id": "u1", "event_type": "conversion", "value": 10.5, "currency": "XOF"},
+        {"experiment_id": experiment["id"], "molam_id": "u1", "event_type": "refund", "value": 2, "currency": "ZZZ"},
+    ]
+    response = client.post("/api/events/batch", json={"events": events}, headers=auth(SERVICE))
+    assert response.status_code == 202
+    body = response.get_json()
+    assert len(body["accepted"]) == 1
+    assert [(r["index"], sorted(r["errors"])) for r in body["rejected"]] == [(1, ["value"]), (2, ["currency"])]
 
 
 def test_metadata_of_exactly_4_kb_is_accepted(client, auth, running):

@@ -39,11 +39,14 @@ def population(create_experiment, settings):
 
 
 def make_record(experiment_id: str, variant_id: str, molam_id: str, event_type: str, value, event_id: str,
-                occurred: datetime) -> list:
+                occurred: datetime, currency: str | None = None) -> list:
     now, now_iso = ingestion.now_utc()
+    event = {"molam_id": molam_id, "event_type": event_type, "value": value, "event_id": event_id,
+             "occurred_at": occurred.isoformat(), "variant_id": variant_id}
+    if currency is not None:
+        event["currency"] = currency
     record, errors = ingestion.validate_event(
-        {"molam_id": molam_id, "event_type": event_type, "value": value, "event_id": event_id,
-         "occurred_at": occurred.isoformat(), "variant_id": variant_id},
+        event,
         experiment_id=experiment_id, received_at=now, received_iso=now_iso,
     )
     assert not errors, errors
@@ -61,10 +64,14 @@ def random_stream(population, rng: random.Random, n: int, duplicate_share: float
         experiment = rng.choice(experiments)
         molam_id = rng.choice(users)
         value = rng.choice([None, round(rng.uniform(-50, 500), 2), rng.randint(0, 3)])
+        currency = rng.choice([None, None, "XOF", "EUR", "KWD"])
+        if currency is not None:  # money: an exact amount with the currency's decimals
+            value = {"XOF": rng.randint(100, 500_000), "EUR": round(rng.uniform(0, 500), 2),
+                     "KWD": f"{rng.randint(0, 99_999) / 1000:.3f}"}[currency]
         records.append(make_record(
             experiment["id"], held[experiment["id"]][molam_id], molam_id,
             rng.choice(["conversion", "click", "view", "refund"]), value, f"ev-{i}",
-            start + timedelta(seconds=rng.randint(0, 86400 * 10)),
+            start + timedelta(seconds=rng.randint(0, 86400 * 10)), currency,
         ))
     return records, {r[0] for r in records}
 
@@ -207,11 +214,14 @@ def test_reconcile_reports_and_repairs_drift(population, redis_client, settings,
                      "WHERE ctid = (SELECT ctid FROM experiment_variant_rollups LIMIT 1)")
         conn.execute("DELETE FROM experiment_user_rollups WHERE ctid IN "
                      "(SELECT ctid FROM experiment_user_rollups WHERE experiment_id = %s LIMIT 3)", (experiments[0],))
+        conn.execute("UPDATE experiment_user_money_rollups SET amount_minor = amount_minor + 1 "
+                     "WHERE ctid = (SELECT ctid FROM experiment_user_money_rollups LIMIT 1)")
     assert rollup_mismatches(settings) != []
 
     dry = app.test_cli_runner().invoke(args=["sira", "reconcile", "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert "found drift" in dry.output and "3 missing" in dry.output
+    assert "money rollups 0 missing, 0 extra, 1 differ" in dry.output
     assert rollup_mismatches(settings) != []
 
     result = app.test_cli_runner().invoke(args=["sira", "reconcile", "--experiment", experiments[0]])

@@ -76,6 +76,17 @@ FROM experiment_user_rollups
 """
 
 
+EXPECTED_MONEY = """
+SELECT experiment_id::text, molam_id, event_type, currency, (occurred_at AT TIME ZONE 'UTC')::date,
+       min(variant_id::text), count(*), sum(amount_minor)
+FROM experiment_metrics WHERE amount_minor IS NOT NULL GROUP BY 1, 2, 3, 4, 5
+"""
+STORED_MONEY = """
+SELECT experiment_id::text, molam_id, event_type, currency, day, variant_id::text, events, amount_minor
+FROM experiment_user_money_rollups
+"""
+
+
 def _index(rows: list[tuple], width: int) -> dict[tuple, tuple]:
     return {row[:width]: row[width:] for row in rows}
 
@@ -97,6 +108,7 @@ def rollup_mismatches(settings: Settings) -> list[str]:
         for label, expected_sql, stored_sql, width in (
             ("variant", EXPECTED_VARIANTS, STORED_VARIANTS, 3),
             ("user", EXPECTED_USERS, STORED_USERS, 3),
+            ("money", EXPECTED_MONEY, STORED_MONEY, 5),
         ):
             expected = _index(conn.execute(expected_sql).fetchall(), width)
             stored = _index(conn.execute(stored_sql).fetchall(), width)
