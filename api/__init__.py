@@ -86,9 +86,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     api.register_blueprint(bandit_history.blp)
     app.register_blueprint(dashboard.blp)
-    from . import cli_demo, cli_reconcile, events, sdk
+    from . import cli_demo, cli_reconcile, events, fx_rates, sdk
 
     api.register_blueprint(events.blp)
+    api.register_blueprint(fx_rates.blp)
     api.register_blueprint(sdk.blp)
     sdk.init_sdk(app, settings)
     cli_reconcile.register(app)

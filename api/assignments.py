@@ -33,6 +33,14 @@ class AssignRequestSchema(StrictSchema):
     region = fields.String(validate=validate.Length(min=1, max=64))
     device = fields.String(validate=validate.Length(min=1, max=32))
     txn_count = fields.Integer(strict=True, validate=validate.Range(min=0, max=2**31 - 1))
+    pre_exposure_value = fields.Float(
+        allow_nan=False,
+        validate=validate.Range(min=-1e15, max=1e15),
+        metadata={
+            "description": "A number known before exposure (e.g. the user's spend over the last 30 days in the "
+            "reporting currency), stored with the first assignment: the CUPED covariate (txn_count when absent)."
+        },
+    )
 
     @ma.post_load
     def to_context(self, data: dict, **kwargs: object) -> service.UserContext:

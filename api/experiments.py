@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import uuid
 
+from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -52,6 +53,7 @@ class ExperimentCollection(MethodView):
     @blp.response(201, ExperimentOutSchema)
     def post(self, data: dict):
         """Create a draft experiment."""
+        data.setdefault("reporting_currency", current_app.extensions["settings"].reporting_currency)
         experiment = service.create_experiment(context.session(), data, context.actor())
         context.session().commit()
         return experiment

@@ -14,6 +14,7 @@ from services.analysis import insights as sira_insights, reports as sira_reports
 
 from . import context
 from .auth import require
+from .money_schemas import CovariateUsersSchema, CupedSchema, NetRevenueSchema, RatiosSchema, RevenueSchema
 from .schemas import QuerySchema
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class MetricResultSchema(ma.Schema):
     uplift = fields.Nested(RateComparisonSchema, allow_none=True)
     value_uplift = fields.Nested(UpliftSchema, allow_none=True)
     prob_beat_control = fields.Float(allow_none=True)
+    revenue = fields.Nested(RevenueSchema, metadata={"description": "Money-carrying event types only"})
+    cuped = fields.Nested(CupedSchema, metadata={"description": "conversion only"})
 
 
 class RetentionSchema(ma.Schema):
@@ -87,6 +90,8 @@ class VariantResultSchema(ma.Schema):
     alpha = fields.Float()
     beta = fields.Float()
     d7_retention = fields.Nested(RetentionSchema, allow_none=True)
+    net_revenue = fields.Nested(NetRevenueSchema, allow_none=True)
+    ratios = fields.Nested(RatiosSchema, allow_none=True)
 
 
 class SrmSchema(ma.Schema):
@@ -111,6 +116,9 @@ class ResultsOutSchema(ma.Schema):
     bandit_computed_at = fields.String(allow_none=True)
     burn_in = fields.Boolean(allow_none=True)
     computed_at = fields.String()
+    reporting_currency = fields.String()
+    value_cap_percentile = fields.Float(allow_none=True)
+    cuped_covariate_users = fields.Nested(CovariateUsersSchema)
 
 
 class InsightSchema(ma.Schema):

@@ -8,6 +8,7 @@ from marshmallow import fields, validate, validates_schema
 
 from core.codes import COUNTRIES, CURRENCIES, LANGUAGES
 from services.analysis.inputs import DEFAULT_BANDIT_WINDOW_S, attribution_windows
+from core.money import MONEY_CURRENCIES
 from sira.bandit import BanditConfig
 from sira.failfast import DEFAULT_FAIL_FAST_ACTION, DEFAULT_GUARDRAIL_ACTION, DEFAULT_GUARDRAIL_MARGIN, FailFastConfig
 from models.enums import (
@@ -146,6 +147,26 @@ def validate_variants(variants: list[dict]) -> dict[str, list[str]]:
     return {"variants": problems} if problems else {}
 
 
+def _reporting_currency() -> fields.String:
+    return fields.String(
+        validate=_code_in(MONEY_CURRENCIES, "ISO 4217 currency code with a minor unit", upper=True),
+        metadata={"description": "Money results are converted into it (default: the REPORTING_CURRENCY setting)."},
+    )
+
+
+def _value_cap_percentile(**kwargs: object) -> fields.Float:
+    return fields.Float(
+        allow_none=True,
+        validate=validate.Range(min=50, max=100, max_inclusive=False),
+        metadata={
+            "description": "Per-user revenue above this percentile (users with revenue, arms pooled) is capped "
+            "for the per-user statistics; null: no capping.",
+            "minimum": 50, "exclusiveMaximum": 100,
+        },
+        **kwargs,
+    )
+
+
 class ExperimentCreateSchema(StrictSchema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
     description = fields.String(load_default="", validate=validate.Length(max=10_000))
@@ -170,6 +191,8 @@ class ExperimentCreateSchema(StrictSchema):
     guardrail_margin = _guardrail_margin_field(load_default=DEFAULT_GUARDRAIL_MARGIN)
     bandit = fields.Nested(BanditSettingsSchema, load_default=lambda: BanditSettingsSchema().load({}))
     attribution_window_s = _attribution_window_field(load_default=None)
+    reporting_currency = _reporting_currency()
+    value_cap_percentile = _value_cap_percentile(load_default=99.5)
 
     @validates_schema
     def check_variants(self, data: dict, **kwargs: object) -> None:
@@ -199,6 +222,8 @@ class ExperimentUpdateSchema(StrictSchema):
     guardrail_margin = _guardrail_margin_field()
     bandit = fields.Nested(BanditSettingsSchema)
     attribution_window_s = _attribution_window_field()
+    reporting_currency = _reporting_currency()
+    value_cap_percentile = _value_cap_percentile()
 
     @validates_schema
     def check_variants(self, data: dict, **kwargs: object) -> None:
@@ -233,6 +258,8 @@ class ExperimentOutSchema(ma.Schema):
     guardrail_margin = fields.Method("dump_guardrail_margin")
     bandit = fields.Dict()
     attribution_window_s = fields.Method("dump_attribution_window_s")
+    reporting_currency = fields.String()
+    value_cap_percentile = fields.Float(allow_none=True)
     variants = fields.List(fields.Nested(VariantOutSchema))
     created_by = fields.String()
     created_at = fields.DateTime()

@@ -121,6 +121,8 @@ class Settings:
     sdk_stream_slots: int = 1
     sdk_stream_max_seconds: float = 300.0
     sdk_stream_heartbeat_s: float = 15.0
+    # Default reporting currency of new experiments (money results are converted into it).
+    reporting_currency: str = "EUR"
     dev_key_dir: Path = field(default=VAR_DIR / "keys")
     # Read replica for results, insights, exports and reports (None: the primary serves them)
     database_replica_url: str | None = None
@@ -180,8 +182,14 @@ def load_settings() -> Settings:
         public_key = public_key.replace("\\n", "\n")
     if app_env == "production" and not public_key:
         raise ConfigError("MOLAM_ID_PUBLIC_KEY is required when APP_ENV=production")
+    reporting_currency = _str("REPORTING_CURRENCY", defaults.reporting_currency)
+    from core.money import MONEY_CURRENCIES
+
+    if reporting_currency not in MONEY_CURRENCIES:
+        raise ConfigError(f"REPORTING_CURRENCY must be an ISO 4217 currency code with a minor unit, got {reporting_currency!r}")
     return Settings(
         app_env=app_env,
+        reporting_currency=reporting_currency,
         database_url=normalise_database_url(_str("DATABASE_URL", defaults.database_url)),
         redis_url=redis_url,
         celery_broker_url=_str("CELERY_BROKER_URL", redis_url_with_db(redis_url, 1)),

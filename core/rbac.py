@@ -29,6 +29,7 @@ MATRIX: dict[str, frozenset[str]] = {
     "insights": frozenset({OPS_ADMIN, DATA_SCIENCE}),
     "audit": frozenset({OPS_ADMIN, DATA_SCIENCE}),
     "export": frozenset({OPS_ADMIN, DATA_SCIENCE}),
+    "fx_rates": frozenset({OPS_ADMIN, DATA_SCIENCE}),
     "assign": frozenset({OPS_ADMIN, SERVICE}),
     "track": frozenset({OPS_ADMIN, SERVICE}),
     # SDK clients: download definitions and follow their changes; upload exposures.

@@ -57,8 +57,9 @@ class Experiment(Base):
     # Money results are converted into this currency at each event day's rate.
     reporting_currency: Mapped[str] = mapped_column(String(3), server_default="EUR")
     # Per-user revenue above this percentile (of users with revenue, all arms pooled) is
-    # capped for the per-user statistics; NULL means no capping.
-    value_cap_percentile: Mapped[Decimal | None] = mapped_column(Numeric(6, 3), server_default="99.5")
+    # capped for the per-user statistics; NULL means no capping. The API's default is 99.5
+    # (no server default: an explicit null must stay null).
+    value_cap_percentile: Mapped[Decimal | None] = mapped_column(Numeric(6, 3))
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())

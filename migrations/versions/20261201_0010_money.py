@@ -72,6 +72,8 @@ def upgrade() -> None:
         "experiments",
         sa.Column("value_cap_percentile", sa.Numeric(precision=6, scale=3), server_default="99.5", nullable=True),
     )
+    # Existing experiments get the default cap; new rows get theirs from the API (null = no capping).
+    op.alter_column("experiments", "value_cap_percentile", server_default=None)
     op.create_check_constraint(
         op.f("ck_experiments_value_cap_percentile_range"),
         "experiments",

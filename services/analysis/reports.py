@@ -19,6 +19,7 @@ from models import Experiment, Report
 from .inputs import chunks, load_inputs, running_experiment_ids
 from .insights import build_insights
 from .results import build_results, d7_retention_counts, load_states
+from .revenue import money_results
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,13 @@ def _leader(results: dict[str, Any]) -> dict[str, Any] | None:
 
 def build_report(session: Session, client: redis.Redis | None, experiment_id: uuid.UUID, report_date: date, now: datetime) -> dict[str, Any]:
     experiment = load_inputs(session, [experiment_id])[0]
-    results = build_results(experiment, load_states(session, experiment.id), d7_retention_counts(session, client, experiment, now), now)
+    results = build_results(
+        experiment,
+        load_states(session, experiment.id),
+        d7_retention_counts(session, client, experiment, now),
+        now,
+        money_results(session, experiment),
+    )
     insights = build_insights(session, experiment, now)
     return {
         "experiment": {
@@ -98,6 +105,7 @@ def render_markdown(content: dict[str, Any]) -> str:
             f"[{_percent(interval['lower'])}, {_percent(interval['upper'])}] | {uplift_text} | "
             f"{_percent(m['prob_beat_control'])} | {variant['prob_best']:.1%} | {variant['alpha']:g} | {variant['beta']:g} |"
         )
+    lines += _revenue_lines(results)
     srm = content["srm"]
     lines += ["", "## Sample ratio", ""]
     if srm["p_value"] is None:
@@ -127,6 +135,32 @@ def render_markdown(content: dict[str, Any]) -> str:
         lines.append(f"- **{suggestion['title']}** (`{suggestion['kind']}`): {suggestion['detail']}")
     lines.append("")
     return "\n".join(lines)
+
+
+def _revenue_lines(results: dict[str, Any]) -> list[str]:
+    """Revenue per variant in the reporting currency (conversion amounts), when there is any."""
+    blocks = [(v, v["metrics"].get("conversion", {}).get("revenue")) for v in results["variants"]]
+    if not any(block for _, block in blocks):
+        return []
+    currency = results.get("reporting_currency", "")
+    lines = ["", f"## Revenue ({currency})", "",
+             "| Variant | Total | Per user (capped) | Uplift | By currency (minor units) | Unconverted events |",
+             "|---|---:|---:|---|---|---:|"]
+    for variant, block in blocks:
+        if not block:
+            continue
+        per_user = block["per_user"]["estimate"]
+        per_user_text = "–" if per_user is None else f"{per_user:,.2f}"
+        uplift = block["uplift"]
+        uplift_text = "control" if uplift is None else (
+            "–" if uplift["estimate"] is None else f"{uplift['estimate']:+.1%} [{uplift['lower']:+.1%}, {uplift['upper']:+.1%}]"
+        )
+        breakdown = ", ".join(f"{code} {b['total_minor']:,}" for code, b in block["by_currency"].items()) or "–"
+        lines.append(
+            f"| {variant['name']} | {block['total']:,.2f} | {per_user_text} | {uplift_text} | {breakdown} | "
+            f"{block['unconverted_events']} |"
+        )
+    return lines
 
 
 @dataclass

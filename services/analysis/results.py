@@ -48,6 +48,7 @@ from sira.stats import (
 )
 
 from ..cache import d7_key
+from . import revenue
 from .inputs import ExperimentInput, load_inputs
 
 log = logging.getLogger(__name__)
@@ -314,8 +315,14 @@ def build_results(
     states: dict[uuid.UUID, StoredState],
     d7: dict[str, Any] | None,
     now: datetime,
+    money: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The results document (pure: everything it needs is passed in)."""
+    """The results document (pure: everything it needs is passed in).
+
+    ``money`` is :func:`services.analysis.revenue.money_results`: each money-carrying
+    event type's metrics gain a ``revenue`` block, the conversion metrics a ``cuped``
+    block, and each variant ``net_revenue`` and ``ratios``.
+    """
     decision = decision_proportions(experiment)
     alphas, betas = posteriors(decision)
     best = prob_best(alphas, betas) if experiment.arms else []
@@ -340,6 +347,8 @@ def build_results(
                 "d7_retention": _d7_block(d7_counts) if d7_counts is not None else None,
             }
         )
+        if money is not None:
+            _add_money(variants[-1], money["variants"].get(str(arm.variant_id), {}))
     state_times = [s.computed_at for s in states.values()]
     return {
         "experiment_id": str(experiment.id),
@@ -356,7 +365,25 @@ def build_results(
         "bandit_computed_at": max(state_times).isoformat() if state_times else None,
         "burn_in": any(s.burn_in for s in states.values()) if states else None,
         "computed_at": now.isoformat(),
+        **(
+            {
+                "reporting_currency": money["reporting_currency"],
+                "value_cap_percentile": money["value_cap_percentile"],
+                "cuped_covariate_users": money["covariate"],
+            }
+            if money is not None
+            else {}
+        ),
     }
+
+
+def _add_money(variant: dict[str, Any], money: dict[str, Any]) -> None:
+    for event_type, block in money.get("revenue", {}).items():
+        variant["metrics"][event_type]["revenue"] = block
+    if "conversion_cuped" in money:
+        variant["metrics"]["conversion"]["cuped"] = money["conversion_cuped"]
+    variant["net_revenue"] = money.get("net_revenue")
+    variant["ratios"] = money.get("ratios")
 
 
 def load_experiment(session: Session, experiment_id: uuid.UUID, now: datetime | None = None) -> ExperimentInput:
@@ -372,4 +399,5 @@ def experiment_results(
     now = now or datetime.now(timezone.utc)
     experiment = load_experiment(session, experiment_id, now)
     d7 = d7_retention_counts(session, client, experiment, now)
-    return build_results(experiment, load_states(session, experiment_id), d7, now)
+    money = revenue.money_results(session, experiment)
+    return build_results(experiment, load_states(session, experiment_id), d7, now, money)

@@ -60,9 +60,10 @@ _DATABASE_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.Timeout
 # statement and result machinery cost more CPU than the statement itself.
 _INSERT_ASSIGNMENT = """
     INSERT INTO experiment_assignments
-        (experiment_id, variant_id, molam_id, country, lang, currency, region, device, period, probability)
+        (experiment_id, variant_id, molam_id, country, lang, currency, region, device, period, probability,
+         txn_count, pre_exposure_value)
     SELECT %(experiment_id)s, %(variant_id)s, %(molam_id)s, %(country)s, %(lang)s, %(currency)s, %(region)s, %(device)s,
-           %(period)s, %(probability)s
+           %(period)s, %(probability)s, %(txn_count)s, %(pre_exposure_value)s
     WHERE EXISTS (
         SELECT 1 FROM experiments e JOIN experiment_variants v ON v.experiment_id = e.id
         WHERE e.id = %(experiment_id)s AND e.status = %(running)s AND v.id = %(variant_id)s AND NOT v.paused
@@ -87,6 +88,8 @@ class UserContext:
     region: str | None = None
     device: str | None = None
     txn_count: int | None = None
+    # Known before exposure (e.g. last-30-day spend in the reporting currency): CUPED's covariate.
+    pre_exposure_value: float | None = None
 
 
 # --- hashing and the split -------------------------------------------------------------
@@ -524,6 +527,8 @@ def _insert(
                 "device": user.device,
                 "period": period,
                 "probability": probability,
+                "txn_count": user.txn_count,
+                "pre_exposure_value": user.pre_exposure_value,
                 "running": ExperimentStatus.RUNNING.value,
             },
         ).fetchone()

@@ -23,7 +23,8 @@ TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
     "stop": (frozenset({S.RUNNING.value}), S.STOPPED.value),
     "archive": (frozenset({S.DRAFT.value, S.STOPPED.value}), S.ARCHIVED.value),
 }
-EDITABLE_AFTER_DRAFT = frozenset({"name", "description"})
+# Analysis settings change how results are read, never who sees what: editable at any time.
+EDITABLE_AFTER_DRAFT = frozenset({"name", "description", "reporting_currency", "value_cap_percentile"})
 
 
 def snapshot(experiment: Experiment) -> dict[str, Any]:
@@ -41,6 +42,8 @@ def snapshot(experiment: Experiment) -> dict[str, Any]:
         "guardrails": experiment.guardrails,
         "bandit": experiment.bandit,
         "attribution_window_s": experiment.attribution_window_s,
+        "reporting_currency": experiment.reporting_currency,
+        "value_cap_percentile": float(experiment.value_cap_percentile) if experiment.value_cap_percentile is not None else None,
         "version": experiment.version,
         "variants": [
             {
@@ -112,7 +115,7 @@ def _settings_columns(data: dict[str, Any]) -> dict[str, Any]:
     columns = {
         k: data[k]
         for k in ("name", "description", "targeting", "mode", "coverage", "primary_metric", "fail_fast", "bandit",
-                  "attribution_window_s")
+                  "attribution_window_s", "reporting_currency", "value_cap_percentile")
         if k in data
     }
     return columns
@@ -141,7 +144,8 @@ def update_experiment(session: Session, experiment_id: uuid.UUID, changes: dict[
         frozen = sorted(set(changes) - EDITABLE_AFTER_DRAFT)
         if frozen:
             raise Conflict(
-                f"experiment is {experiment.status}: only name and description can change; "
+                f"experiment is {experiment.status}: only name, description and the analysis settings "
+                f"(reporting_currency, value_cap_percentile) can change; "
                 f"not {', '.join(frozen)} (stop and clone it, or edit while draft)"
             )
     if not changes:

@@ -32,6 +32,7 @@ EXPECTED = {
     "insights": {"ops_admin", "data_science"},
     "audit": {"ops_admin", "data_science"},
     "export": {"ops_admin", "data_science"},
+    "fx_rates": {"ops_admin", "data_science"},
     "assign": {"ops_admin", "pay_module", "connect_module"},
     "track": {"ops_admin", "pay_module", "connect_module"},
     "sdk_definitions": {"ops_admin", "pay_module", "connect_module"},
@@ -57,6 +58,9 @@ def _request(client, action, experiment, headers):
         "insights": lambda: client.get(f"/api/experiments/{eid}/insights", headers=headers),
         "audit": lambda: client.get("/api/audit", headers=headers),
         "export": lambda: client.get(f"/api/experiments/{eid}/export", headers=headers),
+        "fx_rates": lambda: client.put(
+            "/api/fx-rates", json={"base": "EUR", "valid_from": "2026-12-01", "rates": {"XOF": 655.957}}, headers=headers
+        ),
         "assign": lambda: client.post(f"/api/experiments/{eid}/assign", json={"molam_id": "u1"}, headers=headers),
         "track": lambda: client.post(
             f"/api/experiments/{eid}/track",

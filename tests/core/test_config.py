@@ -69,3 +69,14 @@ def test_dev_token_cli_mints_a_token_the_app_accepts(tmp_path, settings):
     token = result.stdout.strip()
     claims = jwt.decode(token, (tmp_path / "keys" / "dev_public.pem").read_text(), algorithms=["RS256"])
     assert claims["sub"] == "amina" and claims["roles"] == ["marketing"] and claims["exp"] > claims["iat"]
+
+
+def test_reporting_currency_defaults_to_eur_and_must_be_money(clean_env):
+    clean_env.delenv("REPORTING_CURRENCY", raising=False)
+    assert load_settings().reporting_currency == "EUR"
+    clean_env.setenv("REPORTING_CURRENCY", "XOF")
+    assert load_settings().reporting_currency == "XOF"
+    for bad in ("xof", "XAU", "ZZZ"):
+        clean_env.setenv("REPORTING_CURRENCY", bad)
+        with pytest.raises(ConfigError, match="REPORTING_CURRENCY"):
+            load_settings()
