@@ -38,7 +38,7 @@ class TrackEventSchema(ma.Schema):
     event_type = fields.String(required=True, validate=validate.OneOf(EVENT_TYPES))
     value = fields.Raw(
         metadata={
-            "type": ["number", "string"],
+            "oneOf": [{"type": "number"}, {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"}],
             "description": (
                 "Without currency: a finite number (duration, score). With currency: the amount, "
                 "a JSON number or decimal string with at most the currency's decimals (XOF 0, EUR 2, KWD 3), "

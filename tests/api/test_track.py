@@ -377,7 +377,9 @@ def test_openapi_schemas_describe_the_validated_fields(app):
         assert (length.min, length.max) == (1, limit), name
     assert tuple(only(schema.fields["event_type"], validate.OneOf).choices) == tuple(EVENT_TYPES)
     assert schema.fields["molam_id"].required and schema.fields["event_type"].required
-    assert not schema.fields["value"].allow_nan
+    # value: a finite number, or (money) a decimal number or string stored as exact minor units.
+    assert [kind["type"] for kind in schema.fields["value"].metadata["oneOf"]] == ["number", "string"]
+    assert "minor units" in schema.fields["value"].metadata["description"]
     assert str(ingestion.MAX_METADATA_BYTES) in schema.fields["metadata"].metadata["description"]
     events = only(BatchSchema().fields["events"], validate.Length)
     assert (events.min, events.max) == (1, ingestion.MAX_BATCH_REQUEST)
