@@ -79,10 +79,11 @@ bench-sdk: $(STAMP)
 vectors: $(STAMP)
 	$(BIN)/python scripts/generate_sdk_vectors.py
 
-## Statistical simulations: fail-fast false-stop rates and bandit regret.
+## Statistical simulations: fail-fast false-stop rates, bandit regret, money (CUPED, capping).
 bench-sim: $(STAMP)
 	$(BIN)/python bench/sim_failfast.py --seeds 10000 --tune
 	$(BIN)/python bench/sim_regret.py --investigate
+	$(BIN)/python bench/sim_money.py --reps 2000 --json bench/results/money.json
 
 ## Decisions under bandit allocation, drift, peeking and late outcomes: the 2,000-replication table.
 bench-validity: $(STAMP)

@@ -25,12 +25,12 @@ blp = Blueprint("export", __name__, url_prefix="/api/experiments", description="
 
 QUERIES = {
     "events": (
-        "SELECT event_id, experiment_id, variant_id, molam_id, event_type, value, currency, metadata, "
+        "SELECT event_id, experiment_id, variant_id, molam_id, event_type, value, currency, amount_minor, metadata, "
         "occurred_at, received_at, recorded_at FROM experiment_metrics WHERE experiment_id = %(id)s ORDER BY id"
     ),
     "assignments": (
         "SELECT a.molam_id, a.variant_id, v.name AS variant_name, v.is_control, a.assigned_at, "
-        "a.country, a.lang, a.currency, a.region, a.device "
+        "a.country, a.lang, a.currency, a.region, a.device, a.txn_count, a.pre_exposure_value "
         "FROM experiment_assignments a JOIN experiment_variants v ON v.id = a.variant_id "
         "WHERE a.experiment_id = %(id)s ORDER BY a.assigned_at, a.molam_id"
     ),

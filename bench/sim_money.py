@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sira.money import ArmValues, PairStats, per_user_analysis, ratio_uplift  # noqa: E402
 
 
-def _arm(y: np.ndarray, x: np.ndarray) -> ArmValues:
-    return ArmValues(int(y.size), y, x, float(x.sum()), float(x @ x))
+def _arm(y: np.ndarray, x: np.ndarray, n: int | None = None) -> ArmValues:
+    """As the analysis builds it: users without an amount may be left out of y and x (they are zeros)."""
+    return ArmValues(int(y.size) if n is None else n, y, x, float(x.sum()), float(x @ x))
 
 
 def _share(hits: list[bool]) -> tuple[float, float]:
@@ -97,7 +98,8 @@ def simulate_capping(reps: int, n: int, sigma: float, uplift: float, percentiles
     for _ in range(reps):
         control = _revenue(rng, n, rate, mu, sigma, 1.0)
         variant = _revenue(rng, n, rate, mu, sigma, 1.0 + uplift)
-        arms = [_arm(control, np.zeros(n)), _arm(variant, np.zeros(n))]
+        buyers_c, buyers_v = control[control > 0], variant[variant > 0]
+        arms = [_arm(buyers_c, np.zeros(buyers_c.size), n), _arm(buyers_v, np.zeros(buyers_v.size), n)]
         for key in hits:
             percentile = None if key == "uncapped" else float(key[1:])
             _, results = per_user_analysis(arms, control=0, cap_percentile=percentile)
@@ -130,29 +132,37 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     started = time.monotonic()
-    report = {
-        "cuped": simulate_cuped(args.reps, 2000, 0.7, 0.02, seed=1),
-        "capping_aa": simulate_capping(args.reps, 20000, 1.5, 0.0, [99.5, 99.0], seed=2),
-        "capping_effect": simulate_capping(args.reps, 20000, 1.5, 0.05, [99.5, 99.0], seed=3),
-        "capping_heavy_aa": simulate_capping(args.reps, 2000, 2.0, 0.0, [99.5, 99.0], seed=4),
+    scenarios = {
+        "cuped": lambda: simulate_cuped(args.reps, 2000, 0.7, 0.02, seed=1),
+        "capping_aa": lambda: simulate_capping(args.reps, 20000, 1.5, 0.0, [99.5, 99.0], seed=2),
+        "capping_effect": lambda: simulate_capping(args.reps, 20000, 1.5, 0.05, [99.5, 99.0], seed=3),
+        "capping_heavy_aa": lambda: simulate_capping(args.reps, 2000, 2.0, 0.0, [99.5, 99.0], seed=4),
     }
+    report: dict = {}
+    for name, run in scenarios.items():
+        report[name] = run()
+        _print(name, report[name])
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
     report["seconds"] = round(time.monotonic() - started, 1)
-    c = report["cuped"]
-    print(f"CUPED rho={c['rho']}, {c['users_per_arm']} users/arm, {c['reps']} reps, true uplift {c['true_uplift']:+.0%}")
-    print(f"  coverage plain {_fmt(c['coverage_plain'])}, CUPED {_fmt(c['coverage_cuped'])}")
-    print(f"  width shrink {_fmt(c['width_shrink'])} (theory {c['theory_shrink'] * 100:.1f}%), "
-          f"variance removed {_fmt(c['variance_reduction'])}")
-    for name in ("capping_aa", "capping_effect", "capping_heavy_aa"):
-        r = report[name]
-        print(f"{name}: lognormal sigma={r['lognormal_sigma']}, {r['users_per_arm']} users/arm, "
-              f"{r['reps']} reps, true uplift {r['true_uplift']:+.0%}")
-        for key, s in r["settings"].items():
-            print(f"  {key:>8}: coverage {_fmt(s['coverage'])}, width {_fmt(s['mean_width'], False)}, "
-                  f"mean estimate {_fmt(s['mean_estimate'], False)}")
-        print(f"  revenue per converter (delta method) coverage {_fmt(r['revenue_per_converter_coverage'])}")
-    print(f"{report['seconds']} s")
+    print(f"{report['seconds']} s", flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _print(name: str, r: dict) -> None:
+    if name == "cuped":
+        print(f"CUPED rho={r['rho']}, {r['users_per_arm']} users/arm, {r['reps']} reps, true uplift {r['true_uplift']:+.0%}")
+        print(f"  coverage plain {_fmt(r['coverage_plain'])}, CUPED {_fmt(r['coverage_cuped'])}")
+        print(f"  width shrink {_fmt(r['width_shrink'])} (theory {r['theory_shrink'] * 100:.1f}%), "
+              f"variance removed {_fmt(r['variance_reduction'])}", flush=True)
+        return
+    print(f"{name}: lognormal sigma={r['lognormal_sigma']}, {r['users_per_arm']} users/arm, "
+          f"{r['reps']} reps, true uplift {r['true_uplift']:+.0%}")
+    for key, s in r["settings"].items():
+        print(f"  {key:>8}: coverage {_fmt(s['coverage'])}, width {_fmt(s['mean_width'], False)}, "
+              f"mean estimate {_fmt(s['mean_estimate'], False)}")
+    print(f"  revenue per converter (delta method) coverage {_fmt(r['revenue_per_converter_coverage'])}", flush=True)
 
 
 if __name__ == "__main__":

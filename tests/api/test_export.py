@@ -33,6 +33,7 @@ def test_export_events_csv(client, auth, settings, create_experiment):
     rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
     assert [r["event_id"] for r in rows] == ["e0", "e1", "e2"]
     assert float(rows[2]["value"]) == 21.0 and json.loads(rows[0]["metadata"]) == {"page": "checkout"}
+    assert "amount_minor" in rows[0]  # a money event's exact amount (its value is empty)
 
 
 def test_export_assignments_ndjson(client, auth, settings, create_experiment):
