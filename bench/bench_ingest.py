@@ -65,7 +65,7 @@ function request()
   counter = counter + 1
   local n = math.random(users) - 1
   return wrk.format(nil, nil, nil, '{"molam_id": "user-' .. n .. '", "event_type": "conversion", "value": 12.5, '
-    .. '"currency": "XOF", "metadata": {"source": "bench"}, "event_id": "' .. run .. '-' .. tid .. '-' .. counter .. '"}')
+    .. '"currency": "EUR", "metadata": {"source": "bench"}, "event_id": "' .. run .. '-' .. tid .. '-' .. counter .. '"}')
 end
 """
 
@@ -130,7 +130,7 @@ def batch_bodies(experiment_id: str, users: int, total: int, per_request: int, s
                 "molam_id": f"user-{rng.randrange(users)}",
                 "event_type": rng.choice(("conversion", "click", "view")),
                 "value": round(rng.uniform(0, 200), 2),
-                "currency": "XOF",
+                "currency": "EUR",
                 "metadata": {"source": "bench"},
                 "occurred_at": (start + timedelta(seconds=rng.randrange(86400 * 20))).isoformat(),
             })

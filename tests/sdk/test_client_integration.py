@@ -154,7 +154,7 @@ def test_track_flushes_the_pending_exposure_and_is_idempotent(client, auth, crea
     sdk_client = sdk(exposure_flush_interval_s=60)
     answer = sdk_client.assign(experiment["id"], "buyer")
     assert answer.eligible and sdk_client.status()["exposures"]["queued"] == 1
-    accepted = sdk_client.track(experiment["id"], "buyer", "conversion", value=49.99, currency="XOF", event_id="evt-1")
+    accepted = sdk_client.track(experiment["id"], "buyer", "conversion", value=4999, currency="XOF", event_id="evt-1")
     assert accepted == {"event_id": "evt-1", "status": "queued"}
     assert sdk_client.track(experiment["id"], "buyer", "conversion", event_id="evt-1")["event_id"] == "evt-1"
     batch = sdk_client.track_batch([
