@@ -93,7 +93,7 @@ class DecimalLiteral(float):
     float's binary approximation.
     """
 
-    def __new__(cls, text: str) -> "DecimalLiteral":
+    def __new__(cls, text: str) -> DecimalLiteral:
         number = super().__new__(cls, text)
         number.text = text
         return number

@@ -12,10 +12,11 @@ nothing is re-read from raw events.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
@@ -83,11 +84,11 @@ class RateTable:
     bases: tuple[str, ...] = ()
 
     @classmethod
-    def load(cls, session: Session) -> "RateTable":
+    def load(cls, session: Session) -> RateTable:
         return cls.from_rows((r.base, r.valid_from, r.revision, r.currency, r.rate) for r in _latest_revisions(session))
 
     @classmethod
-    def from_rows(cls, rows: Iterable[tuple[str, date, int, str, Decimal]]) -> "RateTable":
+    def from_rows(cls, rows: Iterable[tuple[str, date, int, str, Decimal]]) -> RateTable:
         table = cls()
         for base, valid_from, revision, currency, rate in sorted(rows, key=lambda r: (r[0], r[3], r[1])):
             table._days.setdefault((base, currency), []).append(valid_from)

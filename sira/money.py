@@ -60,14 +60,14 @@ class PairStats:
             raise ValueError(f"n must be >= 0, got {self.n}")
 
     @classmethod
-    def from_arrays(cls, a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> "PairStats":
+    def from_arrays(cls, a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> PairStats:
         a = np.asarray(a, dtype=float)
         b = np.asarray(b, dtype=float)
         if a.shape != b.shape:
             raise ValueError("a and b must have the same length")
         return cls(int(a.size), float(a.sum()), float(a @ a), float(b.sum()), float(b @ b), float(a @ b))
 
-    def __add__(self, other: "PairStats") -> "PairStats":
+    def __add__(self, other: PairStats) -> PairStats:
         return PairStats(
             self.n + other.n,
             self.sum_a + other.sum_a,

@@ -6,7 +6,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from tests.ingestion_support import plain_url
+from core.config import libpq_url
 
 SET = {"base": "EUR", "valid_from": "2026-12-01", "rates": {"XOF": 655.957, "USD": 1.05, "KWD": 0.3251}}
 
@@ -43,7 +43,7 @@ def test_a_correction_is_a_new_revision_and_nothing_is_edited(client, auth, sett
     now = client.get("/api/fx-rates?on=2026-12-01", headers=auth()).get_json()["sets"][0]["rates"]
     assert now == {"USD": {"rate": 1.05, "valid_from": "2026-12-01", "revision": 2},
                    "XOF": {"rate": 656.0, "valid_from": "2026-12-01", "revision": 2}}
-    with psycopg.connect(plain_url(settings), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(settings.database_url), autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM fx_rates").fetchone()[0] == 5  # both revisions kept
         assert conn.execute("SELECT rate FROM fx_rates WHERE currency = 'XOF' AND revision = 1").fetchone()[0] == Decimal(
             "655.957"
@@ -81,7 +81,7 @@ def test_bad_sets_are_a_422_naming_the_field_and_store_nothing(client, auth, set
     response = put(client, auth, body)
     assert response.status_code == 422, response.get_json()
     assert field in response.get_json()["errors"]["json"]
-    with psycopg.connect(plain_url(settings)) as conn:
+    with psycopg.connect(libpq_url(settings.database_url)) as conn:
         assert conn.execute("SELECT count(*) FROM fx_rates").fetchone()[0] == 0
 
 

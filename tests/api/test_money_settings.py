@@ -4,8 +4,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.conftest import experiment_body
-from tests.ingestion_support import plain_url
+from core.config import libpq_url
+from tests.support.api import experiment_body
 
 
 def test_defaults_validation_and_editing_while_running(client, auth, create_experiment):
@@ -43,7 +43,7 @@ def test_the_covariate_is_stored_with_the_first_assignment(client, auth, create_
     for bad in ("much", True, 1e300):
         response = client.post(url, json={"molam_id": "c", "pre_exposure_value": bad}, headers=headers)
         assert response.status_code == 422 and "pre_exposure_value" in response.get_json()["errors"]["json"]
-    with psycopg.connect(plain_url(settings)) as conn:
+    with psycopg.connect(libpq_url(settings.database_url)) as conn:
         rows = dict((m, (p, t)) for m, p, t in conn.execute(
             "SELECT molam_id, pre_exposure_value, txn_count FROM experiment_assignments").fetchall())
     assert rows == {"a": (120.5, 4), "b": (None, 2)}

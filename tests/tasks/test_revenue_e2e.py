@@ -11,8 +11,9 @@ import numpy as np
 import psycopg
 import pytest
 
+from core.config import libpq_url
 from core.money import CURRENCY_EXPONENTS
-from tests.ingestion_support import count_rows, plain_url, rollup_mismatches
+from tests.support.ingestion import count_rows, rollup_mismatches
 from tests.tasks.test_ingest_worker import broker_url, start_worker, wait_for  # noqa: F401 (fixtures)
 
 SERVICE = "pay_module"
@@ -32,7 +33,7 @@ def _rate_on(sets: list[dict], currency: str, day: date) -> Decimal | None:
 
 def _from_scratch(settings, experiment_id: str, sets: list[dict]):
     """Per variant: exact EUR totals and per-user EUR sums by event type, unconverted events, native totals."""
-    with psycopg.connect(plain_url(settings)) as conn:
+    with psycopg.connect(libpq_url(settings.database_url)) as conn:
         events = conn.execute(
             "SELECT variant_id::text, molam_id, event_type, currency, amount_minor, occurred_at "
             "FROM experiment_metrics WHERE experiment_id = %s AND amount_minor IS NOT NULL", (experiment_id,)
@@ -140,7 +141,7 @@ def test_mixed_xof_eur_revenue_equals_a_from_scratch_computation(client, auth, c
     assert results["cuped_covariate_users"] == {"pre_exposure_value": 160, "txn_count": 80, "none": 0}
 
     # A late KWD rate and a corrected XOF rate re-price the days they cover, raw events untouched.
-    with psycopg.connect(plain_url(settings)) as conn:
+    with psycopg.connect(libpq_url(settings.database_url)) as conn:
         raw_before = conn.execute("SELECT count(*), max(recorded_at) FROM experiment_metrics").fetchone()
     late = [{"base": "EUR", "valid_from": "2026-11-12", "rates": {"KWD": 0.3301}},
             {"base": "EUR", "valid_from": "2026-11-15", "rates": {"XOF": 655.957}}]
@@ -152,7 +153,7 @@ def test_mixed_xof_eur_revenue_equals_a_from_scratch_computation(client, auth, c
     _check(repriced, expected, assigned)
     assert all(v["metrics"]["conversion"]["revenue"]["unconverted_events"] == expected[2].get(
         (v["variant_id"], "conversion"), 0) for v in repriced["variants"])
-    with psycopg.connect(plain_url(settings)) as conn:
+    with psycopg.connect(libpq_url(settings.database_url)) as conn:
         assert conn.execute("SELECT count(*), max(recorded_at) FROM experiment_metrics").fetchone() == raw_before
 
     # Capping, changed on the running experiment (an analysis setting): capped and uncapped both shown.
