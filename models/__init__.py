@@ -1,11 +1,13 @@
 """SQLAlchemy models: the PostgreSQL schema is the source of truth."""
 from .audit import AuditEntry
 from .base import Base
+from .design import ApprovalRequest, ExperimentHoldout, Holdout, HoldoutEvent, HoldoutMember, Layer, ScheduleAttempt
 from .experiments import Assignment, Experiment, Variant
 from .metrics import DeadLetter, MetricEvent, UserRollup, VariantRollup
 from .sira import BanditHistory, BanditState, Recommendation, Report
 
 __all__ = [
+    "ApprovalRequest",
     "Assignment",
     "AuditEntry",
     "BanditHistory",
@@ -13,9 +15,15 @@ __all__ = [
     "Base",
     "DeadLetter",
     "Experiment",
+    "ExperimentHoldout",
+    "Holdout",
+    "HoldoutEvent",
+    "HoldoutMember",
+    "Layer",
     "MetricEvent",
     "Recommendation",
     "Report",
+    "ScheduleAttempt",
     "UserRollup",
     "Variant",
 ]
