@@ -5,8 +5,8 @@ Two answers for the same question, because SIRA offers two ways to read a test:
 * **Fixed horizon.**  Decide once, at a planned sample size, with a two-sided z-test of
   each treatment against control.  With ``arms`` arms there are ``arms - 1``
   comparisons, so each runs at ``alpha / (arms - 1)`` (Bonferroni).  Proportions use
-  the pooled-under-the-null, unpooled-under-the-alternative formula (the one
-  statsmodels' ``samplesize_proportions_2indep_onetail`` implements); means use
+  :func:`sira.stats.required_sample_size` (pooled under the null, unpooled under the
+  alternative: what statsmodels' ``samplesize_proportions_2indep_onetail`` computes); means use
   ``n = 2 (z_{1-a/2} + z_{power})^2 sd^2 / delta^2``.
 * **Sequential.**  Look as often as you like with the always-valid confidence
   sequence SIRA's fail-fast rule uses (:func:`sira.failfast.confidence_sequence_radius`,
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from scipy import special
 
 from sira.failfast import FailFastConfig, confidence_sequence_radius
+from sira.stats import required_sample_size
 
 METRIC_KINDS = ("proportion", "mean")
 #: Upper end of the per-arm search; a plan beyond it is reported as infeasible.
@@ -127,11 +128,7 @@ def fixed_horizon(data: PlanInput) -> Plan:
     z_alpha, z_power = _z(1.0 - alpha / 2.0), _z(data.power)
     delta = data.effect
     if data.metric_kind == "proportion":
-        p1 = data.baseline
-        p2 = data.baseline * (1.0 + data.mde_relative)
-        p_bar = (p1 + p2) / 2.0
-        root = z_alpha * math.sqrt(2.0 * p_bar * (1.0 - p_bar)) + z_power * math.sqrt(_variance_sum(data))
-        return _plan(root * root / delta**2, data, alpha)
+        return _plan(required_sample_size(data.baseline, data.mde_relative, alpha=alpha, power=data.power), data, alpha)
     return _plan(_variance_sum(data) * (z_alpha + z_power) ** 2 / delta**2, data, alpha)
 
 
