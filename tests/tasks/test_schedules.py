@@ -88,7 +88,7 @@ def test_schedule_fields_are_validated(client, auth, create_experiment):
     assert client.patch(f"/api/experiments/{running['id']}", json={"end_at": _iso(now + timedelta(days=3))}, headers=auth()).status_code == 200
     assert client.patch(f"/api/experiments/{running['id']}", json={"start_at": _iso(now)}, headers=auth()).status_code == 409
     upcoming = client.get("/api/schedules", headers=auth()).get_json()["upcoming"]
-    assert [(u["experiment_id"], u["action"]) for u in upcoming] == [(naive["id"], "start"), (running["id"], "stop")]
+    assert [(u["experiment_id"], u["action"]) for u in upcoming] == [(running["id"], "stop"), (naive["id"], "start")]
 
 
 def test_beat_starts_and_stops_on_time_and_audits_it(client, auth, create_experiment, worker):
