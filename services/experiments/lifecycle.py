@@ -219,11 +219,21 @@ def update_experiment(
     experiment.updated_at = datetime.now(timezone.utc)
     session.flush()
     session.refresh(experiment)
-    audit.record(session, actor=actor, action="update", experiment_id=experiment.id, before=before, after=snapshot(experiment))
-    if experiment.status == S.DRAFT.value:
+    after = snapshot(experiment)
+    audit.record(session, actor=actor, action="update", experiment_id=experiment.id, before=before, after=after)
+    if experiment.status == S.DRAFT.value and _differs(before, after):
         # What was approved is not what the experiment now is.
         approvals.invalidate(session, experiment, actor)
     return experiment
+
+
+def _differs(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """A real change: something other than the version (variants get new ids when replaced)."""
+    def essence(document: dict[str, Any]) -> dict[str, Any]:
+        variants = [{k: v for k, v in variant.items() if k != "id"} for variant in document["variants"]]
+        return {**{k: v for k, v in document.items() if k != "version"}, "variants": variants}
+
+    return essence(before) != essence(after)
 
 
 def transition(

@@ -116,3 +116,17 @@ def test_the_four_eyes_rule_is_also_a_database_constraint(settings, pricing):
             "VALUES (%s, 'approved', 'ada', 1, 'ada', now())",
             (pricing["id"],),
         )
+
+
+def test_saving_the_draft_unchanged_keeps_the_approval(client, auth, pricing):
+    eid = pricing["id"]
+    _post(client, f"/api/experiments/{eid}/approval-requests", auth("marketing", sub="mariam"))
+    _post(client, f"/api/experiments/{eid}/approve", auth("ops_admin", sub="olu"), {"comment": "ok"})
+    same = {k: pricing[k] for k in ("name", "description", "coverage", "category")}
+    same["variants"] = [
+        {"name": v["name"], "config": v["config"], "traffic_share": v["traffic_share"], "is_control": v["is_control"]}
+        for v in pricing["variants"]
+    ]
+    assert client.patch(f"/api/experiments/{eid}", json=same, headers=auth()).status_code == 200
+    assert client.get(f"/api/experiments/{eid}/approval-requests", headers=auth()).get_json()[0]["status"] == "approved"
+    assert _post(client, f"/api/experiments/{eid}/start", auth()).status_code == 200

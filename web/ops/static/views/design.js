@@ -67,7 +67,9 @@ export function designSection({ arms, metric, initial = null }) {
       : h("span", { class: "muted small" }, "No holdouts yet."));
   }
 
+  let loaded = false;
   Promise.all([api.listLayers(), api.listHoldouts()]).then(([foundLayers, foundHoldouts]) => {
+    loaded = true;
     layers.push(...foundLayers);
     holdouts.push(...foundHoldouts);
     renderLayers();
@@ -79,7 +81,9 @@ export function designSection({ arms, metric, initial = null }) {
   function values() {
     const body = {};
     const problems = [];
-    if (controls.layer.value) {
+    if (!loaded && initial?.layer_id) {
+      Object.assign(body, { layer_id: initial.layer_id, layer_allocation: Number(controls.allocation.value) });
+    } else if (controls.layer.value) {
       body.layer_id = controls.layer.value;
       body.layer_allocation = Number(controls.allocation.value);
       if (!(body.layer_allocation > 0 && body.layer_allocation <= 100)) problems.push(["layer_allocation", "a percent above 0 and at most 100"]);
@@ -90,13 +94,14 @@ export function designSection({ arms, metric, initial = null }) {
       if (initial) Object.assign(body, { layer_id: null, layer_allocation: null });
     }
     const chosen = [...controls.holdouts.querySelectorAll("input:checked")].map((box) => box.value);
-    if (chosen.length || initial) body.holdout_ids = chosen;
+    if (chosen.length || (initial && loaded)) body.holdout_ids = chosen;
     if (controls.category.value.trim()) body.category = controls.category.value.trim();
     else if (initial) body.category = null;
     const forced = body.category === "pricing";
     controls.requiresApproval.disabled = forced;
     if (forced) controls.requiresApproval.checked = true;
     if (controls.requiresApproval.checked) body.requires_approval = true;
+    else if (initial && !forced) body.requires_approval = false;
     body.start_at = utcValue(controls.startAt);
     body.end_at = utcValue(controls.endAt);
     if (!body.start_at && !initial) delete body.start_at;
