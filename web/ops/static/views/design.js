@@ -164,7 +164,7 @@ export function designSection({ arms, metric, initial = null }) {
       field("Scheduled stop (UTC)", controls.endAt, null, "end_at")),
     h("h3", {}, "How many users does it need?"),
     h("div", { class: "grid grid-3" },
-      field("Primary metric is", controls.kind),
+      field("Metric kind", controls.kind),
       field("Baseline (control's rate or mean)", controls.baseline),
       field("Standard deviation (means)", controls.sd),
       field("Smallest effect worth detecting (% relative)", controls.mde),
