@@ -46,6 +46,7 @@ class ExperimentCollection(MethodView):
             mode=query.get("mode"),
             search=query.get("q"),
             created_by=query.get("created_by"),
+            layer_id=query.get("layer_id"),
             offset=context.page_offset(pagination_parameters),
             limit=pagination_parameters.page_size,
         )

@@ -317,6 +317,7 @@ class ExperimentListQuerySchema(QuerySchema):
     mode = fields.String(validate=validate.OneOf(MODES))
     q = fields.String(validate=validate.Length(min=1, max=200), metadata={"description": "case-insensitive substring of the name"})
     created_by = fields.String(validate=validate.Length(min=1, max=200), metadata={"description": "the owner (creator's sub)"})
+    layer_id = fields.UUID(metadata={"description": "experiments of this layer"})
 
 
 class AuditQuerySchema(QuerySchema):

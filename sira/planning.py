@@ -33,6 +33,8 @@ from sira.stats import required_sample_size
 METRIC_KINDS = ("proportion", "mean")
 #: Upper end of the per-arm search; a plan beyond it is reported as infeasible.
 MAX_USERS_PER_ARM = 10**12
+#: Below this effect / sd ratio even a fixed-horizon test needs over 10^12 users per arm.
+MIN_STANDARDISED_EFFECT = 1e-5
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def check(data: PlanInput) -> PlanningError | None:
         return PlanningError("mde_relative", "mde_relative must not be zero")
     if data.metric_kind == "proportion":
         target = data.baseline * (1.0 + data.mde_relative)
-        if not (0.0 < data.baseline < 1.0):
+        if not (1e-9 <= data.baseline <= 1.0 - 1e-9):
             return PlanningError("baseline", "baseline must be a rate in (0, 1) for a proportion")
         if not (0.0 < target < 1.0):
             return PlanningError("mde_relative", f"baseline * (1 + mde_relative) = {target:g} must stay in (0, 1)")
@@ -167,4 +169,13 @@ def plan_sample_size(data: PlanInput) -> SampleSizePlan:
     problem = check(data)
     if problem is not None:
         raise problem
+    # An effect this small against the noise needs more than MAX_USERS_PER_ARM users in
+    # any design; answering so up front also keeps the arithmetic away from underflow.
+    noise = math.sqrt(_variance_sum(data))
+    if noise > 0 and not data.effect / noise >= MIN_STANDARDISED_EFFECT:
+        out_of_reach = "the effect is too small against the metric's noise to detect with any realistic traffic"
+        return SampleSizePlan(
+            Plan(None, None, None, data.alpha / (data.arms - 1), out_of_reach),
+            Plan(None, None, None, data.alpha / (data.arms * (data.arms - 1) / 2), out_of_reach),
+        )
     return SampleSizePlan(fixed_horizon(data), sequential(data))

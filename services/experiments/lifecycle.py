@@ -88,6 +88,7 @@ def list_experiments(
     search: str | None = None,
     mode: str | None = None,
     created_by: str | None = None,
+    layer_id: uuid.UUID | None = None,
 ) -> tuple[list[Experiment], int]:
     """Newest first; ``search`` matches a case-insensitive substring of the name."""
     conditions = []
@@ -97,6 +98,8 @@ def list_experiments(
         conditions.append(Experiment.mode == mode)
     if created_by:
         conditions.append(Experiment.created_by == created_by)
+    if layer_id:
+        conditions.append(Experiment.layer_id == layer_id)
     if search:
         escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         conditions.append(Experiment.name.ilike(f"%{escaped}%", escape="\\"))

@@ -9,7 +9,7 @@ from services.experiments.buckets import holdout_bucket
 from tests.ingestion_support import drain_all
 
 SERVICE = "pay_module"
-USERS = 600
+USERS = 400
 
 
 @pytest.fixture

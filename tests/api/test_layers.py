@@ -174,3 +174,11 @@ def test_the_cached_definition_carries_the_range(client, auth, in_layer, layer, 
     client.post(f"/api/experiments/{a['id']}/assign", json={"molam_id": "u1"}, headers=auth(SERVICE))
     document = json.loads(get_redis(settings.redis_url).get(definition_key(a["id"])))
     assert document["layer"] == {"id": layer["id"], "start": 0, "end": 5000}
+
+
+def test_experiments_can_be_listed_by_layer(client, auth, in_layer, create_experiment, layer):
+    inside = in_layer(10)
+    create_experiment()
+    listed = client.get(f"/api/experiments?layer_id={layer['id']}", headers=auth()).get_json()
+    assert [e["id"] for e in listed] == [inside["id"]]
+    assert client.get("/api/experiments?layer_id=nope", headers=auth()).status_code == 422

@@ -121,10 +121,37 @@ function approvalsCard() {
     }
   }
 
+  async function ask(experiment) {
+    const comment = window.prompt(`Ask for approval to start “${experiment.name}”: a note for the approver`) ?? null;
+    if (comment === null) return;
+    try {
+      await api.requestApproval(experiment.id, comment);
+      showSuccess(`Approval requested for “${experiment.name}”.`);
+      load();
+    } catch (error) {
+      showError(error, "Could not request approval");
+    }
+  }
+
+  function drafts(waiting) {
+    if (!waiting.length) return null;
+    return h("div", {},
+      h("h3", {}, "Drafts that need approval and have not asked yet"),
+      h("ul", { class: "plain" }, waiting.map((e) => h("li", {},
+        h("a", { href: `#/experiments/${e.id}` }, e.name), e.category ? ` · ${e.category}` : "", " ",
+        can("request_approval") ? h("button", { type: "button", class: "btn btn-small", onclick: () => ask(e) }, "Request approval") : null))));
+  }
+
   async function load() {
     try {
-      const pending = await api.listApprovalRequests({ status: "pending" });
-      replace(body, pending.length ? h("div", { class: "table-wrap" }, h("table", { class: "table" },
+      const [pending, approved, draftPage] = await Promise.all([
+        api.listApprovalRequests({ status: "pending" }),
+        api.listApprovalRequests({ status: "approved" }),
+        api.listExperiments({ status: "draft", pageSize: 100 }),
+      ]);
+      const open = new Set([...pending, ...approved].map((r) => r.experiment_id));
+      const waiting = draftPage.items.filter((e) => e.requires_approval && !open.has(e.id));
+      replace(body, drafts(waiting), pending.length ? h("div", { class: "table-wrap" }, h("table", { class: "table" },
         h("thead", {}, h("tr", {}, ["Experiment", "Asked by", "When", "Comment", ""].map((c) => h("th", {}, c)))),
         h("tbody", {}, pending.map((r) => h("tr", {},
           h("td", {}, h("a", { href: `#/experiments/${r.experiment_id}` }, r.experiment_name || r.experiment_id)),
