@@ -1,6 +1,8 @@
 """Holdouts over HTTP: membership consistent across experiments and over time; events and results."""
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 
@@ -22,7 +24,14 @@ def holdout(client, auth):
 
 
 def _assign(client, headers, experiment_id, molam_id):
-    return client.post(f"/api/experiments/{experiment_id}/assign", json={"molam_id": molam_id}, headers=headers).get_json()
+    """POST assign as a service would: a 503 (a dependency briefly unavailable) is retried after Retry-After."""
+    for _ in range(5):
+        response = client.post(f"/api/experiments/{experiment_id}/assign", json={"molam_id": molam_id}, headers=headers)
+        if response.status_code != 503:
+            break
+        time.sleep(float(response.headers.get("Retry-After", "1")))
+    assert response.status_code == 200, (response.status_code, response.get_json())
+    return response.get_json()
 
 
 def _members(settings, holdout_id):
