@@ -21,7 +21,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from core import db
-from core.errors import DomainError
+from core.errors import DomainError, NotFound
 from models import Experiment, ScheduleAttempt
 from models.enums import ExperimentStatus as S
 
@@ -86,7 +86,10 @@ def _attempt(
     """Run one scheduled transition in its own transaction: DONE, SKIPPED or the error message."""
     session = db.new_session()
     try:
-        experiment = lifecycle.get_experiment(session, experiment_id, for_update=True)
+        try:
+            experiment = lifecycle.get_experiment(session, experiment_id, for_update=True)
+        except NotFound:  # deleted since it was found due
+            return SKIPPED
         # Re-check under the lock: someone may have started, stopped or rescheduled it.
         current = experiment.start_at if action == "start" else experiment.end_at
         expected_status = S.DRAFT.value if action == "start" else S.RUNNING.value
