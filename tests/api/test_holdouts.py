@@ -8,7 +8,7 @@ import pytest
 
 from core.redis import get_redis
 from services.experiments.buckets import holdout_bucket
-from tests.ingestion_support import drain_all
+from tests.support.ingestion import drain_all
 
 SERVICE = "pay_module"
 USERS = 400
