@@ -1,7 +1,7 @@
 """layers, holdouts, four-eyes approvals and schedules
 
 Revision ID: 20261201_0014
-Revises: 0001
+Revises: 20261201_0009
 Create Date: 2026-12-01 22:04:50.369065
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from alembic import op
 
 
 revision = '20261201_0014'
-down_revision = '0001'
+down_revision = '20261201_0009'
 branch_labels = None
 depends_on = None
 
