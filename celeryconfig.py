@@ -10,7 +10,7 @@ from core.config import Settings
 
 result_backend = None
 task_ignore_result = True
-include: list[str] = ["tasks.sira", "tasks.ingest"]
+include: list[str] = ["tasks.sira", "tasks.ingest", "tasks.schedules"]
 
 # Losing a message loses data: acknowledge only after the task finished, and put
 # the message back if the worker process dies mid-task.
@@ -54,6 +54,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": "sira.fail_fast_scan",
             "schedule": settings.fail_fast_interval_s,
             "options": {"expires": settings.fail_fast_interval_s},
+        },
+        # Scheduled starts and stops: a tick every SCHEDULE_INTERVAL (15 s) keeps them within 60 s.
+        "experiments.run_schedules": {
+            "task": "experiments.run_schedules",
+            "schedule": settings.schedule_interval_s,
+            "options": {"expires": settings.schedule_interval_s},
         },
         "sira.daily_report": {
             "task": "sira.daily_report",

@@ -92,6 +92,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(fx_rates.blp)
     api.register_blueprint(sdk.blp)
     sdk.init_sdk(app, settings)
+    from . import approvals, holdouts, layers, planning, schedules
+
+    api.register_blueprint(layers.blp)
+    api.register_blueprint(holdouts.blp)
+    api.register_blueprint(approvals.blp)
+    api.register_blueprint(schedules.blp)
+    api.register_blueprint(planning.blp)
     cli_reconcile.register(app)
     cli_demo.register(app)
 

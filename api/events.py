@@ -65,7 +65,12 @@ class BatchSchema(ma.Schema):
 
 class TrackAcceptedSchema(ma.Schema):
     event_id = fields.String()
-    status = fields.String(metadata={"description": 'Always "queued".'})
+    status = fields.String(
+        metadata={
+            "description": '"queued"; "holdout" when the user is a holdout member of the experiment '
+            "(the event is kept and counted against the holdout)."
+        }
+    )
 
 
 class RejectedEventSchema(ma.Schema):
@@ -74,7 +79,9 @@ class RejectedEventSchema(ma.Schema):
 
 
 class BatchAcceptedSchema(ma.Schema):
-    accepted = fields.List(fields.String(), metadata={"description": "Event ids queued, in request order."})
+    accepted = fields.List(
+        fields.String(), metadata={"description": "Event ids queued (or kept for a holdout), in request order."}
+    )
     rejected = fields.List(fields.Nested(RejectedEventSchema))
 
 
@@ -111,7 +118,7 @@ def track(experiment_id: uuid.UUID):
     ingestion.count_accepted([record])
     # The final shape, as a Response: flask-smorest passes it through instead of
     # dumping the dict through the schema again (the schema still documents it).
-    return context.json_response({"event_id": record.event_id, "status": "queued"}, 202)
+    return context.json_response({"event_id": record.event_id, "status": "queued" if record.variant_id is not None else "holdout"}, 202)
 
 
 @blp.route("/events/batch", methods=["POST"])
@@ -144,6 +151,8 @@ def batch():
         else:
             records.append((index, record))
     accepted: list[ingestion.StagedEvent] = []
+    held_out: list[ingestion.StagedEvent] = []
+    accepted_ids: list[str] = []
     if records:
         pairs = [(record.experiment_id, record.molam_id) for _, record in records]
         found = ingestion.lookup(context.redis_client(), context.session, pairs)
@@ -151,8 +160,13 @@ def batch():
             try:
                 accepted.append(ingestion.check_assignment(record, found))
             except DomainError as refusal:
-                rejected.append({"index": index, "errors": refusal.errors["json"]})
+                if isinstance(refusal, Invalid) and ingestion.accept_for_holdout(context.session, record, found):
+                    held_out.append(record)
+                else:
+                    rejected.append({"index": index, "errors": refusal.errors["json"]})
+                    continue
+            accepted_ids.append(record.event_id)
         ingestion.stage(context.redis_client(), accepted, context.request_id())
-        ingestion.count_accepted(accepted)
+        ingestion.count_accepted(accepted + held_out)
     rejected.sort(key=lambda r: r["index"])
-    return {"accepted": [record.event_id for record in accepted], "rejected": rejected}
+    return {"accepted": accepted_ids, "rejected": rejected}

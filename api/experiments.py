@@ -22,6 +22,10 @@ from .schemas import (
 blp = Blueprint("experiments", __name__, url_prefix="/api/experiments", description="Experiment definitions and lifecycle")
 
 
+def approvals_required() -> bool:
+    return current_app.extensions["settings"].approvals_required
+
+
 def commit_mutation(experiment_id: uuid.UUID) -> None:
     """Commit the request's mutation (503 and rolled back when the cache cannot be invalidated)."""
     cache.commit_invalidating(context.session(), context.redis_client(), experiment_id)
@@ -42,6 +46,7 @@ class ExperimentCollection(MethodView):
             mode=query.get("mode"),
             search=query.get("q"),
             created_by=query.get("created_by"),
+            layer_id=query.get("layer_id"),
             offset=context.page_offset(pagination_parameters),
             limit=pagination_parameters.page_size,
         )
@@ -54,7 +59,9 @@ class ExperimentCollection(MethodView):
     def post(self, data: dict):
         """Create a draft experiment."""
         data.setdefault("reporting_currency", current_app.extensions["settings"].reporting_currency)
-        experiment = service.create_experiment(context.session(), data, context.actor())
+        experiment = service.create_experiment(
+            context.session(), data, context.actor(), approvals_required=approvals_required()
+        )
         context.session().commit()
         return experiment
 
@@ -71,8 +78,10 @@ class ExperimentItem(MethodView):
     @blp.arguments(ExperimentUpdateSchema)
     @blp.response(200, ExperimentOutSchema)
     def patch(self, changes: dict, experiment_id: uuid.UUID):
-        """Update a draft freely; a running or stopped experiment only its name and description."""
-        experiment = service.update_experiment(context.session(), experiment_id, changes, context.actor())
+        """Update a draft freely (voiding any approval); running: name, description, end_at; stopped: name, description."""
+        experiment = service.update_experiment(
+            context.session(), experiment_id, changes, context.actor(), approvals_required=approvals_required()
+        )
         commit_mutation(experiment_id)
         return experiment
 
@@ -88,7 +97,9 @@ def _transition_view(action: str, doc: str):
     @require(action)
     @blp.response(200, ExperimentOutSchema)
     def view(experiment_id: uuid.UUID):
-        experiment = service.transition(context.session(), experiment_id, action, context.actor())
+        experiment = service.transition(
+            context.session(), experiment_id, action, context.actor(), approvals_required=approvals_required()
+        )
         commit_mutation(experiment_id)
         return experiment
 
@@ -97,6 +108,9 @@ def _transition_view(action: str, doc: str):
     blp.route(f"/<uuid:experiment_id>/{action}", methods=["POST"])(view)
 
 
-_transition_view("start", "Start a draft or stopped experiment.")
+_transition_view(
+    "start",
+    "Start a draft or stopped experiment (409 when it needs approval, or its layer lacks room: the message says how much is free).",
+)
 _transition_view("stop", "Stop a running experiment (assignments are kept; start resumes it).")
 _transition_view("archive", "Archive a draft or stopped experiment (terminal).")

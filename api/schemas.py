@@ -1,6 +1,7 @@
 """Request, query and response schemas for the experiments resource."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import marshmallow as ma
@@ -167,7 +168,43 @@ def _value_cap_percentile(**kwargs: object) -> fields.Float:
     )
 
 
-class ExperimentCreateSchema(StrictSchema):
+MAX_HOLDOUTS = 20
+
+
+def percent_field(description: str, maximum: float = 100, **kwargs: object) -> fields.Decimal:
+    """A percentage in (0, maximum] with two decimals (exact: hundredths are buckets)."""
+    return fields.Decimal(
+        places=2,
+        validate=validate.Range(min=0, max=maximum, min_inclusive=False),
+        as_string=False,
+        metadata={"minimum": 0, "exclusiveMinimum": True, "maximum": maximum, "description": description},
+        **kwargs,
+    )
+
+
+def _utc_field(description: str) -> fields.AwareDateTime:
+    return fields.AwareDateTime(
+        format="iso", default_timezone=dt.timezone.utc, allow_none=True, metadata={"description": description}
+    )
+
+
+class DesignFieldsMixin(ma.Schema):
+    """Layer, holdouts, approval and schedule fields (cross-field rules: services.experiments.lifecycle)."""
+
+    category = fields.String(
+        allow_none=True,
+        validate=validate.Length(min=1, max=64),
+        metadata={"description": 'Free-form tag; "pricing" always requires approval.'},
+    )
+    requires_approval = fields.Boolean(metadata={"description": "Four-eyes approval before start."})
+    layer_id = fields.UUID(allow_none=True, metadata={"description": "Layer of mutually exclusive experiments."})
+    layer_allocation = percent_field("Percent of the layer's traffic this experiment takes.", allow_none=True)
+    holdout_ids = fields.List(fields.UUID(), validate=[validate.Length(max=MAX_HOLDOUTS), _unique_list])
+    start_at = _utc_field("Scheduled start (ISO 8601; UTC when no offset is given).")
+    end_at = _utc_field("Scheduled stop (ISO 8601; UTC when no offset is given).")
+
+
+class ExperimentCreateSchema(StrictSchema, DesignFieldsMixin):
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
     description = fields.String(load_default="", validate=validate.Length(max=10_000))
     targeting = fields.Nested(TargetingSchema, load_default=dict)
@@ -201,7 +238,7 @@ class ExperimentCreateSchema(StrictSchema):
             raise ma.ValidationError(errors)
 
 
-class ExperimentUpdateSchema(StrictSchema):
+class ExperimentUpdateSchema(StrictSchema, DesignFieldsMixin):
     """PATCH: every field optional; a running or stopped experiment accepts only name/description."""
 
     name = fields.String(validate=validate.Length(min=1, max=200))
@@ -267,6 +304,19 @@ class ExperimentOutSchema(ma.Schema):
     started_at = fields.DateTime(allow_none=True)
     stopped_at = fields.DateTime(allow_none=True)
     version = fields.Integer()
+    category = fields.String(allow_none=True)
+    requires_approval = fields.Boolean()
+    layer_id = fields.UUID(allow_none=True)
+    layer_allocation = fields.Float(allow_none=True)
+    layer_range = fields.Method("dump_layer_range", metadata={"description": "[start, end) buckets owned while running, else null."})
+    holdout_ids = fields.List(fields.UUID())
+    start_at = fields.DateTime(allow_none=True)
+    end_at = fields.DateTime(allow_none=True)
+
+    def dump_layer_range(self, experiment: object) -> dict[str, int] | None:
+        if experiment.layer_range_start is None:
+            return None
+        return {"start": experiment.layer_range_start, "end": experiment.layer_range_end}
 
     def dump_guardrails(self, experiment: object) -> list[str]:
         return list(experiment.guardrails.get("event_types", []))
@@ -294,6 +344,7 @@ class ExperimentListQuerySchema(QuerySchema):
     mode = fields.String(validate=validate.OneOf(MODES))
     q = fields.String(validate=validate.Length(min=1, max=200), metadata={"description": "case-insensitive substring of the name"})
     created_by = fields.String(validate=validate.Length(min=1, max=200), metadata={"description": "the owner (creator's sub)"})
+    layer_id = fields.UUID(metadata={"description": "experiments of this layer"})
 
 
 class AuditQuerySchema(QuerySchema):

@@ -123,6 +123,12 @@ class Settings:
     sdk_stream_heartbeat_s: float = 15.0
     # Default reporting currency of new experiments (money results are converted into it).
     reporting_currency: str = "EUR"
+    # Four-eyes approval for every experiment (not only the categories that always need it).
+    approvals_required: bool = False
+    # How often beat looks for scheduled starts and stops (seconds).
+    schedule_interval_s: float = 15.0
+    # A scheduled start or stop that failed is tried again after this long (seconds).
+    schedule_retry_interval_s: float = 60.0
     dev_key_dir: Path = field(default=VAR_DIR / "keys")
     # Read replica for results, insights, exports and reports (None: the primary serves them)
     database_replica_url: str | None = None
@@ -216,4 +222,7 @@ def load_settings() -> Settings:
         metrics_host=_str("METRICS_HOST", defaults.metrics_host),
         worker_metrics_port=_int("WORKER_METRICS_PORT", defaults.worker_metrics_port),
         beat_metrics_port=_int("BEAT_METRICS_PORT", defaults.beat_metrics_port),
+        approvals_required=_str("APPROVALS_REQUIRED", "0") not in ("0", "false", "no"),
+        schedule_interval_s=_float("SCHEDULE_INTERVAL", defaults.schedule_interval_s),
+        schedule_retry_interval_s=_float("SCHEDULE_RETRY_INTERVAL", defaults.schedule_retry_interval_s),
     )

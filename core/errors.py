@@ -23,6 +23,12 @@ class DomainError(Exception):
         self.headers = headers or {}
 
 
+class Forbidden(DomainError):
+    """The caller is authenticated and has the role, but this particular act is not theirs."""
+
+    status = 403
+
+
 class NotFound(DomainError):
     status = 404
 

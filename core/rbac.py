@@ -35,6 +35,20 @@ MATRIX: dict[str, frozenset[str]] = {
     # SDK clients: download definitions and follow their changes; upload exposures.
     "sdk_definitions": frozenset({OPS_ADMIN, SERVICE}),
     "record_exposures": frozenset({SERVICE}),
+    # Experiment design and governance.
+    "create_layer": frozenset({OPS_ADMIN, MARKETING}),
+    "list_layers": frozenset({OPS_ADMIN, MARKETING, DATA_SCIENCE}),
+    "create_holdout": frozenset({OPS_ADMIN, DATA_SCIENCE}),
+    "list_holdouts": frozenset({OPS_ADMIN, MARKETING, DATA_SCIENCE}),
+    "holdout_results": frozenset({OPS_ADMIN, MARKETING, DATA_SCIENCE}),
+    # Whoever may create or update an experiment may ask for its approval; only an
+    # ops_admin other than the requester may decide (the second rule is the service's).
+    "request_approval": frozenset({OPS_ADMIN, MARKETING, DATA_SCIENCE}),
+    "approve": frozenset({OPS_ADMIN}),
+    "reject": frozenset({OPS_ADMIN}),
+    "list_approvals": frozenset({OPS_ADMIN, MARKETING, DATA_SCIENCE}),
+    "schedules": frozenset({OPS_ADMIN, MARKETING, DATA_SCIENCE}),
+    "plan": frozenset({OPS_ADMIN, MARKETING, DATA_SCIENCE}),
 }
 
 

@@ -1,12 +1,14 @@
 """SQLAlchemy models: the PostgreSQL schema is the source of truth."""
 from .audit import AuditEntry
 from .base import Base
+from .design import ApprovalRequest, ExperimentHoldout, Holdout, HoldoutEvent, HoldoutMember, Layer, ScheduleAttempt
 from .experiments import Assignment, Experiment, Variant
 from .metrics import DeadLetter, MetricEvent, UserRollup, VariantRollup
 from .money import FxRate, UserMoneyRollup
 from .sira import BanditHistory, BanditState, Recommendation, Report
 
 __all__ = [
+    "ApprovalRequest",
     "Assignment",
     "AuditEntry",
     "BanditHistory",
@@ -14,10 +16,16 @@ __all__ = [
     "Base",
     "DeadLetter",
     "Experiment",
+    "ExperimentHoldout",
     "FxRate",
+    "Holdout",
+    "HoldoutEvent",
+    "HoldoutMember",
+    "Layer",
     "MetricEvent",
     "Recommendation",
     "Report",
+    "ScheduleAttempt",
     "UserMoneyRollup",
     "UserRollup",
     "Variant",

@@ -43,6 +43,11 @@ FAIL_FAST_ACTIONS = ("recommend", "pause_variant", "stop_experiment")
 GUARDRAIL_ACTIONS = ("recommend", "pause_variant", "stop_experiment")
 DEFAULT_GUARDRAILS = ("fraud_alert", "refund")
 
+APPROVAL_STATUSES = ("pending", "approved", "rejected", "invalidated")
+SCHEDULE_ACTIONS = ("start", "stop")
+#: Experiments in these categories always need four-eyes approval to start.
+APPROVAL_CATEGORIES = frozenset({"pricing"})
+
 TARGETING_LIST_KEYS = ("country", "lang", "currency", "region", "device")
 TARGETING_KEYS = TARGETING_LIST_KEYS + ("min_txn",)
 

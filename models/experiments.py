@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Boolean,
     ForeignKey,
     Index,
     Numeric,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import ExcludeConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .base import Base, created_at_column, uuid_pk
@@ -36,6 +38,28 @@ class Experiment(Base):
             name="value_cap_percentile_range",
         ),
         Index("ix_experiments_status_created_at", "status", "created_at"),
+        CheckConstraint(
+            "layer_allocation IS NULL OR (layer_allocation > 0 AND layer_allocation <= 100)",
+            name="layer_allocation_range",
+        ),
+        CheckConstraint("(layer_id IS NULL) = (layer_allocation IS NULL)", name="layer_allocation_with_layer"),
+        CheckConstraint(
+            "(layer_range_start IS NULL) = (layer_range_end IS NULL) AND (layer_range_start IS NULL OR "
+            "(layer_id IS NOT NULL AND layer_range_start >= 0 AND layer_range_end <= 10000 "
+            "AND layer_range_start < layer_range_end))",
+            name="layer_range_valid",
+        ),
+        CheckConstraint("start_at IS NULL OR end_at IS NULL OR start_at < end_at", name="schedule_order"),
+        # Two experiments of one layer never own overlapping bucket ranges.
+        ExcludeConstraint(
+            (text("layer_id"), "="),
+            (text("int4range(layer_range_start, layer_range_end)"), "&&"),
+            using="gist",
+            where=text("layer_range_start IS NOT NULL"),
+            name="ex_experiments_layer_range_disjoint",
+        ),
+        Index("ix_experiments_start_at", "start_at", postgresql_where=text("start_at IS NOT NULL AND status = 'draft'")),
+        Index("ix_experiments_end_at", "end_at", postgresql_where=text("end_at IS NOT NULL AND status = 'running'")),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -67,6 +91,18 @@ class Experiment(Base):
     stopped_at: Mapped[datetime | None]
     # Bumped on every mutation; caches key definitions by it.
     version: Mapped[int] = mapped_column(server_default="1")
+    # Free-form tag; some categories ("pricing") force four-eyes approval.
+    category: Mapped[str | None] = mapped_column(String(64))
+    requires_approval: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # Mutual exclusion: the percent of the layer's traffic the experiment takes, and the
+    # half-open bucket range [start, end) it owns while running (NULL otherwise).
+    layer_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("experiment_layers.id", ondelete="RESTRICT"), index=True)
+    layer_allocation: Mapped[Decimal | None] = mapped_column(Numeric(5, 2))
+    layer_range_start: Mapped[int | None]
+    layer_range_end: Mapped[int | None]
+    # Scheduled start and stop (UTC), run by the ``experiments.run_schedules`` beat task.
+    start_at: Mapped[datetime | None]
+    end_at: Mapped[datetime | None]
 
     variants: Mapped[list[Variant]] = relationship(
         back_populates="experiment",
@@ -75,6 +111,13 @@ class Experiment(Base):
         passive_deletes=True,
         lazy="selectin",
     )
+    holdouts: Mapped[list["Holdout"]] = relationship(
+        secondary="experiment_holdout_links", lazy="selectin", order_by="Holdout.created_at"
+    )
+
+    @property
+    def holdout_ids(self) -> list[uuid.UUID]:
+        return [h.id for h in self.holdouts]
 
 
 class Variant(Base):

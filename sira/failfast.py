@@ -28,6 +28,7 @@ __all__ = [
     "ArmFlag",
     "FailFastConfig",
     "bayesian_flags",
+    "confidence_sequence_radius",
     "difference_confidence_sequence",
     "evaluate",
     "guardrail_flags",

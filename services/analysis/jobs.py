@@ -59,6 +59,7 @@ LOCK_KEYS = {
     "sira.recompute_posteriors": 147_005_001,
     "sira.fail_fast_scan": 147_005_002,
     "sira.daily_report": 147_005_003,
+    "experiments.run_schedules": 147_005_014,
 }
 
 

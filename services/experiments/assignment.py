@@ -17,7 +17,6 @@ shares renormalised. Any process computes the same answer without coordination.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import logging
 import math
@@ -42,11 +41,11 @@ from models.enums import TARGETING_LIST_KEYS, ExperimentMode, ExperimentStatus
 
 from ..cache import assignment_key, definition_key, weights_key
 from ..ratelimit import Budget, read_with_budget
+from .buckets import BUCKETS, coverage_bucket, holdout_bucket, layer_bucket, percent_to_buckets, split_bucket
 from .definitions import Definition, VariantDefinition, load_definition, parse_definition
 
 log = logging.getLogger(__name__)
 
-BUCKETS = 10_000
 # PostgreSQL is the truth; the copy only needs to outlive a user's session of activity.
 ASSIGNMENT_TTL_S = 7 * 24 * 3600
 # After a Redis failure, go straight to PostgreSQL for this long instead of paying a
@@ -71,6 +70,11 @@ _INSERT_ASSIGNMENT = """
     ON CONFLICT (experiment_id, molam_id) DO NOTHING
     RETURNING variant_id, assigned_at
 """
+_INSERT_HOLDOUT_MEMBERS = """
+    INSERT INTO experiment_holdout_members (holdout_id, molam_id, first_experiment_id)
+    SELECT h, %(molam_id)s, %(experiment_id)s FROM unnest(%(holdout_ids)s::uuid[]) AS h
+    ON CONFLICT (holdout_id, molam_id) DO NOTHING
+"""
 _SELECT_ASSIGNMENT = (
     "SELECT variant_id, assigned_at FROM experiment_assignments "
     "WHERE experiment_id = %(experiment_id)s AND molam_id = %(molam_id)s"
@@ -93,18 +97,6 @@ class UserContext:
 
 
 # --- hashing and the split -------------------------------------------------------------
-
-
-def _hash_bucket(key: str) -> int:
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % BUCKETS
-
-
-def split_bucket(experiment_id: str, molam_id: str) -> int:
-    return _hash_bucket(f"{experiment_id}:{molam_id}")
-
-
-def coverage_bucket(experiment_id: str, molam_id: str) -> int:
-    return _hash_bucket(f"coverage:{experiment_id}:{molam_id}")
 
 
 def _hundredths(value: float) -> int:
@@ -236,6 +228,25 @@ def targeting_reason(definition: Definition, user: UserContext) -> str | None:
     return None
 
 
+def outside_layer(definition: Definition, molam_id: str) -> bool:
+    """True when the user's layer bucket is not in the experiment's range (or it has none)."""
+    if definition.layer_id is None:
+        return False
+    if definition.layer_range is None:
+        return True
+    start, end = definition.layer_range
+    return not start <= layer_bucket(definition.layer_id, molam_id) < end
+
+
+def holdouts_of(definition: Definition, molam_id: str) -> list[str]:
+    """The experiment's holdouts that keep this user out."""
+    return [
+        holdout_id
+        for holdout_id, percent in definition.holdouts
+        if holdout_bucket(holdout_id, molam_id) < percent_to_buckets(percent)
+    ]
+
+
 # --- responses -------------------------------------------------------------------------
 
 
@@ -351,6 +362,16 @@ def _definition(client: redis.Redis | None, experiment_id: str, raw: bytes | Non
         ) from exc
 
 
+def _cached_holdout(raw: bytes | None) -> bool:
+    """The assignment key holds ``{"holdout_ids": [...]}`` for a user recorded as a holdout member."""
+    if raw is None or b"holdout_ids" not in raw:
+        return False
+    try:
+        return bool(json.loads(raw).get("holdout_ids"))
+    except (ValueError, AttributeError):
+        return False
+
+
 def _cached_variant(definition: Definition, raw: bytes | None) -> tuple[VariantDefinition, str] | None:
     if raw is None:
         return None
@@ -381,9 +402,16 @@ def assign(
     definition = _definition(cached.client, experiment_id, cached.definition)
     if not definition.is_running:
         raise Conflict(f"experiment {experiment_id} is {definition.status}; users are assigned only while it is running")
+    # The layer range is the truth even for a returning user: after a stop and restart
+    # the experiment may own other buckets, and the user may now belong to another
+    # experiment of the layer.
+    if outside_layer(definition, user.molam_id):
+        return _not_eligible(definition, user.molam_id, "layer")
     held = _cached_variant(definition, cached.assignment)
     if held is not None:
         return _assigned(definition, user.molam_id, held[0], held[1], new=False)
+    if _cached_holdout(cached.assignment):
+        return _not_eligible(definition, user.molam_id, "holdout")
     with SIRA_DECISION_LATENCY.time():
         try:
             return _decide(cached, definition, user)
@@ -408,6 +436,11 @@ def _decide(cached: Cached, definition: Definition, user: UserContext) -> dict[s
     # can never have been assigned: no lookup needed.
     if not in_coverage(definition, user.molam_id):
         return _not_eligible(definition, user.molam_id, "outside_coverage")
+    held_out = holdouts_of(definition, user.molam_id)
+    if held_out:
+        _on_held(_record_holdout_member, definition.id, user.molam_id, held_out)
+        _cache_holdout_member(client, definition.id, user.molam_id, held_out)
+        return _not_eligible(definition, user.molam_id, "holdout")
     for _attempt in range(2):
         variant, probability, period = _choose(definition, user.molam_id, cached.weights)
         row = _on_held(_insert, definition.id, variant.id, user, period, probability)
@@ -533,6 +566,25 @@ def _insert(
             },
         ).fetchone()
     return None if row is None else (row[0], row[1])
+
+
+def _record_holdout_member(connection: Connection, experiment_id: str, molam_id: str, holdout_ids: list[str]) -> None:
+    """Record the user in each holdout (first asker wins; safe to repeat)."""
+    with connection.connection.cursor() as cursor:
+        cursor.execute(
+            _INSERT_HOLDOUT_MEMBERS, {"holdout_ids": holdout_ids, "molam_id": molam_id, "experiment_id": experiment_id}
+        )
+
+
+def _cache_holdout_member(client: redis.Redis | None, experiment_id: str, molam_id: str, holdout_ids: list[str]) -> None:
+    """The answer, cached in the assignment key, so a returning member costs one round trip."""
+    if client is None:
+        return
+    payload = json.dumps({"holdout_ids": holdout_ids}, separators=(",", ":"))
+    try:
+        client.execute_command("SET", assignment_key(experiment_id, molam_id), payload, "EX", ASSIGNMENT_TTL_S)
+    except redis.RedisError as exc:
+        _mark_down(client, exc)
 
 
 def _existing(connection: Connection, experiment_id: str, molam_id: str) -> tuple[Any, datetime] | None:

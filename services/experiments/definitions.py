@@ -59,6 +59,11 @@ class Definition:
     by_id: dict[str, VariantDefinition] = field(repr=False, compare=False)
     # Lazily filled by services.experiments.assignment (split boundaries per definition version).
     derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # Mutual exclusion: the layer and the bucket range [start, end) the experiment owns in it.
+    layer_id: str | None = None
+    layer_range: tuple[int, int] | None = None
+    # Long-term holdouts: (holdout id, percent) pairs.
+    holdouts: tuple[tuple[str, float], ...] = ()
 
     @property
     def is_running(self) -> bool:
@@ -94,6 +99,12 @@ def definition_document(experiment: Experiment) -> dict[str, Any]:
             }
             for v in experiment.variants
         ],
+        "layer": (
+            {"id": str(experiment.layer_id), "start": experiment.layer_range_start, "end": experiment.layer_range_end}
+            if experiment.layer_id is not None
+            else None
+        ),
+        "holdouts": [{"id": str(h.id), "percent": float(h.percent)} for h in experiment.holdouts],
     }
 
 
@@ -120,7 +131,20 @@ def definition_from_document(document: dict[str, Any]) -> Definition:
         bandit=document.get("bandit") or {},
         variants=variants,
         by_id={v.id: v for v in variants},
+        **_design_fields(document),
     )
+
+
+def _design_fields(document: dict[str, Any]) -> dict[str, Any]:
+    layer = document.get("layer")
+    layer_range = None
+    if layer and layer.get("start") is not None:
+        layer_range = (int(layer["start"]), int(layer["end"]))
+    return {
+        "layer_id": layer["id"] if layer else None,
+        "layer_range": layer_range,
+        "holdouts": tuple((h["id"], float(h["percent"])) for h in document.get("holdouts") or ()),
+    }
 
 
 _parsed: dict[bytes, Definition] = {}

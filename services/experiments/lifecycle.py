@@ -8,13 +8,13 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.errors import Conflict, NotFound
-from models import Experiment, Variant
-from models.enums import ExperimentStatus as S
+from core.errors import Conflict, Invalid, NotFound
+from models import Experiment, Holdout, Variant
+from models.enums import APPROVAL_CATEGORIES, ExperimentStatus as S
 
 from sira.failfast import DEFAULT_GUARDRAIL_MARGIN
 
-from . import audit
+from . import approvals, audit, layers
 from .audit import Actor
 
 # action -> (statuses it may start from, status it leads to)
@@ -25,6 +25,9 @@ TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
 }
 # Analysis settings change how results are read, never who sees what: editable at any time.
 EDITABLE_AFTER_DRAFT = frozenset({"name", "description", "reporting_currency", "value_cap_percentile"})
+# A running experiment may still have its scheduled stop moved (or cleared).
+EDITABLE_WHILE_RUNNING = EDITABLE_AFTER_DRAFT | {"end_at"}
+DESIGN_COLUMNS = ("category", "requires_approval", "layer_id", "layer_allocation", "start_at", "end_at")
 
 
 def snapshot(experiment: Experiment) -> dict[str, Any]:
@@ -45,6 +48,16 @@ def snapshot(experiment: Experiment) -> dict[str, Any]:
         "reporting_currency": experiment.reporting_currency,
         "value_cap_percentile": float(experiment.value_cap_percentile) if experiment.value_cap_percentile is not None else None,
         "version": experiment.version,
+        "category": experiment.category,
+        "requires_approval": experiment.requires_approval,
+        "layer_id": str(experiment.layer_id) if experiment.layer_id else None,
+        "layer_allocation": float(experiment.layer_allocation) if experiment.layer_allocation is not None else None,
+        "layer_range": (
+            [experiment.layer_range_start, experiment.layer_range_end] if experiment.layer_range_start is not None else None
+        ),
+        "holdout_ids": [str(h.id) for h in experiment.holdouts],
+        "start_at": experiment.start_at.isoformat() if experiment.start_at else None,
+        "end_at": experiment.end_at.isoformat() if experiment.end_at else None,
         "variants": [
             {
                 "id": str(v.id),
@@ -78,6 +91,7 @@ def list_experiments(
     search: str | None = None,
     mode: str | None = None,
     created_by: str | None = None,
+    layer_id: uuid.UUID | None = None,
 ) -> tuple[list[Experiment], int]:
     """Newest first; ``search`` matches a case-insensitive substring of the name."""
     conditions = []
@@ -87,6 +101,8 @@ def list_experiments(
         conditions.append(Experiment.mode == mode)
     if created_by:
         conditions.append(Experiment.created_by == created_by)
+    if layer_id:
+        conditions.append(Experiment.layer_id == layer_id)
     if search:
         escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         conditions.append(Experiment.name.ilike(f"%{escaped}%", escape="\\"))
@@ -118,10 +134,44 @@ def _settings_columns(data: dict[str, Any]) -> dict[str, Any]:
                   "attribution_window_s", "reporting_currency", "value_cap_percentile")
         if k in data
     }
+    columns.update({k: data[k] for k in DESIGN_COLUMNS if k in data})
     return columns
 
 
-def create_experiment(session: Session, data: dict[str, Any], actor: Actor) -> Experiment:
+def _holdouts(session: Session, holdout_ids: list[uuid.UUID]) -> list[Holdout]:
+    found = {h.id: h for h in session.execute(select(Holdout).where(Holdout.id.in_(holdout_ids))).scalars()}
+    missing = [str(i) for i in holdout_ids if i not in found]
+    if missing:
+        raise Invalid("unknown holdout", errors={"json": {"holdout_ids": [f"no holdout {m}" for m in missing]}})
+    return [found[i] for i in holdout_ids]
+
+
+def _check_design(session: Session, experiment: Experiment, data: dict[str, Any], *, approvals_required: bool) -> None:
+    """Cross-field rules of the design fields, against the experiment as it will be."""
+    layer_id = data.get("layer_id", experiment.layer_id)
+    allocation = data.get("layer_allocation", experiment.layer_allocation)
+    if layer_id is not None:
+        layers.require_layer(session, layer_id)
+        if allocation is None:
+            raise Invalid("layer_allocation is required with a layer", errors={"json": {"layer_allocation": ["required when layer_id is set"]}})
+    elif allocation is not None:
+        raise Invalid("layer_allocation needs a layer", errors={"json": {"layer_allocation": ["only with a layer_id"]}})
+    category = data.get("category", experiment.category)
+    if category in APPROVAL_CATEGORIES or approvals_required:
+        if data.get("requires_approval") is False:
+            reason = f"category {category!r}" if category in APPROVAL_CATEGORIES else "APPROVALS_REQUIRED=1"
+            raise Invalid(
+                "approval cannot be switched off",
+                errors={"json": {"requires_approval": [f"always true here ({reason})"]}},
+            )
+        experiment.requires_approval = True
+    start_at = data.get("start_at", experiment.start_at)
+    end_at = data.get("end_at", experiment.end_at)
+    if start_at is not None and end_at is not None and end_at <= start_at:
+        raise Invalid("end_at must be after start_at", errors={"json": {"end_at": ["must be after start_at"]}})
+
+
+def create_experiment(session: Session, data: dict[str, Any], actor: Actor, *, approvals_required: bool = False) -> Experiment:
     experiment = Experiment(
         id=uuid.uuid4(),
         status=S.DRAFT.value,
@@ -131,6 +181,9 @@ def create_experiment(session: Session, data: dict[str, Any], actor: Actor) -> E
         version=1,
         **_settings_columns(data),
     )
+    _check_design(session, experiment, data, approvals_required=approvals_required)
+    if data.get("holdout_ids"):
+        experiment.holdouts = _holdouts(session, data["holdout_ids"])
     session.add(experiment)
     session.flush()
     session.refresh(experiment)
@@ -138,10 +191,13 @@ def create_experiment(session: Session, data: dict[str, Any], actor: Actor) -> E
     return experiment
 
 
-def update_experiment(session: Session, experiment_id: uuid.UUID, changes: dict[str, Any], actor: Actor) -> Experiment:
+def update_experiment(
+    session: Session, experiment_id: uuid.UUID, changes: dict[str, Any], actor: Actor, *, approvals_required: bool = False
+) -> Experiment:
     experiment = get_experiment(session, experiment_id, for_update=True)
     if experiment.status != S.DRAFT.value:
-        frozen = sorted(set(changes) - EDITABLE_AFTER_DRAFT)
+        editable = EDITABLE_WHILE_RUNNING if experiment.status == S.RUNNING.value else EDITABLE_AFTER_DRAFT
+        frozen = sorted(set(changes) - editable)
         if frozen:
             raise Conflict(
                 f"experiment is {experiment.status}: only name, description and the analysis settings "
@@ -151,8 +207,11 @@ def update_experiment(session: Session, experiment_id: uuid.UUID, changes: dict[
     if not changes:
         return experiment
     before = snapshot(experiment)
+    _check_design(session, experiment, changes, approvals_required=approvals_required)
     for key, value in _settings_columns(changes).items():
         setattr(experiment, key, value)
+    if "holdout_ids" in changes:
+        experiment.holdouts = _holdouts(session, changes["holdout_ids"])
     if "guardrails" in changes or "guardrail_action" in changes or "guardrail_margin" in changes:
         experiment.guardrails = {
             "event_types": changes.get("guardrails", experiment.guardrails.get("event_types", [])),
@@ -167,11 +226,26 @@ def update_experiment(session: Session, experiment_id: uuid.UUID, changes: dict[
     experiment.updated_at = datetime.now(timezone.utc)
     session.flush()
     session.refresh(experiment)
-    audit.record(session, actor=actor, action="update", experiment_id=experiment.id, before=before, after=snapshot(experiment))
+    after = snapshot(experiment)
+    audit.record(session, actor=actor, action="update", experiment_id=experiment.id, before=before, after=after)
+    if experiment.status == S.DRAFT.value and _differs(before, after):
+        # What was approved is not what the experiment now is.
+        approvals.invalidate(session, experiment, actor)
     return experiment
 
 
-def transition(session: Session, experiment_id: uuid.UUID, action: str, actor: Actor) -> Experiment:
+def _differs(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """A real change: something other than the version (variants get new ids when replaced)."""
+    def essence(document: dict[str, Any]) -> dict[str, Any]:
+        variants = [{k: v for k, v in variant.items() if k != "id"} for variant in document["variants"]]
+        return {**{k: v for k, v in document.items() if k != "version"}, "variants": variants}
+
+    return essence(before) != essence(after)
+
+
+def transition(
+    session: Session, experiment_id: uuid.UUID, action: str, actor: Actor, *, approvals_required: bool = False
+) -> Experiment:
     sources, target = TRANSITIONS[action]
     experiment = get_experiment(session, experiment_id, for_update=True)
     if experiment.status not in sources:
@@ -179,7 +253,11 @@ def transition(session: Session, experiment_id: uuid.UUID, action: str, actor: A
             f"cannot {action} an experiment that is {experiment.status} "
             f"(allowed from: {', '.join(sorted(sources))})"
         )
+    if action == "start":
+        approvals.check_can_start(session, experiment, approvals_required=approvals_required)
     before = snapshot(experiment)
+    if action == "start":
+        layers.allocate(session, experiment)
     now = datetime.now(timezone.utc)
     experiment.status = target
     if action == "start":
@@ -187,6 +265,8 @@ def transition(session: Session, experiment_id: uuid.UUID, action: str, actor: A
         experiment.stopped_at = None
     elif action == "stop":
         experiment.stopped_at = now
+    if action in ("stop", "archive"):
+        layers.release(experiment)
     experiment.version += 1
     experiment.updated_at = now
     session.flush()

@@ -33,7 +33,7 @@ from core.metrics import EXPERIMENT_METRICS_ACCEPTED
 from models.enums import ExperimentStatus
 
 from ..cache import STREAM_GROUP as GROUP, STREAM_KEY, assignment_key, definition_key  # noqa: F401 - GROUP re-exported
-from ..experiments import definitions
+from ..experiments import definitions, holdouts
 from .records import (  # noqa: F401 - re-exported: the API side's view of the record contract
     BATCH_FIELDS,
     MAX_BATCH_REQUEST,
@@ -276,8 +276,10 @@ def accept_one(
 ) -> StagedEvent:
     """Check and stage one validated ``track`` event (usually one Redis round trip).
 
-    Returns the staged record (its ``variant_id`` filled in). Raises the refusing
-    :class:`DomainError` (404, 409, 422) or :class:`Unavailable`.
+    Returns the staged record (its ``variant_id`` filled in), or the record with no
+    ``variant_id`` when the user is a holdout member and the event was kept against the
+    holdout instead. Raises the refusing :class:`DomainError` (404, 409, 422) or
+    :class:`Unavailable`.
     """
     script = _track_scripts.get(id(client))
     if script is None:
@@ -304,9 +306,36 @@ def accept_one(
         )
     if code == TRACK_BACKLOG_FULL:
         raise Unavailable("the ingestion backlog is full; retry shortly", retry_after=5)
-    record = check_assignment(record, lookup(client, session_factory, [(experiment_id, molam_id)]))
+    found = lookup(client, session_factory, [(experiment_id, molam_id)])
+    try:
+        record = check_assignment(record, found)
+    except Invalid:
+        if accept_for_holdout(session_factory, record, found):
+            return record
+        raise
     stage(client, [record], request_id)
     return record
+
+
+def accept_for_holdout(session_factory: Callable[[], Session], record: StagedEvent, found: Lookup) -> bool:
+    """Keep the event of an unassigned user who is a recorded holdout member of the experiment.
+
+    Only for events without a ``variant_id`` (a member holds none) of a known, not
+    archived experiment. The rare case, so it may cost PostgreSQL round trips; the
+    event is committed to ``experiment_holdout_events`` here, not staged.
+    """
+    experiment_id, molam_id = record.experiment_id, record.molam_id
+    status = found.statuses.get(experiment_id)
+    if record.variant_id is not None or status is None or status == ExperimentStatus.ARCHIVED.value:
+        return False
+    if found.variants.get((experiment_id, molam_id)) is not None:
+        return False
+    session = session_factory()
+    held = holdouts.member_holdouts(session, experiment_id, molam_id)
+    if not held:
+        return False
+    holdouts.record_event(session, held, record)
+    return True
 
 
 # --------------------------------------------------------------------------- acceptance

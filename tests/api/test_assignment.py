@@ -285,6 +285,8 @@ def test_cached_definition_is_the_shared_contract(client, auth, create_experimen
             }
             for v in experiment["variants"]
         ],
+        "layer": None,
+        "holdouts": [],
     }
     cached = json.loads(redis_client.get(assignment_key(experiment["id"], molam_id)))
     assert set(cached) == {"variant_id", "assigned_at"}

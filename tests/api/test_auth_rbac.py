@@ -37,12 +37,26 @@ EXPECTED = {
     "track": {"ops_admin", "pay_module", "connect_module"},
     "sdk_definitions": {"ops_admin", "pay_module", "connect_module"},
     "record_exposures": {"pay_module", "connect_module"},
+    "create_layer": {"ops_admin", "marketing"},
+    "list_layers": {"ops_admin", "marketing", "data_science"},
+    "create_holdout": {"ops_admin", "data_science"},
+    "list_holdouts": {"ops_admin", "marketing", "data_science"},
+    "holdout_results": {"ops_admin", "marketing", "data_science"},
+    "request_approval": {"ops_admin", "marketing", "data_science"},
+    "approve": {"ops_admin"},
+    "reject": {"ops_admin"},
+    "list_approvals": {"ops_admin", "marketing", "data_science"},
+    "schedules": {"ops_admin", "marketing", "data_science"},
+    "plan": {"ops_admin", "marketing", "data_science"},
 }
 
+PLAN = {"metric_kind": "proportion", "baseline": 0.1, "mde_relative": 0.1, "daily_users": 1000}
 
-def _request(client, action, experiment, headers):
+
+def _request(client, action, experiment, headers, setup=None):
     eid = experiment["id"]
     variant_id = experiment["variants"][0]["id"]
+    holdout_id = (setup or {}).get("holdout_id", str(uuid.uuid4()))
     calls = {
         "create": lambda: client.post("/api/experiments", json=experiment_body(), headers=headers),
         "update": lambda: client.patch(f"/api/experiments/{eid}", json={"description": "x"}, headers=headers),
@@ -74,8 +88,32 @@ def _request(client, action, experiment, headers):
                                  "evaluated_at": "2026-12-01T00:00:00+00:00"}]},
             headers=headers,
         ),
+        "create_layer": lambda: client.post("/api/layers", json={"name": "layer"}, headers=headers),
+        "list_layers": lambda: client.get("/api/layers", headers=headers),
+        "create_holdout": lambda: client.post("/api/holdouts", json={"name": "h", "percent": 5}, headers=headers),
+        "list_holdouts": lambda: client.get("/api/holdouts", headers=headers),
+        "holdout_results": lambda: client.get(f"/api/holdouts/{holdout_id}/results", headers=headers),
+        "request_approval": lambda: client.post(f"/api/experiments/{eid}/approval-requests", json={}, headers=headers),
+        "approve": lambda: client.post(f"/api/experiments/{eid}/approve", json={"comment": "ok"}, headers=headers),
+        "reject": lambda: client.post(f"/api/experiments/{eid}/reject", json={"comment": "no"}, headers=headers),
+        "list_approvals": lambda: client.get("/api/approval-requests?status=pending", headers=headers),
+        "schedules": lambda: client.get("/api/schedules", headers=headers),
+        "plan": lambda: client.post("/api/planning/sample-size", json=PLAN, headers=headers),
     }
     return calls[action]()
+
+
+def _setup(client, auth, action, experiment):
+    """State some cells need: a holdout to read, a pending request by someone else to decide."""
+    if action == "holdout_results":
+        response = client.post("/api/holdouts", json={"name": "long-term", "percent": 5}, headers=auth("ops_admin"))
+        return {"holdout_id": response.get_json()["id"]}
+    if action in ("approve", "reject"):
+        response = client.post(
+            f"/api/experiments/{experiment['id']}/approval-requests", json={}, headers=auth("marketing", sub="requester")
+        )
+        assert response.status_code == 201, response.get_json()
+    return {}
 
 
 def test_matrix_module_matches_the_contract():
@@ -89,7 +127,7 @@ def test_matrix_module_matches_the_contract():
 @pytest.mark.parametrize("action", sorted(EXPECTED))
 def test_rbac_cell(client, auth, create_experiment, action, role):
     experiment = create_experiment(start=action in ("stop", "pause_variant", "assign", "track", "results", "insights"))
-    response = _request(client, action, experiment, auth(role))
+    response = _request(client, action, experiment, auth(role), _setup(client, auth, action, experiment))
     if role in EXPECTED[action]:
         assert response.status_code not in (401, 403, 404, 405), (action, role, response.get_json())
     else:

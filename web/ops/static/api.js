@@ -121,3 +121,19 @@ export async function getReportMarkdown(reportId) {
 export const listAudit = ({ experimentId, page: number = 1, pageSize = 50 } = {}) =>
   page(`/api/audit`, { experiment_id: experimentId, page: number, page_size: pageSize });
 export const verifyAudit = () => json("GET", `/api/audit/verify`);
+
+// --- Design and governance ---------------------------------------------------------
+
+export const listLayers = () => json("GET", `/api/layers`);
+export const createLayer = (body) => json("POST", `/api/layers`, { body });
+export const listHoldouts = () => json("GET", `/api/holdouts`);
+export const createHoldout = (body) => json("POST", `/api/holdouts`, { body });
+export const getHoldoutResults = (id) => json("GET", `/api/holdouts/${id}/results`);
+export const listApprovalRequests = ({ status } = {}) => json("GET", `/api/approval-requests`, { query: { status } });
+export const listExperimentApprovals = (id) => json("GET", `/api/experiments/${id}/approval-requests`);
+export const requestApproval = (id, comment) => json("POST", `/api/experiments/${id}/approval-requests`, { body: { comment } });
+export const approveExperiment = (id, comment) => json("POST", `/api/experiments/${id}/approve`, { body: { comment } });
+export const rejectExperiment = (id, comment) => json("POST", `/api/experiments/${id}/reject`, { body: { comment } });
+export const listSchedules = () => json("GET", `/api/schedules`);
+export const getExperimentSchedule = (id) => json("GET", `/api/experiments/${id}/schedule`);
+export const planSampleSize = (body) => json("POST", `/api/planning/sample-size`, { body });

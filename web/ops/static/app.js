@@ -9,6 +9,7 @@ import { auditView } from "./views/audit.js";
 import { createView, editView } from "./views/create.js";
 import { detailView } from "./views/detail.js";
 import { experimentsView } from "./views/experiments.js";
+import { governanceView } from "./views/governance.js";
 
 const main = document.getElementById("main");
 const nav = document.getElementById("nav");
@@ -118,6 +119,7 @@ function render() {
   else if (detail) stopCurrentView = detailView(main, { ...context, id: detail[1] });
   else if (edit) stopCurrentView = editView(main, { ...context, id: edit[1] });
   else if (path === "/audit") stopCurrentView = auditView(main, context);
+  else if (path === "/governance") stopCurrentView = governanceView(main, context);
   else replace(main, h("section", { class: "card" }, h("h1", {}, "Not found"), h("p", {}, `No page at ${path}. `, h("a", { href: "#/experiments" }, "Back to experiments"))));
   window.scrollTo(0, 0);
 }

@@ -7,6 +7,7 @@ import { can } from "../auth.js";
 import { field, h, replace, select } from "../dom.js";
 import { clearBanners, fieldErrors, FormError, inlineError, showError, showSuccess } from "../notify.js";
 import { card, loading } from "./common.js";
+import { designSection } from "./design.js";
 
 const MAX_CONFIG_BYTES = 16 * 1024;
 const MIN_VARIANTS = 2;
@@ -103,6 +104,7 @@ function experimentForm(root, { vocabulary, navigate }, { kind, source = null })
     bandit_floor: input({ name: "bandit.floor", type: "number", min: "0", max: "0.5", step: "0.005", value: String(initial.bandit?.floor ?? defaults.bandit.floor) }),
   };
 
+  const design = designSection({ arms: () => state.variants.length, metric: () => controls.primary_metric.value, initial: editing ? initial : null });
   const variantsArea = h("div", { class: "variants-editor" });
   const shareTotal = h("div", { class: "share-total" });
   const addButton = h("button", { type: "button", class: "btn", onclick: () => addVariant() }, "+ Add variant");
@@ -219,6 +221,9 @@ function experimentForm(root, { vocabulary, navigate }, { kind, source = null })
     if (total !== 10000) problems.push(["variants", `traffic shares must sum to exactly 100, got ${(total / 100).toFixed(2)}`]);
     if (state.variants.filter((v) => v.control).length !== 1) problems.push(["variants", "exactly one variant must be the control"]);
     if (state.variants.length < MIN_VARIANTS || state.variants.length > MAX_VARIANTS) problems.push(["variants", `${MIN_VARIANTS} to ${MAX_VARIANTS} variants`]);
+    const designed = design.values();
+    Object.assign(body, designed.body);
+    problems.push(...designed.problems);
     return { body, problems, total };
   }
 
@@ -253,6 +258,7 @@ function experimentForm(root, { vocabulary, navigate }, { kind, source = null })
     replace(shareTotal, `Total ${(total / 100).toFixed(2)}%`, total === 10000 ? " ✓" : ` — must be exactly 100 (${total > 10000 ? "over" : "short"} by ${(Math.abs(total - 10000) / 100).toFixed(2)})`);
     banditCard.hidden = controls.mode.value !== "bandit";
     preview.textContent = JSON.stringify(body, null, 2);
+    design.replan();
     if (touched) showProblems(problems);
     return { body, problems };
   }
@@ -331,6 +337,7 @@ function experimentForm(root, { vocabulary, navigate }, { kind, source = null })
       h("div", { class: "grid grid-2" }, field("Guardrail action", controls.guardrail_action, null, "guardrail_action")),
       h("span", { class: "field-error", dataset: { errorFor: "fail_fast" } })),
     banditCard,
+    design.element,
     card("6 · Review",
       h("details", { class: "preview" }, h("summary", {}, "Request body"), preview),
       summary,
