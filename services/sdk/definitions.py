@@ -145,6 +145,9 @@ def experiment_document(
 ) -> dict[str, Any]:
     """One experiment as clients see it, from its cached definition document (docs/sdk.md)."""
     is_bandit = cached["mode"] == ExperimentMode.BANDIT.value
+    # Layer ranges and holdout membership are decided by the server (the user may belong to
+    # another experiment of the layer, or be recorded as a holdout member).
+    layer, holdouts = cached.get("layer"), cached.get("holdouts") or []
     current = frozenset(v["id"] for v in cached["variants"] if v["paused"])
     buckets: list[list[int]] | None = []
     if not is_bandit and configurations - {current}:
@@ -162,7 +165,7 @@ def experiment_document(
         "status": cached["status"],
         "mode": cached["mode"],
         # "local": fixed split the client evaluates; "server": ask POST /assign for everyone.
-        "evaluation": "server" if is_bandit or buckets is None else "local",
+        "evaluation": "server" if is_bandit or buckets is None or layer or holdouts else "local",
         "coverage": float(cached["coverage"]),
         "targeting": cached.get("targeting") or {},
         "variants": [
@@ -174,6 +177,8 @@ def experiment_document(
         ],
         "server_buckets": buckets or [],
         "bandit_weights": weights,
+        "layer": {"id": layer["id"]} if layer else None,
+        "holdouts": [{"id": h["id"]} for h in holdouts],
     }
 
 
@@ -216,6 +221,9 @@ def _published_weights(client: redis.Redis | None, experiment_ids: list[str]) ->
 _RUNNING = text(
     """
     SELECT e.id::text, e.status, e.mode, e.coverage, e.targeting, e.version,
+           e.layer_id::text AS layer_id,
+           ARRAY(SELECT h.holdout_id::text FROM experiment_holdout_links h
+                 WHERE h.experiment_id = e.id ORDER BY h.holdout_id) AS holdout_ids,
            json_agg(json_build_object(
                'id', v.id::text, 'name', v.name, 'config', v.config, 'is_control', v.is_control,
                'traffic_share', v.traffic_share, 'paused', v.paused
@@ -235,8 +243,10 @@ def running_definition_documents(session: Session) -> list[dict[str, Any]]:
             "id": experiment_id, "status": status, "mode": mode, "coverage": float(coverage),
             "targeting": targeting or {}, "version": version,
             "variants": [{**v, "config": v["config"] or {}, "traffic_share": float(v["traffic_share"])} for v in variants],
+            "layer": {"id": layer_id} if layer_id else None,
+            "holdouts": [{"id": h} for h in holdout_ids or []],
         }
-        for experiment_id, status, mode, coverage, targeting, version, variants in rows
+        for experiment_id, status, mode, coverage, targeting, version, layer_id, holdout_ids, variants in rows
     ]
 
 

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 
 import pytest
 
 from api import cli_demo
 from core.redis import get_redis
 from services.ingestion import staging
+from services.ingestion.records import StagedEvent
 from tests.support.ingestion import count_rows
 
 
@@ -47,14 +47,15 @@ def test_demo_creates_three_experiments_and_drives_users(demo_api, client, auth,
     views = [e for e in events if e[4] == "view"]
     assert len(views) == tally["assignments"]  # every assigned user views once
     money = by_name[cli_demo.DEMO_EXPERIMENTS[2].name]["id"]
-    for event in events:
-        if event[1] == money and event[4] == "conversion":
-            value, currency = event[5], event[6]
-            decimals = cli_demo.DEMO_EXPERIMENTS[2].currencies[currency][1]
-            exact = Decimal(str(value))
-            assert value > 0 and exact == exact.quantize(Decimal(1).scaleb(-decimals))
+    for raw in events:
+        event = StagedEvent(*raw)
+        if event.experiment_id == money and event.event_type == "conversion":
+            # Money is staged exactly, in the currency's minor units (the API refused any
+            # amount with more decimals than the currency has).
+            assert event.currency in cli_demo.DEMO_EXPERIMENTS[2].currencies
+            assert isinstance(event.amount_minor, int) and event.amount_minor > 0 and event.value is None
         else:
-            assert event[5] is None and event[6] is None
+            assert event.amount_minor is None and event.currency is None
 
     # A second run reuses the running experiments.
     cli_demo.run_demo(demo_api, minutes=0.02, users_per_second=2, seed=8, workers=1)
