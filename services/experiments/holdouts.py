@@ -96,24 +96,23 @@ def member_holdouts(session: Session, experiment_id: str, molam_id: str) -> list
     return [r[0] for r in session.execute(_MEMBER_HOLDOUTS, {"experiment_id": experiment_id, "molam_id": molam_id})]
 
 
-def record_event(session: Session, holdout_ids: list[str], record: list[Any]) -> None:
+def record_event(session: Session, holdout_ids: list[str], record: Any) -> None:
     """Keep a validated event (``services.ingestion.staging`` record) for each holdout; committed here.
 
     The same ``event_id`` sent again is counted once per holdout.
     """
-    event_id, experiment_id, _variant, molam_id, event_type, value, currency, _metadata, occurred_at, received_at = record
     session.execute(
         _INSERT_EVENT,
         {
             "holdouts": holdout_ids,
-            "event_id": event_id,
-            "experiment_id": experiment_id,
-            "molam_id": molam_id,
-            "event_type": event_type,
-            "value": value,
-            "currency": currency,
-            "occurred_at": occurred_at,
-            "received_at": received_at,
+            "event_id": record.event_id,
+            "experiment_id": record.experiment_id,
+            "molam_id": record.molam_id,
+            "event_type": record.event_type,
+            "value": record.value,
+            "currency": record.currency,
+            "occurred_at": record.occurred_at,
+            "received_at": record.received_at,
         },
     )
     session.commit()
