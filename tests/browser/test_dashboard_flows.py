@@ -243,3 +243,57 @@ def test_audit_page_lists_what_happened_and_the_chain_verifies(dashboard, platfo
     verdict.wait_for()
     assert "entries checked" in verdict.inner_text()
     tab.screenshot("audit")
+
+
+def test_approval_flow_between_two_ops_admins(dashboard, platform, make_token):
+    requester_token = make_token("ops_admin", sub="amadou.ops")
+    status, experiment = platform.request("POST", "/api/experiments", requester_token, {
+        "name": f"Fee display {uuid.uuid4().hex[:6]}", "category": "pricing",
+        "variants": [{"name": "Control", "traffic_share": 50, "is_control": True}, {"name": "Fee shown early", "traffic_share": 50}],
+    })
+    assert status == 201, experiment
+    assert experiment["requires_approval"] is True
+
+    requester = dashboard("requester")
+    requester.open(f"/experiments/{experiment['id']}", token=requester_token)
+    page = requester.page
+    governance = page.locator("section.card", has=page.get_by_role("heading", name="Governance"))
+    governance.get_by_text("required; not requested yet").wait_for()
+    # Starting without approval is refused by the server, and the page says why.
+    requester.console.expect(409, r"/start$")
+    page.get_by_role("button", name="Start", exact=True).click()
+    page.locator(".banner-error", has_text="approval").wait_for()
+    page.once("dialog", lambda dialog: dialog.accept("new fee copy, legal has seen it"))
+    governance.get_by_role("button", name="Request approval").click()
+    governance.get_by_text("Your request: another ops_admin decides.").wait_for()
+    assert governance.get_by_role("button", name="Approve").count() == 0
+
+    # The queue offers the requester no decision, and a forged one is refused.
+    page.get_by_role("link", name="Governance").click()
+    queue_row = page.locator("tr", has_text=experiment["name"])
+    queue_row.wait_for()
+    assert queue_row.get_by_role("button", name="Approve").count() == 0
+    requester.console.expect(403, r"/approve$")
+    forged = requester.api("POST", f"/api/experiments/{experiment['id']}/approve", {"comment": "looks fine to me"})
+    assert forged["status"] == 403, forged
+
+    approver = dashboard("approver")
+    approver.open("/governance", token=make_token("ops_admin", sub="fatou.ops"))
+    row = approver.page.locator("tr", has_text=experiment["name"])
+    row.wait_for()
+    assert "amadou.ops" in row.inner_text()
+    approver.screenshot("governance-queue")
+    approver.page.once("dialog", lambda dialog: dialog.accept("approved: copy checked"))
+    row.get_by_role("button", name="Approve").click()
+    approver.page.get_by_text("Nothing waiting for approval.").wait_for()
+
+    # Back to the requester: approved, and now it starts.
+    page.goto(f"{platform.base_url}/ops#/experiments/{experiment['id']}")
+    governance = page.locator("section.card", has=page.get_by_role("heading", name="Governance"))
+    governance.locator(".badge", has_text="approved").first.wait_for()
+    assert "fatou.ops" in governance.inner_text() and "approved: copy checked" in governance.inner_text()
+    page.get_by_role("button", name="Start", exact=True).click()
+    page.locator(".badge-running").first.wait_for()
+    requester.screenshot("approved-and-running")
+    audit = platform.request("GET", f"/api/audit?experiment_id={experiment['id']}", requester_token)[1]
+    assert {"approve", "start"} <= {entry["action"] for entry in audit}

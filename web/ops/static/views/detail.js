@@ -8,6 +8,7 @@ import { dateTime, percent, relative, shortTime } from "../format.js";
 import { renderMarkdown } from "../markdown.js";
 import { inlineError, showError, showSuccess } from "../notify.js";
 import { autoRefresh, card, definitionList, loading, modeBadge, pager, statusBadge } from "./common.js";
+import { renderGovernance } from "./approval_panel.js";
 import { renderOverTime } from "./over_time.js";
 import { renderResults } from "./results.js";
 
@@ -64,6 +65,9 @@ export function detailView(root, { id, navigate }) {
   const head = h("div", { class: "page-head" }, loading());
   const definitionBody = h("div", {}, loading());
   const variantsBody = h("div", {}, loading());
+  const governanceBody = h("div", {}, loading());
+  const governanceCard = card("Governance", governanceBody);
+  governanceCard.hidden = true;
   const resultsBody = h("div", {}, loading());
   const insightsBody = h("div", {}, loading());
   const historyBody = h("div", {}, loading());
@@ -79,6 +83,7 @@ export function detailView(root, { id, navigate }) {
     h("div", { class: "grid grid-detail" },
       card("Definition", definitionBody),
       card("Variants", variantsBody)),
+    governanceCard,
     can("results") ? card("Results", resultsBody) : null,
     can("insights") ? card("SIRA insights", insightsBody) : null,
     can("results") ? card("Over time", historyBody) : null,
@@ -300,6 +305,9 @@ export function detailView(root, { id, navigate }) {
     renderHead();
     renderDefinition();
     renderVariants();
+    // Servers without approvals and schedules send none of these fields: no card then.
+    governanceCard.hidden = !("requires_approval" in experiment);
+    if (!governanceCard.hidden) renderGovernance(governanceBody, experiment, act);
   }
 
   async function refreshAll() {

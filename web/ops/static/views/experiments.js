@@ -1,4 +1,4 @@
-// Experiments list: search by name, filter by status, mode and owner (the server filters,
+// Experiments list: search by name, filter by status, mode, layer and owner (the server filters,
 // so pagination counts stay right), a sparkline of the primary metric's uplift for each
 // running experiment, auto-refresh.
 
@@ -49,20 +49,30 @@ export function experimentsView(root, { params, vocabulary, navigate }) {
   const search = h("input", { class: "input", type: "search", name: "q", value: current.q, placeholder: "Search by name", "aria-label": "Search experiments by name", maxlength: 200 });
   const mode = select({ class: "input input-small", name: "mode", "aria-label": "Filter by mode" },
     [["", "Any mode"], ...vocabulary.modes.map((m) => [m, m === "ab" ? "A/B/n" : "Bandit"])], current.mode);
+  const layer = select({ class: "input input-small", name: "layer_id", "aria-label": "Filter by layer" }, [["", "Any layer"]], current.layer_id);
+  if (can("list_layers")) {
+    api.listLayers().then((layers) => {
+      replace(layer, [["", "Any layer"], ...layers.map((l) => [l.id, l.name])].map(([value, label]) =>
+        h("option", { value, selected: value === current.layer_id }, label)));
+    }, () => { layer.hidden = true; });
+  } else {
+    layer.hidden = true;
+  }
   const owner = h("input", { class: "input input-small", name: "created_by", value: current.created_by, placeholder: "Owner", "aria-label": "Filter by owner", maxlength: 200, size: 14 });
   const me = currentClaims()?.sub;
   const toolbar = h("form", {
     class: "toolbar filters", role: "search",
     onsubmit: (event) => {
       event.preventDefault();
-      go({ q: search.value.trim(), mode: mode.value, created_by: owner.value.trim(), page: "1" });
+      go({ q: search.value.trim(), mode: mode.value, layer_id: layer.value, created_by: owner.value.trim(), page: "1" });
     },
   },
-  search, mode, owner,
+  search, mode, layer, owner,
   h("button", { type: "submit", class: "btn" }, "Filter"),
   me && current.created_by !== me ? h("button", { type: "button", class: "btn btn-ghost", onclick: () => go({ created_by: me, page: "1" }) }, "Mine") : null,
   FILTERS.some((key) => current[key]) ? h("button", { type: "button", class: "btn btn-ghost", onclick: () => navigate("/experiments") }, "Clear filters") : null);
   mode.addEventListener("change", () => toolbar.requestSubmit());
+  layer.addEventListener("change", () => toolbar.requestSubmit());
 
   replace(
     root,

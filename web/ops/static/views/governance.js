@@ -25,7 +25,7 @@ function capacityBar(layer) {
 
 function layersCard() {
   const body = h("div", {}, loading());
-  const name = h("input", { class: "input", placeholder: "new layer name", maxlength: 200 });
+  const name = h("input", { class: "input", placeholder: "new layer name", "aria-label": "New layer name", maxlength: 200 });
   const form = can("create_layer")
     ? h("form", { class: "btn-row", onsubmit: async (event) => {
       event.preventDefault();
