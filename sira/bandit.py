@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from sira.posterior import prob_best
 from sira.stats import ProportionStats
@@ -55,11 +56,12 @@ class WeightsResult:
 REPUBLISH_STEP = 0.01
 
 
-def weights_moved(previous, new, step: float = REPUBLISH_STEP):
+def weights_moved(previous: npt.ArrayLike, new: npt.ArrayLike, step: float = REPUBLISH_STEP) -> npt.NDArray[np.bool_]:
     """Whether ``new`` weights differ from ``previous`` by more than ``step`` for some arm
     (elementwise over leading dimensions of (..., arms) arrays)."""
     difference = np.abs(np.asarray(new, dtype=float) - np.asarray(previous, dtype=float))
-    return difference.max(axis=-1) > step
+    moved: npt.NDArray[np.bool_] = difference.max(axis=-1) > step
+    return moved
 
 
 def posteriors(arms: Sequence[ProportionStats]) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +71,7 @@ def posteriors(arms: Sequence[ProportionStats]) -> tuple[np.ndarray, np.ndarray]
     return alphas, betas
 
 
-def floored_weights(best, active, floor: float) -> np.ndarray:
+def floored_weights(best: npt.ArrayLike, active: npt.ArrayLike, floor: float) -> np.ndarray:
     """w_i = floor + (1 - m floor) p_i over the m active arms, 0 for the others; works on
     (..., arms) arrays (the simulations compute many experiments at once)."""
     best = np.asarray(best, dtype=float)
@@ -116,10 +118,9 @@ def bandit_weights(
     rate that drifts while the weights move does not lock the bandit onto the arm
     that happened to get the good periods.
     """
-    table = arms if isinstance(arms, PeriodTable) else None
-    if table is not None:
-        assigned = [arm.users for arm in table.pooled()]
-        arms = live_effective(table, paused)
+    if isinstance(arms, PeriodTable):
+        assigned = [arm.users for arm in arms.pooled()]
+        arms = live_effective(arms, paused)
     else:
         assigned = [arm.users for arm in arms]
     k = len(arms)
@@ -154,11 +155,11 @@ def draw_arm(weights: Sequence[float], rng: np.random.Generator | int | None) ->
 
     Zero-weight arms are never picked; ``rng`` is a Generator or a seed.
     """
-    weights = np.asarray(weights, dtype=float)
-    cumulative = np.cumsum(weights)
+    weights_array = np.asarray(weights, dtype=float)
+    cumulative = np.cumsum(weights_array)
     if cumulative.size == 0 or cumulative[-1] <= 0:
         raise ValueError("no arm has a positive weight")
     u = np.random.default_rng(rng).random() * cumulative[-1]
     index = int(np.searchsorted(cumulative, u, side="right"))
     # u can round up to the total; fall back to the last arm that has weight.
-    return index if index < weights.size else int(np.flatnonzero(weights > 0)[-1])
+    return index if index < weights_array.size else int(np.flatnonzero(weights_array > 0)[-1])

@@ -19,9 +19,13 @@ uplift undefined: ``None`` with a message, never a sign-flipped or zero-width in
 from __future__ import annotations
 
 import math
+from typing import cast
+
+import numpy as np
+import numpy.typing as npt
 
 from sira.failfast import FailFastConfig, confidence_sequence_radius
-from sira.stats import Comparison, newcombe_difference, ratio_interval
+from sira.stats import Comparison, Interval, newcombe_difference, ratio_interval
 from sira.strata import PeriodTable, arm_estimates, shared_periods
 
 __all__ = ["compare_rates"]
@@ -73,13 +77,14 @@ def compare_rates(
         message = "control's rate is not yet bounded away from 0: the always-valid uplift has no upper bound"
     return difference_result, Comparison(
         estimate=rate_v / rate_c - 1.0,
-        lower=ratio.lower - 1.0,
-        upper=_finite(ratio.upper - 1.0),
+        # control.successes > 0 here, so ratio_interval returned an Interval.
+        lower=cast(Interval, ratio).lower - 1.0,
+        upper=_finite(cast(Interval, ratio).upper - 1.0),
         always_valid_lower=lower_v / upper_c - 1.0,
         always_valid_upper=always_upper,
         message=message,
     )
 
 
-def _shared_mask(pair: PeriodTable):
+def _shared_mask(pair: PeriodTable) -> npt.NDArray[np.bool_] | None:
     return shared_periods(pair.users) if pair.periods > 1 else None

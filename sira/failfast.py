@@ -16,8 +16,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from sira.posterior import prob_best
 from sira.stats import ProportionStats
@@ -96,7 +98,9 @@ def _mixture_rho_squared(alpha: float, target_samples: float) -> float:
     return (-2.0 * log_alpha + math.log(1.0 - 2.0 * log_alpha)) / target_samples
 
 
-def confidence_sequence_radius(variance, effective_users, alpha: float, target_samples: float):
+def confidence_sequence_radius(
+    variance: npt.ArrayLike, effective_users: npt.ArrayLike, alpha: float, target_samples: float
+) -> npt.NDArray[np.float64]:
     """Radius of the always-valid CS for a difference with estimated ``variance`` after
     ``effective_users`` balanced pairs (elementwise on arrays):
 
@@ -116,13 +120,13 @@ def confidence_sequence_radius(variance, effective_users, alpha: float, target_s
 
 
 def difference_confidence_sequence(
-    successes_a,
-    users_a,
-    successes_b,
-    users_b,
+    successes_a: npt.ArrayLike,
+    users_a: npt.ArrayLike,
+    successes_b: npt.ArrayLike,
+    users_b: npt.ArrayLike,
     alpha: float,
     target_samples: float,
-):
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Always-valid two-sided CS for p_b - p_a; returns (estimate, lower, upper).
 
     Works elementwise on numpy arrays (the simulation evaluates thousands of looks at
@@ -154,7 +158,9 @@ def difference_confidence_sequence(
     return estimate, estimate - radius, estimate + radius
 
 
-def stratified_confidence_sequence(table: PeriodTable, a: int, b: int, alpha: float, target_samples: float):
+def stratified_confidence_sequence(
+    table: PeriodTable, a: int, b: int, alpha: float, target_samples: float
+) -> tuple[float, float, float]:
     """Always-valid CS for p_b - p_a from period-stratified counts: (estimate, lower, upper).
 
     Each period's difference has mean p_b - p_a whatever the base rate of that period
@@ -287,9 +293,9 @@ def guardrail_flags(
     ``against`` is ``None`` (the control).  Both sides need ``min_samples`` users.
     """
     if isinstance(control, PeriodTable):
-        table, control_index = control, int(variants)
+        table, control_index = control, int(cast(int, variants))
     else:
-        table, control_index = PeriodTable.single([control, *variants]), 0
+        table, control_index = PeriodTable.single([control, *cast(Sequence[ProportionStats], variants)]), 0
     others = [i for i in range(table.arms) if i != control_index]
     pooled = table.pooled()
     if not others or pooled[control_index].users < config.min_samples:
@@ -320,7 +326,7 @@ def guardrail_flags(
     return flags
 
 
-def _log_rate(estimates: dict, arm: int) -> tuple[float, float] | None:
+def _log_rate(estimates: dict[str, Any], arm: int) -> tuple[float, float] | None:
     """(log of an arm's stratified rate, its delta-method variance); None without data.
 
     A rate of 0 is replaced by half a success (0.5 / effective users) so that an arm
@@ -379,8 +385,9 @@ def guardrail_ratio_flags(
             parts += [_log_rate(denominator, 0), _log_rate(denominator, 1)]
         if any(part is None for part in parts):
             continue
-        log_ratio = (parts[1][0] - parts[0][0]) - ((parts[3][0] - parts[2][0]) if per is not None else 0.0)
-        variance = sum(part[1] for part in parts)
+        known = cast(list[tuple[float, float]], parts)
+        log_ratio = (known[1][0] - known[0][0]) - ((known[3][0] - known[2][0]) if per is not None else 0.0)
+        variance = sum(part[1] for part in known)
         information = difference_estimates(pair.users, pair.successes, 0, 1)["effective_users"]
         radius = float(confidence_sequence_radius(variance, information, pair_alpha, config.target_samples))
         lower, upper = log_ratio - radius, log_ratio + radius

@@ -93,7 +93,7 @@ def recommendation(
     )
 
 
-def _changed_config(winner: VariantSummary, others: Sequence[VariantSummary]) -> dict:
+def _changed_config(winner: VariantSummary, others: Sequence[VariantSummary]) -> dict[str, Any]:
     """Config keys whose value in the winner differs from the control (or, without a
     control, from any other variant), with both values."""
     changed = {}
@@ -113,7 +113,7 @@ def _always_valid_lower(winner: VariantSummary, control: VariantSummary, alpha: 
     return float(lower)
 
 
-def _roll_out(variants, control, win_probability, alpha) -> list[dict]:
+def _roll_out(variants, control, win_probability, alpha) -> list[dict[str, Any]]:
     """Roll out the leader only when it is best with ``win_probability`` *and* its
     always-valid bound on the gap to control is above 0 (alpha split over the
     variants): the dashboard is watched continuously, so the fixed-horizon posterior
@@ -154,7 +154,7 @@ def _roll_out(variants, control, win_probability, alpha) -> list[dict]:
 
 def _extend_or_cut(
     variants, control, cut_probability, target_uplift, alpha, power, min_samples, lower_is_better=False
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Sample-size advice on the metric's own rate.  Summaries are on the decision scale
     (success = the good outcome), so for a metric where fewer is better (churn) the
     event rate is 1 − the success rate and the effect to plan for is a relative
@@ -307,7 +307,7 @@ def suggestions(
     power: float = 0.8,
     segment_fdr: float = 0.05,
     lower_is_better: bool = False,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Follow-up suggestions, most decisive first (see the module docstring for kinds).
 
     ``segment_fdr`` is the Benjamini–Hochberg level of the segment comparisons (1.0
@@ -321,7 +321,7 @@ def suggestions(
     if not variants:
         return []
     control = _control(variants)
-    found: list[dict] = []
+    found: list[dict[str, Any]] = []
     if min(v.users for v in variants) >= min_samples:
         found += _roll_out(variants, control, win_probability, alpha)
     if not found:  # no confirmed winner, even if the posterior already leans one way

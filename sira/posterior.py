@@ -9,9 +9,10 @@ of up to 0.005 and cost more than the integrals below.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 from scipy import special
 
 __all__ = ["prob_beat_control", "prob_best", "prob_best_batch"]
@@ -90,7 +91,8 @@ def _prob_best_rows(alphas: np.ndarray, betas: np.ndarray) -> np.ndarray:
     suffix = np.cumprod(np.concatenate([ones, cdf[:, :0:-1]], axis=1), axis=1)[:, ::-1]
     integrand = pdf * prefix * suffix
     probabilities = np.einsum("rkpn,n,rp->rk", integrand, _GL_WEIGHTS, half_width)
-    return probabilities / probabilities.sum(axis=1, keepdims=True)
+    normalised: npt.NDArray[np.float64] = probabilities / probabilities.sum(axis=1, keepdims=True)
+    return normalised
 
 
 def prob_best_batch(alphas: np.ndarray, betas: np.ndarray) -> np.ndarray:
@@ -135,7 +137,8 @@ def prob_best(alphas: Sequence[float], betas: Sequence[float]) -> np.ndarray:
         raise ValueError("alphas and betas must have the same length")
     if alphas_array.size == 0:
         return np.empty(0)
-    return prob_best_batch(alphas_array[None, :], betas_array[None, :])[0]
+    first: npt.NDArray[np.float64] = prob_best_batch(alphas_array[None, :], betas_array[None, :])[0]
+    return first
 
 
 def _prob_second_greater(a1: float, b1: float, a2: int, b2: float) -> float:
@@ -168,7 +171,7 @@ def prob_beat_control(alpha_c: float, beta_c: float, alpha_v: float, beta_v: flo
     if min(alpha_c, beta_c, alpha_v, beta_v) <= 0:
         raise ValueError("Beta parameters must be positive")
     # Each option: (number of terms, function of no arguments returning P(V > C)).
-    options = [
+    options: list[tuple[float, Callable[[], float]]] = [
         (alpha_v, lambda: _prob_second_greater(alpha_c, beta_c, int(alpha_v), beta_v)),
         (alpha_c, lambda: 1.0 - _prob_second_greater(alpha_v, beta_v, int(alpha_c), beta_c)),
         (beta_c, lambda: _prob_second_greater(beta_v, alpha_v, int(beta_c), alpha_c)),

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from scipy import special
 
 from sira.posterior import prob_beat_control, prob_best
@@ -152,7 +153,7 @@ def _two_sided_z(confidence: float) -> float:
     return float(special.ndtri(0.5 + confidence / 2.0))
 
 
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Interval:
+def wilson_interval(successes: float, n: float, confidence: float = 0.95) -> Interval:
     """Wilson score interval for a proportion.
 
     Preferred over the textbook normal interval because it stays inside [0, 1] and
@@ -363,8 +364,8 @@ def srm_test(
 
 
 def srm_test_periods(
-    users,
-    probabilities,
+    users: npt.ArrayLike,
+    probabilities: npt.ArrayLike,
     fallback_shares: Sequence[float] | None = None,
     threshold: float = 0.001,
 ) -> SrmResult:

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from sira.stats import ProportionStats
 
@@ -60,7 +61,8 @@ class StratifiedArm:
     periods: int
 
     def as_proportion(self) -> ProportionStats:
-        return ProportionStats(users=self.effective_users, successes=self.effective_successes)
+        # Effective counts are fractional; ProportionStats accepts them at runtime.
+        return ProportionStats(users=self.effective_users, successes=self.effective_successes)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ def _weights(users: np.ndarray, present: np.ndarray) -> np.ndarray:
         return np.where(total > 0, raw / np.where(total > 0, total, 1.0), 0.0)
 
 
-def shared_periods(users) -> np.ndarray:
+def shared_periods(users: npt.ArrayLike) -> np.ndarray:
     """Mask (..., periods) of the periods in which every arm that has users at all has
     users; all periods where no such period exists (so an arm is never left without data)."""
     users = np.asarray(users, dtype=float)
@@ -96,7 +98,9 @@ def shared_periods(users) -> np.ndarray:
     return np.where(keep.any(axis=-1, keepdims=True), keep, True)
 
 
-def arm_estimates(users, successes, period_mask=None) -> dict[str, np.ndarray]:
+def arm_estimates(
+    users: npt.ArrayLike, successes: npt.ArrayLike, period_mask: npt.ArrayLike | None = None
+) -> dict[str, np.ndarray]:
     """Stratified rate of every arm: arrays (..., arms) under keys ``rate``, ``variance``,
     ``effective_users``, ``effective_successes`` and ``periods``.
 
@@ -141,7 +145,7 @@ def arm_estimates(users, successes, period_mask=None) -> dict[str, np.ndarray]:
     }
 
 
-def difference_estimates(users, successes, a: int, b: int) -> dict[str, np.ndarray]:
+def difference_estimates(users: npt.ArrayLike, successes: npt.ArrayLike, a: int, b: int) -> dict[str, np.ndarray]:
     """Stratified p̂_b − p̂_a over shared periods: arrays (...) under keys ``estimate``,
     ``variance``, ``effective_users`` and ``periods`` (0 where no period is shared)."""
     users = np.asarray(users, dtype=float)
@@ -244,7 +248,7 @@ class PeriodTable:
         mask = shared_periods(self.users) if shared and self.periods > 1 else None
         estimates = arm_estimates(self.users, self.successes, mask)
         return [
-            ProportionStats(users=float(n), successes=float(s))
+            ProportionStats(users=float(n), successes=float(s))  # type: ignore[arg-type]  # fractional effective counts
             for n, s in zip(estimates["effective_users"], estimates["effective_successes"])
         ]
 
