@@ -11,11 +11,7 @@ favour in the later, better waves.
 """
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,12 +19,11 @@ import numpy as np
 import psycopg
 import pytest
 
-from core.config import PROJECT_ROOT, redis_url_with_db
-from core.redis import get_redis
+from core.config import libpq_url as plain_url
 from sira.failfast import FailFastConfig, sequential_flags
 from sira.stats import ProportionStats
 from sira.strata import PeriodTable
-from core.config import libpq_url as plain_url
+from tests.support.worker import running_worker
 
 SERVICE = "pay_module"
 WAVES = [0.02, 0.06, 0.10, 0.14, 0.18, 0.22]
@@ -38,36 +33,8 @@ USERS_PER_WAVE = 600
 @pytest.fixture
 def sira_worker(settings, tmp_path: Path):
     """A worker with its embedded beat running SIRA's jobs every half second."""
-    broker_url = os.environ.get("TEST_BROKER_URL") or redis_url_with_db(settings.redis_url, 14)
-    get_redis(broker_url).flushdb()
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "CELERY_BROKER_URL": broker_url,
-        "INGEST_DRAIN_INTERVAL": "0.5",
-        "SIRA_RECOMPUTE_INTERVAL": "0.5",
-        "SIRA_FAIL_FAST_INTERVAL": "0.5",
-        "APP_ENV": "test",
-    }
-    log = open(tmp_path / "worker.log", "wb")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "celery"), "-A", "tasks.celery_app", "worker", "-B",
-         "-s", str(tmp_path / "beat-schedule"), "--concurrency=2", "--loglevel=INFO", "-n", "drift@%h"],
-        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    yield process
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
+    with running_worker(settings, tmp_path, "drift", {"INGEST_DRAIN_INTERVAL": "0.5", "SIRA_RECOMPUTE_INTERVAL": "0.5", "SIRA_FAIL_FAST_INTERVAL": "0.5"}, concurrency=2) as process:
+        yield process
 
 
 def _scalar(settings, query, *params):

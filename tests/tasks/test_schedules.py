@@ -1,52 +1,21 @@
 """Scheduled starts and stops with a real Celery worker and beat (a short schedule)."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from core.config import PROJECT_ROOT, redis_url_with_db
-from core.redis import get_redis
+from tests.support.worker import running_worker
 
 SCHEDULER = "sira-scheduler"
 
 
 @pytest.fixture
 def worker(settings, tmp_path: Path):
-    broker_url = os.environ.get("TEST_BROKER_URL") or redis_url_with_db(settings.redis_url, 14)
-    get_redis(broker_url).flushdb()
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "CELERY_BROKER_URL": broker_url,
-        "APP_ENV": "test",
-        "SCHEDULE_INTERVAL": "1",
-        "SCHEDULE_RETRY_INTERVAL": "2",
-    }
-    log = open(tmp_path / "worker.log", "wb")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "celery"), "-A", "tasks.celery_app", "worker", "-B",
-         "-s", str(tmp_path / "beat-schedule"), "--concurrency=1", "--loglevel=INFO", "-n", "schedules@%h"],
-        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
+    with running_worker(settings, tmp_path, "schedules", {"SCHEDULE_INTERVAL": "1", "SCHEDULE_RETRY_INTERVAL": "2"}, concurrency=1) as process:
+        yield process
 
 
 def _iso(moment: datetime) -> str:
