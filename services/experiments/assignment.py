@@ -24,6 +24,7 @@ import random
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -288,23 +289,29 @@ def _stored(definition: Definition, molam_id: str, variant: VariantDefinition, a
 
 # --- Redis access that degrades instead of failing --------------------------------------
 
-_redis_down_until: dict[int, float] = {}
+# Keyed by the client object itself (weakly): an id() could be reused by a new client
+# once an old one is collected, which would then inherit the old one's outage.
+_redis_down_until: weakref.WeakKeyDictionary[redis.Redis, float] = weakref.WeakKeyDictionary()
 _redis_lock = threading.Lock()
 
 
 def _usable(client: redis.Redis | None) -> redis.Redis | None:
     if client is None:
         return None
-    until = _redis_down_until.get(id(client))
-    if until is not None and time.monotonic() < until:
-        return None
+    if not _redis_down_until:  # the usual case: no outage, no weak-reference lookup
+        return client
+    until = _redis_down_until.get(client)
+    if until is not None:
+        if time.monotonic() < until:
+            return None
+        _redis_down_until.pop(client, None)
     return client
 
 
 def _mark_down(client: redis.Redis, exc: Exception) -> None:
     log.warning("Redis unavailable, answering from PostgreSQL for %.0f s: %s", REDIS_RETRY_AFTER_S, exc)
     with _redis_lock:
-        _redis_down_until[id(client)] = time.monotonic() + REDIS_RETRY_AFTER_S
+        _redis_down_until[client] = time.monotonic() + REDIS_RETRY_AFTER_S
 
 
 def _cache_assignment(client: redis.Redis | None, experiment_id: str, molam_id: str, variant_id: str, assigned_at: str) -> None:

@@ -41,6 +41,7 @@ class ChangeWatcher:
         self._poll_interval_s = poll_interval_s
         self._condition = threading.Condition()
         self._etag: str | None = None
+        self._seen: tuple[str | None, str | None] = (None, None)
         self._sequence = 0
         self._listeners = 0
         self._thread: threading.Thread | None = None
@@ -79,7 +80,11 @@ class ChangeWatcher:
                 time.sleep(FAILURE_BACKOFF_S)
                 continue
             with self._condition:
-                if snapshot.header_etag != self._etag:
+                # A new version wakes the streams even when the ETag came back to the one
+                # this watcher saw last: A -> B -> A between two polls, with a stream that
+                # connected (and sent B) in between, must still hear about A.
+                if (snapshot.version, snapshot.header_etag) != self._seen:
+                    self._seen = (snapshot.version, snapshot.header_etag)
                     self._etag = snapshot.header_etag
                     self._sequence += 1
                     self._condition.notify_all()

@@ -243,3 +243,32 @@ def test_bulk_read_equals_the_cached_definition_document(client, auth, create_ex
                 assert got[key] == expected[key], key
     finally:
         session.close()
+
+
+def test_stream_hears_a_change_back_to_what_the_watcher_saw_last(app, client, auth, create_experiment, settings):
+    # The watcher polls at "empty"; an experiment starts and a stream connects (it sends
+    # the new ETag); the experiment stops before the next poll, so the watcher sees its
+    # old ETag again under a new version. The stream must still announce "empty".
+    from services.sdk import stream as change_stream
+
+    empty = _get(client, auth).headers["ETag"]
+    watcher = change_stream.ChangeWatcher(lambda: get_redis(settings.redis_url), poll_interval_s=1.5)
+    idle = change_stream.events(watcher, lambda: empty, known_etag=empty, max_seconds=10, heartbeat_s=5, retry_ms=1000)
+    next(idle)  # retry line; the watcher's first poll is at "empty"
+    deadline = time.monotonic() + 2
+    while watcher.etag != empty and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert watcher.etag == empty
+    experiment = create_experiment(start=True)
+    running = _get(client, auth).headers["ETag"]
+    assert running != empty
+    connected = change_stream.events(
+        watcher, lambda: snapshots.current_snapshot(get_redis(settings.redis_url)).header_etag,
+        known_etag=None, max_seconds=10, heartbeat_s=5, retry_ms=1000,
+    )
+    next(connected)
+    assert json.loads(next(connected).decode().split("data: ")[1])["etag"] == running
+    assert client.post(f"/api/experiments/{experiment['id']}/stop", headers=auth("ops_admin")).status_code == 200
+    assert json.loads(next(connected).decode().split("data: ")[1])["etag"] == empty
+    connected.close()
+    idle.close()
