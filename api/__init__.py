@@ -8,10 +8,10 @@ from flask import Flask, jsonify
 from flask_cors import CORS
 from flask_smorest import Api
 
+from api.observability import init_metrics, init_request_logging
 from core import db
 from core.config import Settings, load_settings
 from core.errors import DomainError, error_body
-from api.observability import init_metrics, init_request_logging
 
 from . import context
 from .auth import TokenVerifier, mint_dev_token, resolve_public_key
@@ -123,7 +123,7 @@ def _register_error_handlers(app: Flask, api: Api) -> None:
 
     @app.errorhandler(Exception)
     def handle_unexpected(error: Exception):  # noqa: ANN202
-        from sqlalchemy.exc import OperationalError, InterfaceError
+        from sqlalchemy.exc import InterfaceError, OperationalError
 
         if isinstance(error, (OperationalError, InterfaceError)):
             log.warning("database unavailable: %s", error)

@@ -6,7 +6,6 @@ import uuid
 import marshmallow as ma
 from flask_smorest import Blueprint
 from marshmallow import fields, validate
-
 from sqlalchemy import select
 
 from models import ApprovalRequest, Experiment

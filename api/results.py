@@ -5,12 +5,14 @@ import logging
 import uuid
 
 import marshmallow as ma
-from flask import Response, current_app
+from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
-from services.analysis import insights as sira_insights, reports as sira_reports, results as sira_results
+from services.analysis import insights as sira_insights
+from services.analysis import reports as sira_reports
+from services.analysis import results as sira_results
 
 from . import context
 from .auth import require

@@ -7,7 +7,8 @@ import marshmallow as ma
 from flask_smorest import Blueprint
 from marshmallow import fields
 
-from services.experiments import lifecycle, schedules as service
+from services.experiments import lifecycle
+from services.experiments import schedules as service
 
 from . import context
 from .auth import require

@@ -8,10 +8,7 @@ import marshmallow as ma
 from marshmallow import fields, validate, validates_schema
 
 from core.codes import COUNTRIES, CURRENCIES, LANGUAGES
-from services.analysis.inputs import DEFAULT_BANDIT_WINDOW_S, attribution_windows
 from core.money import MONEY_CURRENCIES
-from sira.bandit import BanditConfig
-from sira.failfast import DEFAULT_FAIL_FAST_ACTION, DEFAULT_GUARDRAIL_ACTION, DEFAULT_GUARDRAIL_MARGIN, FailFastConfig
 from models.enums import (
     DEFAULT_GUARDRAILS,
     EVENT_TYPES,
@@ -21,6 +18,9 @@ from models.enums import (
     MODES,
     STATUSES,
 )
+from services.analysis.inputs import DEFAULT_BANDIT_WINDOW_S, attribution_windows
+from sira.bandit import BanditConfig
+from sira.failfast import DEFAULT_FAIL_FAST_ACTION, DEFAULT_GUARDRAIL_ACTION, DEFAULT_GUARDRAIL_MARGIN, FailFastConfig
 
 MAX_CONFIG_BYTES = 16 * 1024
 MIN_VARIANTS, MAX_VARIANTS = 2, 20

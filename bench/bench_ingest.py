@@ -39,15 +39,15 @@ import psycopg  # noqa: E402
 import redis  # noqa: E402
 
 from bench.bench_assign import (  # noqa: E402 - same servers, wrk harness and baseline as the assignment bench
-    ephemeral_signer,
-    require_wrk,
     LUA_BASELINE,
     LUA_COMMON,
     Server,
+    ephemeral_signer,
     free_port,
     lua,
     post_json,
     recreate_database,
+    require_wrk,
     run_wrk,
     wait_http,
     wait_port,

@@ -30,8 +30,8 @@ import uuid
 from pathlib import Path
 
 import psycopg
-from sqlalchemy import text
 from psycopg import sql
+from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 from core import db  # noqa: E402
 from core.config import libpq_url, normalise_database_url  # noqa: E402
 from core.redis import get_redis  # noqa: E402
-from services.analysis import jobs as sira_jobs, results as sira_results  # noqa: E402
+from services.analysis import jobs as sira_jobs  # noqa: E402
+from services.analysis import results as sira_results
 
 
 def plain(url: str) -> str:

@@ -11,9 +11,10 @@ over the file, as a deployment's environment should.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from dotenv import load_dotenv
 
@@ -145,7 +146,7 @@ class Settings:
     def is_production(self) -> bool:
         return self.app_env == "production"
 
-    def with_overrides(self, **changes: object) -> "Settings":
+    def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)
 
 

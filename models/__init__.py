@@ -29,4 +29,5 @@ __all__ = [
     "UserMoneyRollup",
     "UserRollup",
     "Variant",
+    "VariantRollup",
 ]

@@ -3,12 +3,12 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
-    CheckConstraint,
     Boolean,
+    CheckConstraint,
     ForeignKey,
     Index,
     Numeric,
@@ -23,6 +23,9 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .base import Base, created_at_column, uuid_pk
 from .enums import EVENT_TYPES, MODES, STATUSES, sql_in
+
+if TYPE_CHECKING:
+    from .design import Holdout
 
 
 class Experiment(Base):
@@ -111,7 +114,7 @@ class Experiment(Base):
         passive_deletes=True,
         lazy="selectin",
     )
-    holdouts: Mapped[list["Holdout"]] = relationship(
+    holdouts: Mapped[list[Holdout]] = relationship(
         secondary="experiment_holdout_links", lazy="selectin", order_by="Holdout.created_at"
     )
 

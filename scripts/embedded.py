@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import psycopg
+
 from core.config import libpq_url
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from core.redis import get_redis
-from services.cache import DRAIN_BACKOFF_KEY as BACKOFF_KEY, DRAIN_FAILURES_KEY as FAILURES_KEY, DRAIN_SUCCESSOR_FLAG as SUCCESSOR_FLAG
-from services.ingestion import writer as ingestion_writer
-
 from celery import shared_task
+
+from core.redis import get_redis
+from services.cache import DRAIN_BACKOFF_KEY as BACKOFF_KEY
+from services.cache import DRAIN_FAILURES_KEY as FAILURES_KEY
+from services.cache import DRAIN_SUCCESSOR_FLAG as SUCCESSOR_FLAG
+from services.ingestion import writer as ingestion_writer
 
 from .celery_app import current_settings
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = '20261201_0014'
 down_revision = "20261201_0010"
 branch_labels = None

@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session
 from models import Experiment, Variant
 from models.enums import DEFAULT_GUARDRAILS, EVENT_TYPES, LOWER_IS_BETTER, ExperimentMode, ExperimentStatus
 from sira.bandit import BanditConfig
-from sira.failfast import DEFAULT_GUARDRAIL_MARGIN, DEFAULT_FAIL_FAST_ACTION, DEFAULT_GUARDRAIL_ACTION, FailFastConfig
+from sira.failfast import DEFAULT_FAIL_FAST_ACTION, DEFAULT_GUARDRAIL_ACTION, DEFAULT_GUARDRAIL_MARGIN, FailFastConfig
 from sira.stats import ProportionStats, SampleStats
 from sira.strata import PeriodTable
 

@@ -18,14 +18,14 @@ from sqlalchemy.orm import Session
 from models import Recommendation
 from models.enums import LOWER_IS_BETTER
 from sira import insights as sira_insights
-from sira.insights import SegmentSummary, VariantSummary
 from sira.bandit import posteriors
 from sira.failfast import stratified_confidence_sequence
+from sira.insights import SegmentSummary, VariantSummary
 from sira.posterior import prob_best
 from sira.stats import ProportionStats, wilson_interval
 
-from .inputs import ExperimentInput
 from .findings import FAIL_FAST, GUARDRAIL_BREACH, Finding, fail_fast_findings, guardrail_findings
+from .inputs import ExperimentInput
 from .results import decision_proportions, load_experiment, srm_block
 
 SEGMENT_DIMENSIONS = ("country", "lang", "device")

@@ -28,20 +28,18 @@ from sqlalchemy.orm import Session
 from core import db, metrics
 from core.errors import Conflict
 from models import Recommendation
-from models.enums import LOWER_IS_BETTER, ExperimentMode, ExperimentStatus
+from models.enums import ExperimentMode, ExperimentStatus
 from sira.bandit import bandit_weights, live_effective, posteriors, weights_moved
-from sira.failfast import ArmFlag, FailFastConfig, evaluate, guardrail_flags
-from sira.stats import ProportionStats
 
 from .. import cache
-from ..experiments import audit, lifecycle as experiment_service
+from ..experiments import audit
+from ..experiments import lifecycle as experiment_service
 from ..experiments.audit import SIRA_ACTOR
 from .findings import Finding, fail_fast_findings, guardrail_findings
 from .inputs import ExperimentInput, chunks, load_inputs, running_experiment_ids
 from .results import (
     D7_REFRESH_AFTER,
     compute_d7,
-    decision_proportions,
     read_d7,
     store_d7,
 )

@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 from sqlalchemy import select
+
 from core import db
 from core.errors import NotFound
 from models import Experiment

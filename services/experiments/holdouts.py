@@ -22,7 +22,14 @@ from sqlalchemy.orm import Session
 from core.errors import Conflict, NotFound
 from models import Holdout
 from models.enums import EVENT_TYPES, LOWER_IS_BETTER
-from sira.stats import ProportionStats, SampleStats, beta_credible_interval, mean_interval, relative_uplift, wilson_interval
+from sira.stats import (
+    ProportionStats,
+    SampleStats,
+    beta_credible_interval,
+    mean_interval,
+    relative_uplift,
+    wilson_interval,
+)
 
 from . import audit
 from .audit import Actor

@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 
 from core.errors import Conflict, Invalid, NotFound
 from models import Experiment, Holdout, Variant
-from models.enums import APPROVAL_CATEGORIES, ExperimentStatus as S
-
+from models.enums import APPROVAL_CATEGORIES
+from models.enums import ExperimentStatus as S
 from sira.failfast import DEFAULT_GUARDRAIL_MARGIN
 
 from . import approvals, audit, layers

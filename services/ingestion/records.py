@@ -231,7 +231,7 @@ def coerce_record(raw: object) -> StagedEvent:
     if isinstance(raw, (list, tuple)) and len(raw) == len(RECORD_FIELDS) - 1:
         raw = _upgrade_legacy_record(raw)
     if not isinstance(raw, (list, tuple)) or len(raw) != len(RECORD_FIELDS):
-        raise ValueError("malformed record: expected a list of %d fields" % len(RECORD_FIELDS))
+        raise ValueError(f"malformed record: expected a list of {len(RECORD_FIELDS)} fields")
     record = StagedEvent(*raw)
     problems = {
         "event_id": check_event_id(record.event_id),

@@ -14,8 +14,8 @@ overwrites a delta that committed between its aggregation and its rewrite.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session

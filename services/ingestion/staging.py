@@ -17,22 +17,22 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import uuid
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable, Sequence
+from datetime import datetime, timezone
+from typing import Any
 
 import redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from core.errors import Conflict, DomainError, Invalid, NotFound, Unavailable
+from core.errors import Conflict, Invalid, NotFound, Unavailable
 from core.metrics import EXPERIMENT_METRICS_ACCEPTED
 from models.enums import ExperimentStatus
 
-from ..cache import STREAM_GROUP as GROUP, STREAM_KEY, assignment_key, definition_key  # noqa: F401 - GROUP re-exported
+from ..cache import STREAM_GROUP as GROUP  # noqa: F401 - GROUP re-exported
+from ..cache import STREAM_KEY, assignment_key, definition_key
 from ..experiments import definitions, holdouts
 from .records import (  # noqa: F401 - re-exported: the API side's view of the record contract
     BATCH_FIELDS,

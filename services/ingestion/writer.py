@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import redis
@@ -30,7 +29,8 @@ from sqlalchemy.exc import DBAPIError
 
 from core import db, metrics
 
-from ..cache import STREAM_GROUP as GROUP, STREAM_KEY
+from ..cache import STREAM_GROUP as GROUP
+from ..cache import STREAM_KEY
 from .records import RECORD_FIELDS, StagedEvent, coerce_record
 from .staging import ENTRY_EVENTS
 
@@ -191,7 +191,7 @@ class WriteResult:
     def duplicates(self) -> int:
         return self.received - self.inserted - self.dead_lettered
 
-    def add(self, other: "WriteResult") -> None:
+    def add(self, other: WriteResult) -> None:
         self.received += other.received
         self.inserted += other.inserted
         self.dead_lettered += other.dead_lettered
@@ -299,7 +299,7 @@ def with_retry(
             try:
                 connection = db.get_engine().raw_connection()
             except DBAPIError as exc:  # SQLAlchemy wraps connect failures
-                raise exc.orig if isinstance(exc.orig, TRANSIENT_ERRORS) else exc
+                raise (exc.orig if isinstance(exc.orig, TRANSIENT_ERRORS) else exc) from None
             return work(connection.driver_connection)
         except TRANSIENT_ERRORS as exc:
             if connection is not None:

@@ -10,14 +10,14 @@ import psycopg
 import pytest
 
 from core import db
+from core.config import libpq_url as plain_url
 from core.redis import get_redis
 from services.analysis import jobs as sira_jobs
 from services.cache import definition_key, weights_key
 from services.experiments import assignment as service
 from services.experiments.audit import SIRA_ACTOR
 from services.experiments.lifecycle import set_variant_paused
-from core.config import libpq_url as plain_url
-from tests.support.sira_data import NOW, NO_WINDOWS, insert_assignments, insert_events, rebuild_rollups
+from tests.support.sira_data import NO_WINDOWS, NOW, insert_assignments, insert_events, rebuild_rollups
 
 SERVICE = "pay_module"
 

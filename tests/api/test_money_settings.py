@@ -53,7 +53,7 @@ def test_the_covariate_is_stored_with_the_first_assignment(client, auth, create_
 def test_non_finite_covariates_are_refused(client, auth, create_experiment, literal):
     experiment = create_experiment(start=True, targeting={})
     response = client.post(
-        f"/api/experiments/{experiment['id']}/assign", data='{"molam_id": "x", "pre_exposure_value": %s}' % literal,
+        f"/api/experiments/{experiment['id']}/assign", data='{"molam_id": "x", "pre_exposure_value": ' + literal + "}",
         headers={**auth("pay_module"), "Content-Type": "application/json"},
     )
     assert response.status_code == 422

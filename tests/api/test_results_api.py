@@ -217,7 +217,7 @@ def test_pause_errors_and_rbac(client, auth, running, create_experiment):
 def test_daily_reports_stored_once_listed_filtered_and_rendered(client, auth, create_experiment, settings):
     first = create_experiment(start=True, name="First")
     simulate(settings.database_url, first, users_per_arm=[400, 400], rates={"conversion": [0.1, 0.12]})
-    second = create_experiment(start=True, name="Second")
+    create_experiment(start=True, name="Second")
     create_experiment(name="Draft only")
     redis_client = get_redis(settings.redis_url)
     today = date(2026, 3, 14)

@@ -132,7 +132,7 @@ def test_non_finite_values_and_non_json_bodies_are_rejected(client, auth, runnin
     for literal in ("NaN", "Infinity", "-Infinity"):
         response = client.post(
             f"/api/experiments/{experiment['id']}/track",
-            data='{"molam_id": "u1", "event_type": "click", "value": %s}' % literal,
+            data='{"molam_id": "u1", "event_type": "click", "value": ' + literal + "}",
             headers={**auth(SERVICE), "Content-Type": "application/json"},
         )
         assert response.status_code == 422 and "value" in field_errors(response)

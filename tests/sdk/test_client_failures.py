@@ -4,9 +4,8 @@ from __future__ import annotations
 import socket
 import time
 
-from molam_experiments import Client
-
 from core.config import libpq_url
+from molam_experiments import Client
 
 
 def _dead_url() -> str:

@@ -78,15 +78,16 @@ def test_aa_bandit_with_a_rising_base_rate_raises_no_fail_fast_flag(client, auth
             assert accepted.status_code == 202 and not accepted.get_json()["rejected"], accepted.get_json()
         tracked += len(events)
         _wait_for(
-            lambda: _scalar(settings, "SELECT count(*) FROM experiment_metrics WHERE experiment_id = %s", experiment_id)
-            == tracked,
+            lambda tracked=tracked: _scalar(
+                settings, "SELECT count(*) FROM experiment_metrics WHERE experiment_id = %s", experiment_id
+            ) == tracked,
             60, f"the worker to write wave {wave}'s events",
         )
         wave_done = time.time()
         time.sleep(1.2)  # the wave matures
         # a recompute and a fail-fast scan after the wave matured
         _wait_for(
-            lambda: _scalar(
+            lambda wave_done=wave_done: _scalar(
                 settings,
                 "SELECT coalesce(extract(epoch FROM max(computed_at)), 0) FROM experiment_bandit_state WHERE experiment_id = %s",
                 experiment_id,
