@@ -32,7 +32,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
     app = Celery("molam_experiments", set_as_current=True)
     app.config_from_object(celeryconfig)
     if settings is not None:
-        app.molam_settings = settings  # type: ignore[attr-defined]
+        app.molam_settings = settings
     app.add_defaults(lambda: celeryconfig.from_settings(settings_of(app)))
     return app
 
@@ -40,7 +40,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
 def settings_of(app: Celery) -> Settings:
     settings = getattr(app, "molam_settings", None)
     if settings is None:
-        settings = app.molam_settings = load_settings()  # type: ignore[attr-defined]
+        settings = app.molam_settings = load_settings()
     return settings
 
 

@@ -151,10 +151,11 @@ def arm_states(experiment: ExperimentInput, previous: dict[uuid.UUID, PublishedS
         weights, burn_in = [float(w) for w in result.weights], result.burn_in
         before = [previous.get(arm.variant_id) for arm in experiment.arms] if previous else []
         if not burn_in:
-            known = bool(before) and all(b is not None for b in before)
-            last_period = max((b.period for b in before if b is not None), default=0)
-            if known and last_period > 0 and not weights_moved([b.weight for b in before], weights):
-                weights, period = [b.weight for b in before], last_period
+            present = [b for b in before if b is not None]
+            known = bool(before) and len(present) == len(before)
+            last_period = max((b.period for b in present), default=0)
+            if known and last_period > 0 and not weights_moved([b.weight for b in present], weights):
+                weights, period = [b.weight for b in present], last_period
             else:
                 period = last_period + 1
     else:
@@ -308,7 +309,7 @@ def refresh_d7(session: Session, client: redis.Redis, experiment_ids: list[uuid.
     due = []
     for experiment_id in experiment_ids:
         try:
-            fresh = datetime.fromisoformat(cached[experiment_id]["computed_at"]) > now - D7_REFRESH_AFTER
+            fresh = datetime.fromisoformat((cached.get(experiment_id) or {})["computed_at"]) > now - D7_REFRESH_AFTER
         except (TypeError, KeyError, ValueError):
             fresh = False  # missing or unreadable: recompute
         if not fresh:

@@ -168,10 +168,11 @@ def current_weights(experiment: ExperimentInput, states: dict[uuid.UUID, StoredS
 def srm_block(experiment: ExperimentInput) -> dict[str, Any]:
     """SRM against the probabilities logged per allocation period (bandits and pauses
     included); without logged probabilities, against the configured shares."""
-    if experiment.period_users is not None and experiment.periods and (
-        experiment.periods > 1 or not np.isnan(experiment.period_probability).all()
+    users, probability = experiment.period_users, experiment.period_probability
+    if users is not None and probability is not None and experiment.periods and (
+        experiment.periods > 1 or not np.isnan(probability).all()
     ):
-        result = srm_test_periods(experiment.period_users, experiment.period_probability, experiment.traffic_shares)
+        result = srm_test_periods(users, probability, experiment.traffic_shares)
         return {
             "chi2": float(result.chi2),
             "p_value": float(result.p_value),
@@ -325,7 +326,7 @@ def build_results(
     """
     decision = decision_proportions(experiment)
     alphas, betas = posteriors(decision)
-    best = prob_best(alphas, betas) if experiment.arms else []
+    best: np.ndarray | list[float] = prob_best(alphas, betas) if experiment.arms else []
     weights = current_weights(experiment, states)
     variants = []
     for index, arm in enumerate(experiment.arms):

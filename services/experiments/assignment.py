@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import psycopg
 import redis
@@ -547,13 +547,18 @@ def _published_weights(raw: bytes | None, experiment_id: str) -> dict[str, Any] 
     return published if isinstance(published, dict) else None
 
 
+def _driver(connection: Connection) -> psycopg.Connection[Any]:
+    """The psycopg connection under SQLAlchemy's (its cursors are context managers)."""
+    return cast("psycopg.Connection[Any]", connection.connection.driver_connection)
+
+
 def _insert(
     connection: Connection, experiment_id: str, variant_id: str, user: UserContext, period: int, probability: float
 ) -> tuple[Any, datetime] | None:
     # Run on the driver's cursor (SQLAlchemy's result machinery costs more than the statement).
     # In autocommit the row is committed when the statement returns, so Redis never
     # holds an assignment that PostgreSQL could still roll back.
-    with connection.connection.cursor() as cursor:
+    with _driver(connection).cursor() as cursor:
         row = cursor.execute(
             _INSERT_ASSIGNMENT,
             {
@@ -577,7 +582,7 @@ def _insert(
 
 def _record_holdout_member(connection: Connection, experiment_id: str, molam_id: str, holdout_ids: list[str]) -> None:
     """Record the user in each holdout (first asker wins; safe to repeat)."""
-    with connection.connection.cursor() as cursor:
+    with _driver(connection).cursor() as cursor:
         cursor.execute(
             _INSERT_HOLDOUT_MEMBERS, {"holdout_ids": holdout_ids, "molam_id": molam_id, "experiment_id": experiment_id}
         )
@@ -595,7 +600,7 @@ def _cache_holdout_member(client: redis.Redis | None, experiment_id: str, molam_
 
 
 def _existing(connection: Connection, experiment_id: str, molam_id: str) -> tuple[Any, datetime] | None:
-    with connection.connection.cursor() as cursor:
+    with _driver(connection).cursor() as cursor:
         row = cursor.execute(_SELECT_ASSIGNMENT, {"experiment_id": experiment_id, "molam_id": molam_id}).fetchone()
     return None if row is None else (row[0], row[1])
 

@@ -128,12 +128,11 @@ def _build_variants(specs: list[dict[str, Any]]) -> list[Variant]:
 
 def _settings_columns(data: dict[str, Any]) -> dict[str, Any]:
     """Map API fields onto columns (guardrails + guardrail_action share one JSONB column)."""
-    columns = {
-        k: data[k]
-        for k in ("name", "description", "targeting", "mode", "coverage", "primary_metric", "fail_fast", "bandit",
-                  "attribution_window_s", "reporting_currency", "value_cap_percentile")
-        if k in data
-    }
+    settings: tuple[str, ...] = (
+        "name", "description", "targeting", "mode", "coverage", "primary_metric", "fail_fast", "bandit",
+        "attribution_window_s", "reporting_currency", "value_cap_percentile",
+    )
+    columns = {k: data[k] for k in settings if k in data}
     columns.update({k: data[k] for k in DESIGN_COLUMNS if k in data})
     return columns
 

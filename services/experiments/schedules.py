@@ -82,7 +82,7 @@ def _recently_failed(session: Session, experiment_id: uuid.UUID, action: str, sc
 
 def _attempt(
     client: redis.Redis, experiment_id: uuid.UUID, action: str, scheduled_for: datetime, *, approvals_required: bool
-) -> str | None:
+) -> str:
     """Run one scheduled transition in its own transaction: DONE, SKIPPED or the error message."""
     session = db.new_session()
     try:
@@ -172,4 +172,9 @@ def upcoming(session: Session, limit: int = 200) -> list[Experiment]:
         .limit(limit)
     )
     experiments = list(session.execute(query).scalars())
-    return sorted(experiments, key=lambda e: e.start_at if e.status == S.DRAFT.value else e.end_at)
+    def due_at(e: Experiment) -> datetime:
+        due = e.start_at if e.status == S.DRAFT.value else e.end_at
+        assert due is not None  # selected for having it
+        return due
+
+    return sorted(experiments, key=due_at)

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
 import redis
@@ -220,7 +220,9 @@ def _write_once(pg: psycopg.Connection, records: Sequence[StagedEvent], *, clear
         with cursor.copy(_COPY_STAGING) as copy:
             for record in records:
                 copy.write_row(record)
-        inserted, dead, _, by_type = cursor.execute(_WRITE_BATCH).fetchone()
+        row = cursor.execute(_WRITE_BATCH).fetchone()
+        assert row is not None  # the statement always returns one row
+        inserted, dead, _, by_type = row
     return WriteResult(
         received=len(records),
         inserted=inserted,
@@ -300,7 +302,7 @@ def with_retry(
                 connection = db.get_engine().raw_connection()
             except DBAPIError as exc:  # SQLAlchemy wraps connect failures
                 raise (exc.orig if isinstance(exc.orig, TRANSIENT_ERRORS) else exc) from None
-            return work(connection.driver_connection)
+            return work(cast("psycopg.Connection[Any]", connection.driver_connection))
         except TRANSIENT_ERRORS as exc:
             if connection is not None:
                 connection.invalidate()
@@ -406,11 +408,15 @@ def _decode(entries: list[tuple[bytes, dict]]) -> tuple[list[StagedEvent], list[
     poison: list[tuple[str | None, object, str]] = []
     for entry_id, fields in entries:
         payload = fields.get(b"e")
-        try:
-            batch = json.loads(payload) if payload is not None else None
-        except ValueError as exc:
-            poison.append((None, {"stream_entry": entry_id.decode(), "raw": payload.decode(errors="replace")}, f"undecodable entry: {exc}"))
-            continue
+        if payload is None:
+            batch = None
+        else:
+            try:
+                batch = json.loads(payload)
+            except ValueError as exc:
+                raw = payload.decode(errors="replace")
+                poison.append((None, {"stream_entry": entry_id.decode(), "raw": raw}, f"undecodable entry: {exc}"))
+                continue
         if not isinstance(batch, list):
             poison.append((None, {"stream_entry": entry_id.decode(), "raw": str(fields)[:4000]}, "entry holds no event list"))
             continue
