@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 
 import marshmallow as ma
 from marshmallow import fields, validate, validates_schema
 
 from core.codes import COUNTRIES, CURRENCIES, LANGUAGES
 from core.money import MONEY_CURRENCIES
+from models import Experiment
 from models.enums import (
     DEFAULT_GUARDRAILS,
     EVENT_TYPES,
@@ -99,7 +101,7 @@ class BanditSettingsSchema(StrictSchema):
 MAX_ATTRIBUTION_WINDOW_S = 90 * 24 * 3600
 
 
-def _attribution_window_field(**kwargs: object) -> fields.Dict:
+def _attribution_window_field(**kwargs: Any) -> fields.Dict:
     return fields.Dict(
         keys=fields.String(validate=validate.OneOf(EVENT_TYPES)),
         values=fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=0, max=MAX_ATTRIBUTION_WINDOW_S)),
@@ -115,7 +117,7 @@ def _attribution_window_field(**kwargs: object) -> fields.Dict:
     )
 
 
-def _guardrail_margin_field(**kwargs: object) -> fields.Float:
+def _guardrail_margin_field(**kwargs: Any) -> fields.Float:
     return fields.Float(
         validate=validate.Range(min=0.0, max=10.0),
         metadata={
@@ -155,7 +157,7 @@ def _reporting_currency() -> fields.String:
     )
 
 
-def _value_cap_percentile(**kwargs: object) -> fields.Float:
+def _value_cap_percentile(**kwargs: Any) -> fields.Float:
     return fields.Float(
         allow_none=True,
         validate=validate.Range(min=50, max=100, max_inclusive=False),
@@ -171,7 +173,7 @@ def _value_cap_percentile(**kwargs: object) -> fields.Float:
 MAX_HOLDOUTS = 20
 
 
-def percent_field(description: str, maximum: float = 100, **kwargs: object) -> fields.Decimal:
+def percent_field(description: str, maximum: float = 100, **kwargs: Any) -> fields.Decimal:
     """A percentage in (0, maximum] with two decimals (exact: hundredths are buckets)."""
     return fields.Decimal(
         places=2,
@@ -232,7 +234,7 @@ class ExperimentCreateSchema(StrictSchema, DesignFieldsMixin):
     value_cap_percentile = _value_cap_percentile(load_default=99.5)
 
     @validates_schema
-    def check_variants(self, data: dict, **kwargs: object) -> None:
+    def check_variants(self, data: dict, **kwargs: Any) -> None:
         errors = validate_variants(data.get("variants") or [])
         if errors:
             raise ma.ValidationError(errors)
@@ -263,7 +265,7 @@ class ExperimentUpdateSchema(StrictSchema, DesignFieldsMixin):
     value_cap_percentile = _value_cap_percentile()
 
     @validates_schema
-    def check_variants(self, data: dict, **kwargs: object) -> None:
+    def check_variants(self, data: dict, **kwargs: Any) -> None:
         if "variants" in data:
             errors = validate_variants(data["variants"])
             if errors:
@@ -313,22 +315,22 @@ class ExperimentOutSchema(ma.Schema):
     start_at = fields.DateTime(allow_none=True)
     end_at = fields.DateTime(allow_none=True)
 
-    def dump_layer_range(self, experiment: object) -> dict[str, int] | None:
+    def dump_layer_range(self, experiment: Experiment) -> dict[str, int | None] | None:
         if experiment.layer_range_start is None:
             return None
         return {"start": experiment.layer_range_start, "end": experiment.layer_range_end}
 
-    def dump_guardrails(self, experiment: object) -> list[str]:
+    def dump_guardrails(self, experiment: Experiment) -> list[str]:
         return list(experiment.guardrails.get("event_types", []))
 
-    def dump_guardrail_margin(self, experiment: object) -> float:
+    def dump_guardrail_margin(self, experiment: Experiment) -> float:
         return float(experiment.guardrails.get("margin", DEFAULT_GUARDRAIL_MARGIN))
 
-    def dump_attribution_window_s(self, experiment: object) -> dict[str, int | None]:
+    def dump_attribution_window_s(self, experiment: Experiment) -> dict[str, int | None]:
         """The windows in force: the configured ones, the mode's default for the rest."""
         return attribution_windows(experiment.mode, experiment.attribution_window_s)
 
-    def dump_guardrail_action(self, experiment: object) -> str | None:
+    def dump_guardrail_action(self, experiment: Experiment) -> str | None:
         return experiment.guardrails.get("action")
 
 

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 from dotenv import load_dotenv
 
@@ -81,6 +81,10 @@ def _float(name: str, default: float) -> float:
     return _number(name, default, float)
 
 
+@overload
+def _str(name: str, default: str) -> str: ...
+@overload
+def _str(name: str, default: None = None) -> str | None: ...
 def _str(name: str, default: str | None = None) -> str | None:
     raw = os.environ.get(name)
     return default if raw is None or raw == "" else raw
@@ -146,7 +150,7 @@ class Settings:
     def is_production(self) -> bool:
         return self.app_env == "production"
 
-    def with_overrides(self, **changes: object) -> Settings:
+    def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
 
