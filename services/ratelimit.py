@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import limits
 import redis
-from redis.commands.core import Script
 
+from core import redis as redis_state
 from core.errors import RateLimited
 
 from .cache import rate_limit_key
@@ -110,18 +110,13 @@ end
 return {0, redis.call('MGET', unpack(KEYS, 2))}
 """
 
-_scripts: dict[int, Script] = {}
-
-
 def read_with_budget(client: redis.Redis, budget: Budget | None, keys: list[str]) -> list[bytes | None]:
     """``MGET keys`` after spending ``budget`` (when given), in one round trip.
 
     Raises :class:`RateLimited` when the budget is spent (nothing is read then) and
     ``redis.RedisError`` when Redis is unreachable (the caller falls back).
     """
-    script = _scripts.get(id(client))
-    if script is None:
-        script = _scripts[id(client)] = client.register_script(READ_WITH_BUDGET_LUA)
+    script = redis_state.script(client, READ_WITH_BUDGET_LUA)
     if budget is None:
         outcome = script(keys=[keys[0], *keys], args=[0, 0])
     else:

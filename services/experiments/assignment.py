@@ -22,9 +22,7 @@ import logging
 import math
 import random
 import threading
-import time
 import uuid
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,6 +34,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from core import db
+from core import redis as redis_state
 from core.errors import Conflict, NotFound, Unavailable
 from core.metrics import EXPERIMENT_ASSIGNMENTS, SIRA_DECISION_LATENCY
 from models.enums import TARGETING_LIST_KEYS, ExperimentMode, ExperimentStatus
@@ -289,29 +288,9 @@ def _stored(definition: Definition, molam_id: str, variant: VariantDefinition, a
 
 # --- Redis access that degrades instead of failing --------------------------------------
 
-# Keyed by the client object itself (weakly): an id() could be reused by a new client
-# once an old one is collected, which would then inherit the old one's outage.
-_redis_down_until: weakref.WeakKeyDictionary[redis.Redis, float] = weakref.WeakKeyDictionary()
-_redis_lock = threading.Lock()
-
-
-def _usable(client: redis.Redis | None) -> redis.Redis | None:
-    if client is None:
-        return None
-    if not _redis_down_until:  # the usual case: no outage, no weak-reference lookup
-        return client
-    until = _redis_down_until.get(client)
-    if until is not None:
-        if time.monotonic() < until:
-            return None
-        _redis_down_until.pop(client, None)
-    return client
-
-
-def _mark_down(client: redis.Redis, exc: Exception) -> None:
+def mark_redis_down(client: redis.Redis, exc: Exception) -> None:
     log.warning("Redis unavailable, answering from PostgreSQL for %.0f s: %s", REDIS_RETRY_AFTER_S, exc)
-    with _redis_lock:
-        _redis_down_until[client] = time.monotonic() + REDIS_RETRY_AFTER_S
+    redis_state.mark_down(client, REDIS_RETRY_AFTER_S)
 
 
 def _cache_assignment(client: redis.Redis | None, experiment_id: str, molam_id: str, variant_id: str, assigned_at: str) -> None:
@@ -322,7 +301,7 @@ def _cache_assignment(client: redis.Redis | None, experiment_id: str, molam_id: 
         # execute_command: redis-py's set() inspects its keyword arguments on every call.
         client.execute_command("SET", assignment_key(experiment_id, molam_id), payload, "EX", ASSIGNMENT_TTL_S)
     except redis.RedisError as exc:
-        _mark_down(client, exc)
+        mark_redis_down(client, exc)
 
 
 class Cached(NamedTuple):
@@ -343,13 +322,13 @@ def _read_cached(client: redis.Redis | None, experiment_id: str, molam_id: str, 
     Raises :class:`RateLimited` when the budget is spent; when Redis is down the
     budget is spent in this process instead and nothing is cached.
     """
-    client = _usable(client)
+    client = redis_state.usable(client)
     if client is not None:
         keys = [definition_key(experiment_id), assignment_key(experiment_id, molam_id), weights_key(experiment_id)]
         try:
             raw_definition, raw_assignment, raw_weights = read_with_budget(client, budget, keys)
         except redis.RedisError as exc:
-            _mark_down(client, exc)
+            mark_redis_down(client, exc)
         else:
             return Cached(client, raw_definition, raw_assignment, raw_weights)
     if budget is not None:
@@ -596,7 +575,7 @@ def _cache_holdout_member(client: redis.Redis | None, experiment_id: str, molam_
     try:
         client.execute_command("SET", assignment_key(experiment_id, molam_id), payload, "EX", ASSIGNMENT_TTL_S)
     except redis.RedisError as exc:
-        _mark_down(client, exc)
+        mark_redis_down(client, exc)
 
 
 def _existing(connection: Connection, experiment_id: str, molam_id: str) -> tuple[Any, datetime] | None:

@@ -27,6 +27,7 @@ import redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from core import redis as redis_state
 from core.errors import Conflict, Invalid, NotFound, Unavailable
 from core.metrics import EXPERIMENT_METRICS_ACCEPTED
 from models.enums import ExperimentStatus
@@ -216,7 +217,6 @@ for i = 3, #ARGV, 2 do
 end
 return entries
 """
-_enqueue_scripts: dict[int, Any] = {}
 #: The enqueue script's reply when the backlog cannot take the request's entries.
 ENQUEUE_BACKLOG_FULL = -1
 
@@ -225,9 +225,7 @@ def stage(client: redis.Redis, records: Sequence[StagedEvent], request_id: str =
     """Append the records to the stream, ``ENTRY_EVENTS`` per entry, in one atomic call."""
     if not records:
         return
-    script = _enqueue_scripts.get(id(client))
-    if script is None:
-        script = _enqueue_scripts[id(client)] = client.register_script(_ENQUEUE_LUA)
+    script = redis_state.script(client, _ENQUEUE_LUA)
     args: list[Any] = [MAX_BACKLOG_ENTRIES, request_id]
     for start in range(0, len(records), ENTRY_EVENTS):
         chunk = records[start : start + ENTRY_EVENTS]
@@ -265,7 +263,6 @@ if redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[1]) then return {3} end
 redis.call('XADD', KEYS[3], '*', 'n', 1, 'e', ARGV[3] .. variant .. ARGV[4], 'r', ARGV[5])
 return {1, variant}
 """
-_track_scripts: dict[int, Any] = {}
 #: Outcome codes of the track script (its reply's first element).
 TRACK_CACHE_MISS, TRACK_STAGED, TRACK_REFUSED, TRACK_BACKLOG_FULL = 0, 1, 2, 3
 _VARIANT = StagedEvent._fields.index("variant_id")
@@ -281,9 +278,7 @@ def accept_one(
     holdout instead. Raises the refusing :class:`DomainError` (404, 409, 422) or
     :class:`Unavailable`.
     """
-    script = _track_scripts.get(id(client))
-    if script is None:
-        script = _track_scripts[id(client)] = client.register_script(_TRACK_LUA)
+    script = redis_state.script(client, _TRACK_LUA)
     experiment_id, molam_id = record.experiment_id, record.molam_id
     # The staged entry is ``[[event_id, experiment_id, "<variant>", ...]]``; the script
     # splices in the variant it read, so the record is serialised before it is known.

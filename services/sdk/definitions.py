@@ -43,6 +43,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Session
 
 from core import db
+from core import redis as redis_state
 from models.enums import ExperimentMode, ExperimentStatus
 
 from .. import cache
@@ -288,7 +289,7 @@ def _read_version(client: redis.Redis | None) -> tuple[str | None, bool]:
     restarted) is replaced by a new one, agreed on by every process through SET NX."""
     # The assignment path's circuit breaker: after a failure, skip Redis for a while
     # instead of paying a connection timeout on every request.
-    client = assignment._usable(client)
+    client = redis_state.usable(client)
     if client is None:
         return None, False
     try:
@@ -297,7 +298,7 @@ def _read_version(client: redis.Redis | None) -> tuple[str | None, bool]:
             client.set(cache.SDK_DEFINITIONS_VERSION_KEY, cache.new_definitions_version(), nx=True)
             raw = client.get(cache.SDK_DEFINITIONS_VERSION_KEY)
     except redis.RedisError as exc:
-        assignment._mark_down(client, exc)
+        assignment.mark_redis_down(client, exc)
         return None, False
     if raw is None:
         return None, False

@@ -24,6 +24,7 @@ import psycopg.errors
 import redis
 
 from core import db
+from core import redis as redis_state
 from core.errors import NotFound
 from core.metrics import EXPERIMENT_ASSIGNMENTS
 from models.enums import ExperimentMode
@@ -100,7 +101,7 @@ def _expected(definition: Definition, user: UserContext) -> tuple[str | None, st
 
 def record_exposures(client: redis.Redis | None, exposures: list[Exposure], first_index: int = 0) -> list[Verdict]:
     """Recompute, store the matches, reject the rest; verdicts in request order."""
-    client = assignment._usable(client)
+    client = redis_state.usable(client)
     definitions = _definitions(client, {e.experiment_id for e in exposures})
     verdicts: dict[int, Verdict] = {}
     # (experiment, molam_id) -> indexes: a user sent twice is stored once.
