@@ -155,9 +155,6 @@ class ExperimentInput:
     def proportions(self, event_type: str) -> list[ProportionStats]:
         return [arm.proportion(event_type) for arm in self.arms]
 
-    def value_samples(self, event_type: str) -> list[SampleStats]:
-        return [arm.value_sample(event_type) for arm in self.arms]
-
     @property
     def windows(self) -> dict[str, int | None]:
         """Attribution window per event type in seconds (None: no window)."""

@@ -38,6 +38,7 @@ from core import redis as redis_state
 from core.errors import Conflict, NotFound, Unavailable
 from core.metrics import EXPERIMENT_ASSIGNMENTS, SIRA_DECISION_LATENCY
 from models.enums import TARGETING_LIST_KEYS, ExperimentMode, ExperimentStatus
+from sira.bandit import draw_arm
 
 from ..cache import assignment_key, definition_key, weights_key
 from ..ratelimit import Budget, read_with_budget
@@ -155,19 +156,15 @@ def split_probability(definition: Definition, variant: VariantDefinition) -> flo
     return probabilities[variant.id]
 
 
-def bandit_weights(definition: Definition, published: dict[str, Any] | None) -> list[tuple[VariantDefinition, float]]:
-    """Draw weights for active arms: SIRA's published P(best), else the traffic shares.
-
-    SIRA's weights are used only once it has left burn-in; arms paused in the
-    definition get nothing whatever SIRA published.
-    """
-    return _bandit_allocation(definition, published)[0]
-
-
-def _bandit_allocation(
+def draw_weights(
     definition: Definition, published: dict[str, Any] | None
 ) -> tuple[list[tuple[VariantDefinition, float]], int]:
-    """(draw weights, weights period): the published period, or 0 for the configured shares."""
+    """(draw weight per active arm, weights period) for a bandit's next draw.
+
+    SIRA's published P(best) once it has left burn-in (the published period), else the
+    traffic shares (period 0); arms paused in the definition get nothing whatever SIRA
+    published.
+    """
     active = definition.active_variants
     if published and not published.get("burn_in"):
         weights = published.get("weights") or {}
@@ -185,18 +182,6 @@ def _bandit_allocation(
     if sum(w for _, w in shares) <= 0:
         return [(v, 1.0) for v in active], 0
     return shares, 0
-
-
-def draw_variant(weights: list[tuple[VariantDefinition, float]], rng: Callable[[], float] = random.random) -> VariantDefinition:
-    """Probability matching: P(arm) = weight / total. ``random`` reseeds itself after fork."""
-    total = sum(w for _, w in weights)
-    point = rng() * total
-    cumulative = 0.0
-    for variant, weight in weights:
-        cumulative += weight
-        if point < cumulative:
-            return variant
-    return next(v for v, w in reversed(weights) if w > 0)
 
 
 # --- eligibility -----------------------------------------------------------------------
@@ -275,15 +260,10 @@ def _not_eligible(definition: Definition, molam_id: str, reason: str) -> dict[st
 
 
 def _stored(definition: Definition, molam_id: str, variant: VariantDefinition, assigned_at: str) -> dict[str, Any]:
-    return {
-        "experiment_id": definition.id,
-        "molam_id": molam_id,
-        "variant_id": variant.id,
-        "variant_name": variant.name,
-        "is_control": variant.is_control,
-        "config": variant.config,
-        "assigned_at": assigned_at,
-    }
+    """The recorded assignment (``GET``): the assign answer without ``eligible`` and ``new``."""
+    answer = _assigned(definition, molam_id, variant, assigned_at, new=False)
+    del answer["eligible"], answer["new"]
+    return answer
 
 
 # --- Redis access that degrades instead of failing --------------------------------------
@@ -506,8 +486,8 @@ def _on_held(statement: Callable[..., Any], *args: Any) -> Any:
 def _choose(definition: Definition, molam_id: str, raw_weights: bytes | None) -> tuple[VariantDefinition, float, int]:
     """(variant, probability it had of being chosen, allocation period)."""
     if definition.mode == ExperimentMode.BANDIT.value:
-        weights, weights_period = _bandit_allocation(definition, _published_weights(raw_weights, definition.id))
-        variant = draw_variant(weights)
+        weights, weights_period = draw_weights(definition, _published_weights(raw_weights, definition.id))
+        variant = weights[draw_arm([w for _, w in weights], random.random)][0]
         total = sum(w for _, w in weights)
         probability = next(w for v, w in weights if v is variant) / total
         return variant, probability, period_id(definition.version, weights_period)
@@ -584,7 +564,10 @@ def _existing(connection: Connection, experiment_id: str, molam_id: str) -> tupl
     return None if row is None else (row[0], row[1])
 
 
-def _finish(client: redis.Redis | None, definition: Definition, molam_id: str, row: tuple[Any, datetime], *, new: bool) -> dict[str, Any]:
+def _resolve_row(
+    client: redis.Redis | None, definition: Definition, molam_id: str, row: tuple[Any, datetime]
+) -> tuple[Definition, VariantDefinition, str]:
+    """The stored row's variant (re-reading a definition that lacks it), cached for next time."""
     variant_id, assigned_at = str(row[0]), _iso(row[1])
     variant = definition.by_id.get(variant_id)
     if variant is None:
@@ -592,6 +575,11 @@ def _finish(client: redis.Redis | None, definition: Definition, molam_id: str, r
         definition = load_definition(definition.id, client)
         variant = definition.by_id[variant_id]
     _cache_assignment(client, definition.id, molam_id, variant_id, assigned_at)
+    return definition, variant, assigned_at
+
+
+def _finish(client: redis.Redis | None, definition: Definition, molam_id: str, row: tuple[Any, datetime], *, new: bool) -> dict[str, Any]:
+    definition, variant, assigned_at = _resolve_row(client, definition, molam_id, row)
     return _assigned(definition, molam_id, variant, assigned_at, new=new)
 
 
@@ -612,10 +600,5 @@ def stored_assignment(
         raise Unavailable("PostgreSQL is unreachable and this assignment is not cached; retry shortly", retry_after=DATABASE_RETRY_AFTER_S) from exc
     if row is None:
         raise NotFound(f"{molam_id!r} has no assignment in experiment {experiment_id}")
-    variant_id, assigned_at = str(row[0]), _iso(row[1])
-    variant = definition.by_id.get(variant_id)
-    if variant is None:
-        definition = load_definition(experiment_id, client)
-        variant = definition.by_id[variant_id]
-    _cache_assignment(client, experiment_id, molam_id, variant_id, assigned_at)
+    definition, variant, assigned_at = _resolve_row(client, definition, molam_id, row)
     return _stored(definition, molam_id, variant, assigned_at)
