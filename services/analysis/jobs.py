@@ -16,7 +16,7 @@ import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -93,14 +93,7 @@ class RecomputeSummary:
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "experiments": self.experiments,
-            "arms": self.arms,
-            "history_rows": self.history_rows,
-            "published": self.published,
-            "d7_refreshed": self.d7_refreshed,
-            "errors": self.errors,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -373,12 +366,7 @@ class ScanSummary:
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "experiments": self.experiments,
-            "recommendations": self.recommendations,
-            "actions_applied": self.actions_applied,
-            "errors": self.errors,
-        }
+        return asdict(self)
 
 
 _EXISTING = text(

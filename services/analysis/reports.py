@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
@@ -171,7 +171,7 @@ class ReportSummary:
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"report_date": self.report_date, "experiments": self.experiments, "created": self.created, "errors": self.errors}
+        return asdict(self)
 
 
 def daily_reports(client: redis.Redis | None, *, report_date: date | None = None, now: datetime | None = None) -> ReportSummary:

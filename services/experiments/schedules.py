@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -43,12 +43,7 @@ class ScheduleSummary:
     waiting_to_retry: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "started": self.started,
-            "stopped": self.stopped,
-            "failed": self.failed,
-            "waiting_to_retry": self.waiting_to_retry,
-        }
+        return asdict(self)
 
 
 def due(session: Session, now: datetime) -> list[tuple[uuid.UUID, str, datetime]]:
