@@ -34,6 +34,7 @@ from models.enums import EVENT_TYPES, LOWER_IS_BETTER, ExperimentMode
 from sira.bandit import live_effective, posteriors
 from sira.compare import compare_rates
 from sira.posterior import prob_beat_control, prob_best
+from sira.srm import srm_test, srm_test_periods
 from sira.stats import (
     Comparison,
     Interval,
@@ -42,8 +43,6 @@ from sira.stats import (
     d7_retention,
     mean_interval,
     relative_uplift,
-    srm_test,
-    srm_test_periods,
     wilson_interval,
 )
 
