@@ -125,11 +125,11 @@ class StreamCollector:
         from prometheus_client.metrics_core import GaugeMetricFamily
 
         from core.redis import get_redis
-        from services.ingestion import writer
+        from services.ingestion import drain
 
         up = GaugeMetricFamily("ingest_stream_up", "1 when the worker could read the ingestion stream's state")
         try:
-            state = writer.backlog(get_redis(self.redis_url))
+            state = drain.backlog(get_redis(self.redis_url))
         except Exception as exc:  # noqa: BLE001 - a scrape must not fail because Redis is down
             log.warning("ingestion stream state unavailable: %s", exc)
             up.add_metric([], 0)
