@@ -15,6 +15,7 @@ from core.errors import DomainError, error_body
 
 from . import context
 from .auth import TokenVerifier, mint_dev_token, resolve_public_key
+from .input_guard import init_input_guard
 from .ratelimit import init_rate_limiting
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["settings"] = settings
     init_request_logging(app, access_log_enabled=settings.access_log)
+    init_input_guard(app)
     app.extensions["token_verifier"] = TokenVerifier(
         resolve_public_key(settings), settings.molam_id_issuer, settings.molam_id_audience
     )

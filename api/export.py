@@ -12,7 +12,6 @@ from collections.abc import Iterator
 import marshmallow as ma
 from flask import Response, stream_with_context
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from core import db
@@ -20,6 +19,7 @@ from services.experiments import lifecycle as experiment_service
 
 from . import context
 from .auth import require
+from .input_guard import Blueprint
 
 blp = Blueprint("export", __name__, url_prefix="/api/experiments", description="Raw data export")
 
