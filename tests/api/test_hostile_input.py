@@ -19,7 +19,7 @@ from core.redis import get_redis
 from services.ingestion import records
 from services.ingestion import staging as ingestion
 from tests.support.api import experiment_body
-from tests.support.hostile import body_with
+from tests.support.hostile import body_with, error_paths
 from tests.support.ingestion import assign_users, drain_all
 
 SERVICE = "pay_module"
@@ -40,23 +40,12 @@ def post_raw(client, path: str, raw: bytes, headers: dict) -> object:
     return client.post(path, data=raw, headers={**headers, "Content-Type": "application/json"})
 
 
-def flatten(errors: object, prefix: str = "") -> list[str]:
-    """Dotted paths of a marshmallow-style errors object (as the dashboard shows them)."""
-    if isinstance(errors, dict):
-        out: list[str] = []
-        for key, value in errors.items():
-            path = prefix if key == "_schema" else f"{prefix}.{key}" if prefix else key
-            out.extend(flatten(value, path))
-        return out
-    return [prefix]
-
-
 def assert_refused(response, status: int, location: str, field: str) -> None:
     """The envelope, the status, and ``field`` named in both ``errors`` and the message."""
     body = response.get_json()
     assert response.status_code == status, body
     assert body["code"] == status and isinstance(body["status"], str)
-    paths = flatten(body["errors"][location])
+    paths = error_paths(body["errors"][location])
     assert any(path == field or path.startswith(field + ".") for path in paths), (field, paths)
     assert field in body["message"], body["message"]
 

@@ -66,3 +66,14 @@ def leaf_paths(body: Any, prefix: tuple[str | int, ...] = ()) -> list[tuple[str 
             paths.append((*prefix, index))
             paths.extend(leaf_paths(value, (*prefix, index)))
     return paths
+
+
+def error_paths(errors: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of a marshmallow-shaped errors object, as the dashboard shows them."""
+    if isinstance(errors, dict):
+        out: list[str] = []
+        for key, value in errors.items():
+            path = prefix if key == "_schema" else f"{prefix}.{key}" if prefix else str(key)
+            out.extend(error_paths(value, path))
+        return out
+    return [prefix]
