@@ -42,14 +42,20 @@ _MARK = "\x01hostile\x01"
 def body_with(body: Any, path: tuple[str | int, ...], name: str) -> bytes:
     """``body`` serialised with the value at ``path`` replaced by ``HOSTILE_VALUES[name]``.
 
-    Missing keys on the way are added (as objects); ``()`` replaces the whole body.
+    Missing steps on the way are added (a list for an integer step, else an object);
+    ``()`` replaces the whole body.
     """
     if not path:
         return HOSTILE_VALUES[name].encode()
     copy = json.loads(json.dumps(body))
     node = copy
-    for step in path[:-1]:
-        node = node.setdefault(step, {}) if isinstance(node, dict) else node[step]
+    for step, following in zip(path[:-1], path[1:]):
+        empty: Any = [{}] * (following + 1) if isinstance(following, int) else {}
+        if isinstance(node, dict):
+            node = node.setdefault(step, empty)
+        else:
+            node[step] = node[step] if node[step] is not None else empty
+            node = node[step]
     node[path[-1]] = _MARK
     return json.dumps(copy).replace(json.dumps(_MARK), HOSTILE_VALUES[name]).encode()
 
