@@ -90,11 +90,13 @@ bench-validity: $(STAMP)
 	$(BIN)/python bench/sim_adaptive.py --seeds 2000 --pooled
 
 ## Fuzz the running platform (start `make run` first) from its OpenAPI spec: no request may get a 5xx.
+## Every other JSON body carries a hostile value (tests/support/fuzz_hooks.py: NaN, NUL, surrogates, 1,000-deep
+## nesting); generated strings include NUL everywhere. `make test` runs a bounded profile (tests/api/test_fuzz_hostile.py).
 fuzz: $(STAMP)
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-fuzz.txt
-	$(BIN)/schemathesis run http://localhost:$${PORT:-3010}/openapi.json \
-		-H "Authorization: Bearer $$($(BIN)/flask --app api dev-token --role ops_admin)" \
-		-c not_a_server_error --max-examples $${FUZZ_EXAMPLES:-100} -w 2
+	SCHEMATHESIS_HOOKS=tests.support.fuzz_hooks PYTHONPATH=. $(BIN)/schemathesis run http://localhost:$${PORT:-3010}/openapi.json \
+		-H "Authorization: Bearer $$($(BIN)/flask --app api dev-token --role ops_admin --role pay_module)" \
+		-c not_a_server_error --max-examples $${FUZZ_EXAMPLES:-100} -w 2 --generation-allow-x00 true
 
 clean:
 	rm -rf var/test .pytest_cache

@@ -13,8 +13,10 @@ from core import db
 from core.config import Settings, load_settings
 from core.errors import DomainError, error_body
 
-from . import context
+from . import context, openapi_ui
 from .auth import TokenVerifier, mint_dev_token, resolve_public_key
+from .headers import init_security_headers
+from .input_guard import init_input_guard
 from .ratelimit import init_rate_limiting
 
 log = logging.getLogger(__name__)
@@ -48,9 +50,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_SWAGGER_UI_URL=openapi_ui.SWAGGER_UI_URL,
+        OPENAPI_SWAGGER_UI_CONFIG=openapi_ui.SWAGGER_UI_CONFIG,
         OPENAPI_REDOC_PATH="/redoc",
-        OPENAPI_REDOC_URL="https://cdn.jsdelivr.net/npm/redoc/bundles/redoc.standalone.js",
+        OPENAPI_REDOC_URL=openapi_ui.REDOC_URL,
         API_SPEC_OPTIONS={
             "components": {
                 "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
@@ -61,6 +64,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["settings"] = settings
     init_request_logging(app, access_log_enabled=settings.access_log)
+    init_input_guard(app)
+    init_security_headers(app)
     app.extensions["token_verifier"] = TokenVerifier(
         resolve_public_key(settings), settings.molam_id_issuer, settings.molam_id_audience
     )
@@ -82,6 +87,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(results.reports_blp)
     api.register_blueprint(variants.blp)
     app.register_blueprint(health.blp)
+    openapi_ui.init_openapi_ui(app)
     from . import bandit_history, dashboard
 
     api.register_blueprint(bandit_history.blp)

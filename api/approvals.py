@@ -4,7 +4,6 @@ from __future__ import annotations
 import uuid
 
 import marshmallow as ma
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 from sqlalchemy import select
 
@@ -15,6 +14,7 @@ from services.experiments import lifecycle
 
 from . import context
 from .auth import require
+from .input_guard import Blueprint
 from .schemas import QuerySchema, StrictSchema
 
 blp = Blueprint("approvals", __name__, url_prefix="/api", description="Four-eyes approval")

@@ -5,7 +5,6 @@ import uuid
 
 import marshmallow as ma
 from flask import jsonify, request
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from core.codes import COUNTRIES, CURRENCIES, LANGUAGES
@@ -15,6 +14,7 @@ from services.sdk import exposures as exposure_service
 
 from . import context, ratelimit
 from .auth import require
+from .input_guard import Blueprint, request_json
 from .schemas import StrictSchema, _code_in
 
 blp = Blueprint(
@@ -181,7 +181,7 @@ def _invalid_item(index: int, item: object, errors: dict) -> dict:
 @batch_blp.response(200, ExposureBatchOutSchema)
 def record_batch():
     """Store up to 1,000 locally decided exposures; each is recomputed and kept only if it matches."""
-    body = request.get_json(silent=True)
+    body = request_json() if request.is_json else None
     items = body.get("exposures") if isinstance(body, dict) else None
     if not isinstance(items, list) or not items:
         raise Invalid("exposures must be a non-empty list", errors={"json": {"exposures": ["a non-empty list is required"]}})

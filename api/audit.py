@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from sqlalchemy import func, select
 
 from models import AuditEntry
@@ -10,6 +9,7 @@ from services.experiments import audit as service
 
 from . import context
 from .auth import require
+from .input_guard import Blueprint
 from .schemas import AuditEntryOutSchema, AuditQuerySchema, AuditVerifyOutSchema
 
 blp = Blueprint("audit", __name__, url_prefix="/api/audit", description="Immutable audit log")

@@ -6,7 +6,6 @@ from datetime import timezone
 
 import marshmallow as ma
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from services.analysis import over_time
@@ -14,6 +13,7 @@ from services.experiments import bandit_history as service
 
 from . import context
 from .auth import require
+from .input_guard import Blueprint
 from .schemas import QuerySchema
 
 blp = Blueprint(

@@ -37,10 +37,9 @@ CONTENT_SECURITY_POLICY = (
 
 
 @blp.after_request
-def security_headers(response: Response) -> Response:
+def content_security_policy(response: Response) -> Response:
+    # nosniff, DENY framing and no-referrer come with every response (api.headers).
     response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
     return response
 
 

@@ -6,21 +6,19 @@ the event is durably queued; the same ``event_id`` sent again is counted once.
 """
 from __future__ import annotations
 
-import json
 import uuid
 
 import marshmallow as ma
 from flask import request
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from core.errors import DomainError, Invalid
-from core.money import DecimalLiteral
 from models.enums import EVENT_TYPES
 from services.ingestion import staging as ingestion
 
 from . import context
 from .auth import require
+from .input_guard import Blueprint, request_json
 
 blp = Blueprint("events", __name__, url_prefix="/api", description="Metric ingestion (queued, counted exactly once)")
 
@@ -86,16 +84,10 @@ class BatchAcceptedSchema(ma.Schema):
 
 
 def json_body() -> object:
-    """The JSON body, numbers with a fraction or exponent keeping their decimal text (exact money)."""
-    body = None
-    if request.is_json:
-        try:
-            body = json.loads(request.get_data(cache=True), parse_float=DecimalLiteral)
-        except (ValueError, RecursionError):
-            body = None
-    if body is None:
+    """The JSON body through the guard, numbers with a fraction or exponent keeping their decimal text (exact money)."""
+    if not request.is_json:
         raise Invalid("the request body must be JSON", errors={"json": {"_schema": ["invalid or missing JSON body"]}})
-    return body
+    return request_json(exact_decimals=True)
 
 
 @blp.route("/experiments/<uuid:experiment_id>/track", methods=["POST"])

@@ -5,13 +5,13 @@ import uuid
 
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from services import cache
 from services.experiments import lifecycle as service
 
 from . import context
 from .auth import require
+from .input_guard import Blueprint
 from .schemas import (
     ExperimentCreateSchema,
     ExperimentListQuerySchema,

@@ -1,7 +1,10 @@
 """Export raw data for offline analysis (data science): events or assignments, CSV or NDJSON.
 
 Streams straight from PostgreSQL (``COPY ... TO STDOUT`` for CSV, a server-side
-cursor for NDJSON), so memory stays flat whatever the experiment's size.
+cursor for NDJSON), so memory stays flat whatever the experiment's size. CSV is
+opened in spreadsheets, so its text cells are neutralised in the query itself: one
+starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading
+``'``. NDJSON carries the values unchanged.
 """
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ from collections.abc import Iterator
 import marshmallow as ma
 from flask import Response, stream_with_context
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from core import db
@@ -20,28 +22,58 @@ from services.experiments import lifecycle as experiment_service
 
 from . import context
 from .auth import require
+from .input_guard import Blueprint
 
 blp = Blueprint("export", __name__, url_prefix="/api/experiments", description="Raw data export")
 
-QUERIES = {
+#: Each export: its columns as (SQL expression, name, holds text a client or an operator wrote), then the rest.
+EXPORTS: dict[str, tuple[tuple[tuple[str, str, bool], ...], str]] = {
     "events": (
-        "SELECT event_id, experiment_id, variant_id, molam_id, event_type, value, currency, amount_minor, metadata, "
-        "occurred_at, received_at, recorded_at FROM experiment_metrics WHERE experiment_id = %(id)s ORDER BY id"
+        (
+            ("event_id", "event_id", True), ("experiment_id", "experiment_id", False), ("variant_id", "variant_id", False),
+            ("molam_id", "molam_id", True), ("event_type", "event_type", True), ("value", "value", False),
+            ("currency", "currency", True), ("amount_minor", "amount_minor", False), ("metadata", "metadata", True),
+            ("occurred_at", "occurred_at", False), ("received_at", "received_at", False), ("recorded_at", "recorded_at", False),
+        ),
+        "FROM experiment_metrics WHERE experiment_id = %(id)s ORDER BY id",
     ),
     "assignments": (
-        "SELECT a.molam_id, a.variant_id, v.name AS variant_name, v.is_control, a.assigned_at, "
-        "a.country, a.lang, a.currency, a.region, a.device, a.txn_count, a.pre_exposure_value "
+        (
+            ("a.molam_id", "molam_id", True), ("a.variant_id", "variant_id", False), ("v.name", "variant_name", True),
+            ("v.is_control", "is_control", False), ("a.assigned_at", "assigned_at", False), ("a.country", "country", True),
+            ("a.lang", "lang", True), ("a.currency", "currency", True), ("a.region", "region", True),
+            ("a.device", "device", True), ("a.txn_count", "txn_count", False),
+            ("a.pre_exposure_value", "pre_exposure_value", False),
+        ),
         "FROM experiment_assignments a JOIN experiment_variants v ON v.id = a.variant_id "
-        "WHERE a.experiment_id = %(id)s ORDER BY a.assigned_at, a.molam_id"
+        "WHERE a.experiment_id = %(id)s ORDER BY a.assigned_at, a.molam_id",
     ),
 }
+
+#: A spreadsheet runs a cell starting with one of these as a formula (CSV injection);
+#: a leading single quote makes it text. Numbers are never touched: -5 stays a number.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_START = "left({0}::text, 1) IN ('=', '+', '-', '@', chr(9), chr(13))"
+
+
+def export_sql(kind: str, *, spreadsheet_safe: bool) -> str:
+    """The export's SELECT; ``spreadsheet_safe`` prefixes the text cells that would start a formula with ``'``."""
+    columns, rest = EXPORTS[kind]
+    selected = []
+    for expression, name, is_text in columns:
+        if spreadsheet_safe and is_text:
+            expression = (
+                f"CASE WHEN {_FORMULA_START.format(expression)} THEN '''' || {expression}::text ELSE {expression}::text END"
+            )
+        selected.append(f"{expression} AS {name}")
+    return f"SELECT {', '.join(selected)} {rest}"
 
 
 class ExportQuerySchema(ma.Schema):
     class Meta:
         unknown = ma.RAISE
 
-    kind = fields.String(load_default="events", validate=validate.OneOf(tuple(QUERIES)))
+    kind = fields.String(load_default="events", validate=validate.OneOf(tuple(EXPORTS)))
     format = fields.String(load_default="csv", validate=validate.OneOf(("csv", "ndjson")))
 
 
@@ -84,10 +116,10 @@ class ExperimentExport(MethodView):
         """Stream the experiment's raw ``events`` (default) or ``assignments`` as CSV or NDJSON."""
         experiment_service.get_experiment(context.read_session(), experiment_id)
         context.read_session().rollback()
-        sql = QUERIES[query["kind"]]
         if query["format"] == "csv":
-            body, mimetype = _csv_stream(sql, experiment_id), "text/csv"
+            body, mimetype = _csv_stream(export_sql(query["kind"], spreadsheet_safe=True), experiment_id), "text/csv"
         else:
+            sql = export_sql(query["kind"], spreadsheet_safe=False)
             body, mimetype = _ndjson_stream(sql, experiment_id), "application/x-ndjson"
         filename = f"experiment-{experiment_id}-{query['kind']}.{query['format']}"
         return Response(

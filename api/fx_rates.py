@@ -5,7 +5,6 @@ from decimal import Decimal
 
 import marshmallow as ma
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from core.money import MONEY_CURRENCIES
@@ -13,6 +12,7 @@ from services import fx as service
 
 from . import context
 from .auth import require
+from .input_guard import Blueprint
 from .schemas import QuerySchema, StrictSchema
 
 blp = Blueprint("fx_rates", __name__, url_prefix="/api/fx-rates", description="Exchange rates used to price money metrics")

@@ -5,13 +5,13 @@ import uuid
 
 import marshmallow as ma
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from services.experiments import holdouts as service
 
 from . import context
 from .auth import require
+from .input_guard import Blueprint
 from .results import IntervalSchema, UpliftSchema
 from .schemas import StrictSchema, percent_field
 

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import marshmallow as ma
-from flask_smorest import Blueprint
 from marshmallow import fields, validate, validates_schema
 
 from core.errors import Invalid
 from sira.planning import METRIC_KINDS, PlanInput, PlanningError, plan_sample_size
 
 from .auth import require
+from .input_guard import Blueprint
 from .schemas import StrictSchema
 
 blp = Blueprint("planning", __name__, url_prefix="/api/planning", description="Sample-size planning")

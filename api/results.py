@@ -7,7 +7,6 @@ import uuid
 import marshmallow as ma
 from flask import Response
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from services.analysis import insights as sira_insights
@@ -16,6 +15,7 @@ from services.analysis import results as sira_results
 
 from . import context
 from .auth import require
+from .input_guard import Blueprint
 from .money_schemas import CovariateUsersSchema, CupedSchema, NetRevenueSchema, RatiosSchema, RevenueSchema
 from .schemas import QuerySchema
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import uuid
 
 import marshmallow as ma
-from flask_smorest import Blueprint
 from marshmallow import fields
 
 from services.experiments import lifecycle
@@ -12,6 +11,7 @@ from services.experiments import schedules as service
 
 from . import context
 from .auth import require
+from .input_guard import Blueprint
 
 blp = Blueprint("schedules", __name__, url_prefix="/api", description="Scheduled starts and stops")
 

@@ -8,6 +8,7 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import fields, validate, validates_schema
 
+from core import jsonsafe
 from core.codes import COUNTRIES, CURRENCIES, LANGUAGES
 from core.money import MONEY_CURRENCIES
 from models import Experiment
@@ -44,7 +45,12 @@ def _code_in(codes: frozenset[str], what: str, upper: bool):
 
 
 def _json_object_under(limit: int, what: str):
+    """A JSON object ``jsonb`` can store (finite numbers, no NUL, no unpaired surrogate), under ``limit`` bytes."""
+
     def check(value: dict) -> None:
+        problems = jsonsafe.find_problems(value)
+        if problems:
+            raise ma.ValidationError([f"{problem} (at {jsonsafe.dotted(path)})" for path, problem in problems])
         size = len(json.dumps(value, separators=(",", ":")).encode())
         if size >= limit:
             raise ma.ValidationError(f"{what} is {size} bytes; it must be under {limit} bytes")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from flask import Flask, Response, current_app, request
-from flask_smorest import Blueprint
 
 from core.config import Settings
 from core.errors import Unavailable
@@ -12,6 +11,7 @@ from services.sdk import stream as change_stream
 
 from . import context
 from .auth import require
+from .input_guard import Blueprint
 
 blp = Blueprint(
     "sdk",

@@ -5,7 +5,6 @@ import logging
 import uuid
 
 from flask import current_app
-from flask_smorest import Blueprint
 from marshmallow import fields, validate
 
 from services.analysis import jobs as sira_jobs
@@ -14,6 +13,7 @@ from services.experiments import lifecycle as experiment_service
 from . import context
 from .auth import require
 from .experiments import commit_mutation
+from .input_guard import Blueprint
 from .schemas import ExperimentOutSchema, StrictSchema
 
 log = logging.getLogger(__name__)

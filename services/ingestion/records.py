@@ -15,6 +15,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
+from core import jsonsafe
 from core.money import MAX_MINOR_UNITS, MONEY_CURRENCIES, AmountError, decimal_of, to_minor_units
 from models.enums import EVENT_TYPES
 
@@ -66,9 +67,9 @@ def parse_uuid(value: object) -> str | None:
 
 
 def _bounded_text(value: object, limit: int) -> str | None:
-    if not isinstance(value, str) or not value or len(value) > limit or "\x00" in value:
-        return f"must be a non-empty string of at most {limit} characters (no NUL)"
-    return None
+    if not isinstance(value, str) or not value or len(value) > limit:
+        return f"must be a non-empty string of at most {limit} characters"
+    return jsonsafe.text_problem(value)
 
 
 def check_event_id(value: object) -> str | None:
@@ -118,16 +119,52 @@ def money_amount(value: object, currency: str) -> tuple[int | None, str | None]:
 
 
 def serialise_metadata(value: object) -> tuple[str, str | None]:
-    """The metadata object as compact JSON, and the error message if it is not acceptable."""
+    """The metadata object as compact JSON, and the error message if it is not acceptable.
+
+    Acceptable means storable in ``jsonb``: finite numbers, no NUL, no unpaired surrogate
+    (the API's body guard refuses these already; the record contract does not rely on it).
+    """
     if not isinstance(value, dict):
         return "{}", "must be a JSON object"
-    encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    size = len(encoded.encode())
+    try:
+        encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        size = len(encoded.encode())
+    except (ValueError, UnicodeEncodeError, RecursionError):
+        encoded = None
+    if encoded is None or "\\u0000" in encoded:  # the walk says where (a literal "\\u0000" text passes)
+        problems = jsonsafe.find_problems(value)
+        if problems:
+            path, problem = problems[0]
+            return "{}", f"{problem} (at {jsonsafe.dotted(path)})"
+        if encoded is None:
+            return "{}", "must be a JSON object of finite numbers and storable strings"
     if size > MAX_METADATA_BYTES:
         return encoded, f"is {size} bytes; at most {MAX_METADATA_BYTES} bytes"
-    if "\\u0000" in encoded:  # PostgreSQL's jsonb cannot store NUL
-        return encoded, "must not contain NUL characters"
     return encoded, None
+
+
+def check_metadata_json(value: object) -> str | None:
+    """The write side's check of serialised metadata: a JSON object ``jsonb`` accepts.
+
+    Cheap for what the API stages (a substring scan); a full strict decode only when
+    the text could hold NaN, Infinity, NUL or a surrogate, so a bad record becomes a
+    dead letter on its own instead of failing its batch's COPY.
+    """
+    if not isinstance(value, str):
+        return "must be serialised JSON"
+    suspicious = ("NaN", "Infinity", "\\u0000", "\\ud", "\\uD")
+    if not value.isascii() or any(token in value for token in suspicious):
+        try:
+            decoded = jsonsafe.loads(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            return jsonsafe.SURROGATE_MESSAGE
+        except (jsonsafe.NotJSON, jsonsafe.Rejected) as exc:
+            return f"is not storable JSON: {exc}"
+        if not isinstance(decoded, dict):
+            return "must be a JSON object"
+    elif not value.startswith("{"):
+        return "must be a JSON object"
+    return None
 
 
 def parse_timestamp(value: object, now: datetime | None = None) -> tuple[str | None, str | None]:
@@ -245,7 +282,7 @@ def coerce_record(raw: object) -> StagedEvent:
             else "comes without a value" if record.value is not None
             else check_amount_minor(record.amount_minor)
         ),
-        "metadata": None if isinstance(record.metadata, str) else "must be serialised JSON",
+        "metadata": check_metadata_json(record.metadata),
         "occurred_at": parse_timestamp(record.occurred_at)[1],
         "received_at": parse_timestamp(record.received_at)[1],
     }

@@ -174,7 +174,7 @@ def test_body_errors_and_roles(client, auth, running):
     assert _post(client, auth, [{}] * 1001).status_code == 422
     assert client.post("/api/assignments/batch", json=[1], headers=auth(SERVICE)).status_code == 422
     assert client.post("/api/assignments/batch", json={"exposures": [{}], "x": 1}, headers=auth(SERVICE)).status_code == 422
-    assert client.post("/api/assignments/batch", data="{", headers={**auth(SERVICE), "Content-Type": "application/json"}).status_code == 422
+    assert client.post("/api/assignments/batch", data="{", headers={**auth(SERVICE), "Content-Type": "application/json"}).status_code == 400
     for role in ("ops_admin", "marketing", "data_science"):
         assert _post(client, auth, [{}], role=role).status_code == 403
     assert client.post("/api/assignments/batch", json={"exposures": [{}]}).status_code == 401

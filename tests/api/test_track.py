@@ -140,7 +140,7 @@ def test_non_finite_values_and_non_json_bodies_are_rejected(client, auth, runnin
         f"/api/experiments/{experiment['id']}/track", data="not json",
         headers={**auth(SERVICE), "Content-Type": "application/json"},
     )
-    assert response.status_code == 422
+    assert response.status_code == 400
 
 
 def test_money_is_stored_exactly_in_minor_units_for_every_exponent(client, auth, running, settings):
