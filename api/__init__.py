@@ -14,7 +14,7 @@ from core.config import Settings, load_settings
 from core.errors import DomainError, error_body
 
 from . import context
-from .auth import TokenVerifier, mint_dev_token, resolve_public_key
+from .auth import TokenVerifier, key_ring, mint_dev_token
 from .ratelimit import init_rate_limiting
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["settings"] = settings
     init_request_logging(app, access_log_enabled=settings.access_log)
     app.extensions["token_verifier"] = TokenVerifier(
-        resolve_public_key(settings), settings.molam_id_issuer, settings.molam_id_audience
+        key_ring(settings), settings.molam_id_issuer, settings.molam_id_audience
     )
     db.init_engine(settings.database_url)
     db.init_read_engine(settings.database_replica_url)
