@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     _register_error_handlers(app, api)
     init_rate_limiting(app, settings)
-    init_metrics(app)
+    init_metrics(app, settings.metrics_token)
     app.teardown_appcontext(context.close_session)
 
     @app.after_request
