@@ -89,7 +89,13 @@ class JwksFile:
 
 
 class JwksUrl:
-    """A JWKS document served over HTTP(S), kept by :class:`jwt.PyJWKClient`."""
+    """A JWKS document served over HTTP(S), fetched by :class:`jwt.PyJWKClient`.
+
+    PyJWKClient does the fetch (http/https only, no redirects, the timeout) and times
+    the document's lifespan; the keys are taken from the fetched document with the
+    same rules as a file's. Fetches are attempted at most once per ``min_refresh_s``
+    whatever triggers them, and a failed one keeps the keys already held.
+    """
 
     def __init__(self, url: str, *, refresh_s: float, min_refresh_s: float, timeout_s: float):
         self.client = jwt.PyJWKClient(
@@ -99,42 +105,37 @@ class JwksUrl:
         self.keys: dict[str | None, RSAPublicKey] = {}
         self._lock = threading.Lock()
         self._last_attempt = float("-inf")
-        try:
-            self._load(refresh=True)
-        except jwt.PyJWKClientError as exc:  # the provider may come up after us: tokens wait for it
-            log.warning("JWKS URL unavailable at start (%s): tokens are refused until it answers", exc)
+        if not self._try():  # the provider may come up after us: tokens are refused until it answers
+            log.warning("JWKS URL %s unavailable at start: tokens are refused until it answers", url)
 
-    def _load(self, *, refresh: bool) -> None:
-        self._last_attempt = time.monotonic()
-        jwk_set = self.client.get_jwk_set(refresh=refresh)
-        self.keys = _usable_keys({"keys": [key._jwk_data for key in jwk_set.keys]})
+    def _stale(self) -> bool:
+        cache = self.client.jwk_set_cache
+        return not self.keys or cache is None or cache.get() is None
 
     def current(self) -> dict[str | None, RSAPublicKey]:
-        """The keys, refreshed when PyJWKClient's copy has expired (a failed fetch keeps the old keys)."""
-        cache = self.client.jwk_set_cache
-        if cache is not None and cache.is_expired() and self._may_try():
-            self._try(refresh=False)
+        """The keys, fetched again once their lifespan is over (a failed fetch keeps the old keys)."""
+        if self._stale() and self._may_try():
+            self._try()
         return self.keys
 
     def refresh_for_unknown_kid(self) -> bool:
         """Fetch again because a token names a key we lack; False when it is too soon to ask."""
-        if not self._may_try():
-            return False
-        return self._try(refresh=True)
+        return self._may_try() and self._try()
 
     def _may_try(self) -> bool:
         return time.monotonic() - self._last_attempt >= self.min_refresh_s
 
-    def _try(self, *, refresh: bool) -> bool:
+    def _try(self) -> bool:
         if not self._lock.acquire(blocking=False):
             return False  # another thread is fetching; this token uses the keys we have
         try:
             if not self._may_try():
                 return False
-            self._load(refresh=refresh)
+            self._last_attempt = time.monotonic()
+            self.keys = _usable_keys(self.client.fetch_data())
             return True
-        except (jwt.PyJWKClientError, jwt.PyJWKSetError) as exc:
-            log.warning("JWKS refresh failed, keeping the previous keys: %s", exc)
+        except (jwt.PyJWTError, ValueError) as exc:  # unreachable, not JSON, no usable key
+            log.warning("JWKS fetch from %s failed, keeping the previous keys: %s", self.client.uri, exc)
             return False
         finally:
             self._lock.release()

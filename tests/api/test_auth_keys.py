@@ -326,3 +326,11 @@ def test_dev_key_pair_is_private(tmp_path):
     assert sorted(p.name for p in key_dir.iterdir()) == ["dev_private.pem", "dev_public.pem"]
     claims = jwt.decode(token, (key_dir / "dev_public.pem").read_text(), algorithms=["RS256"])
     assert claims["roles"] == ["ops_admin"]
+
+
+def test_jwks_url_serving_garbage_is_survived_and_the_fixed_document_is_used(tmp_path, keys, jwks_server):
+    jwks_server.document = ["not", "a", "jwks"]
+    verifier = _verifier(tmp_path, molam_id_jwks_url=jwks_server.url, molam_id_jwks_min_refresh_s=0.0)
+    assert _refused(verifier, _token(keys["a"], "a")) == "invalid token"
+    jwks_server.document = {"keys": [_jwk(keys["a"], "a")]}
+    assert verifier.verify(_token(keys["a"], "a", sub="fixed")).sub == "fixed"
