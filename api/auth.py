@@ -72,7 +72,19 @@ def resolve_public_key(settings: Settings) -> str:
     private_path, public_path = dev_key_paths(settings)
     if not private_path.exists():
         _generate_dev_keypair(settings.dev_key_dir)
+    else:
+        _tighten(settings.dev_key_dir, private_path)
     return public_path.read_text()
+
+
+def _tighten(key_dir: Path, private_path: Path) -> None:
+    """A key pair made before the 0600/0700 rule (or copied in loosely) is brought to it."""
+    for path, mode in ((key_dir, 0o700), (private_path, 0o600)):
+        try:
+            if path.stat().st_mode & 0o777 != mode:
+                path.chmod(mode)
+        except OSError as exc:
+            log.warning("could not restrict %s to %o: %s", path, mode, exc)
 
 
 def key_ring(settings: Settings) -> KeyRing:

@@ -334,3 +334,14 @@ def test_jwks_url_serving_garbage_is_survived_and_the_fixed_document_is_used(tmp
     assert _refused(verifier, _token(keys["a"], "a")) == "invalid token"
     jwks_server.document = {"keys": [_jwk(keys["a"], "a")]}
     assert verifier.verify(_token(keys["a"], "a", sub="fixed")).sub == "fixed"
+
+
+def test_a_loose_dev_key_pair_is_tightened(tmp_path):
+    settings = Settings(app_env="development", dev_key_dir=tmp_path / "keys")
+    mint_dev_token(settings, "ops_admin")
+    key_dir = tmp_path / "keys"
+    key_dir.chmod(0o755)
+    (key_dir / "dev_private.pem").chmod(0o644)
+    mint_dev_token(settings, "ops_admin")
+    assert stat.S_IMODE(key_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((key_dir / "dev_private.pem").stat().st_mode) == 0o600
