@@ -160,10 +160,17 @@ class TokenVerifier:
         self._audience = audience
         # Verified tokens, until their exp: services send the same token on every
         # assign call, and an RS256 check costs more than the rest of a cached assign.
+        # Forgotten when a JWKS's keys change, so a key dropped from the set stops
+        # verifying its tokens at once.
         self._verified: dict[str, tuple[Principal, float]] = {}
+        self._generation = self._keys.generation
 
     def verify(self, token: str) -> Principal:
         """The token's principal; raises :class:`TokenRefused` with a generic reason."""
+        generation = self._keys.generation
+        if generation != self._generation:
+            self._verified.clear()
+            self._generation = generation
         known = self._verified.get(token)
         if known is not None and time.time() < known[1]:
             return known[0]

@@ -42,6 +42,10 @@ class UnknownKey(jwt.InvalidTokenError):
     """No configured key matches the token's header."""
 
 
+def _fingerprint(keys: dict[str | None, RSAPublicKey]) -> frozenset[tuple[str | None, int, int]]:
+    return frozenset((kid, key.public_numbers().n, key.public_numbers().e) for kid, key in keys.items())
+
+
 def _usable_keys(document: Any) -> dict[str | None, RSAPublicKey]:
     """The RS256 signing keys of a JWKS document, by ``kid`` (keys without one under ``None``)."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
@@ -69,6 +73,8 @@ class JwksFile:
         self.path = path
         self._stamp: tuple[int, int] | None = None
         self.keys: dict[str | None, RSAPublicKey] = {}
+        #: Bumped whenever the set of keys changes (tokens verified before may no longer be valid).
+        self.generation = 0
         self.reload()
 
     def reload(self) -> bool:
@@ -84,6 +90,8 @@ class JwksFile:
                 raise RuntimeError(f"MOLAM_ID_JWKS_FILE {self.path} is not a readable JWKS document: {exc}") from exc
             log.warning("keeping the previous keys of %s: %s", self.path, exc)
             return False
+        if _fingerprint(keys) != _fingerprint(self.keys):
+            self.generation += 1
         self._stamp, self.keys = stamp, keys
         return True
 
@@ -103,6 +111,7 @@ class JwksUrl:
         )
         self.min_refresh_s = min_refresh_s
         self.keys: dict[str | None, RSAPublicKey] = {}
+        self.generation = 0
         self._lock = threading.Lock()
         self._last_attempt = float("-inf")
         if not self._try():  # the provider may come up after us: tokens are refused until it answers
@@ -132,7 +141,10 @@ class JwksUrl:
             if not self._may_try():
                 return False
             self._last_attempt = time.monotonic()
-            self.keys = _usable_keys(self.client.fetch_data())
+            keys = _usable_keys(self.client.fetch_data())
+            if _fingerprint(keys) != _fingerprint(self.keys):
+                self.generation += 1
+            self.keys = keys
             return True
         except (jwt.PyJWTError, ValueError) as exc:  # unreachable, not JSON, no usable key
             log.warning("JWKS fetch from %s failed, keeping the previous keys: %s", self.client.uri, exc)
@@ -148,6 +160,11 @@ class KeyRing:
     pem: RSAPublicKey | None = None
     file: JwksFile | None = None
     url: JwksUrl | None = None
+
+    @property
+    def generation(self) -> tuple[int, int]:
+        """Changes whenever a JWKS's keys change: verified tokens are then checked again."""
+        return (self.file.generation if self.file else 0, self.url.generation if self.url else 0)
 
     @classmethod
     def from_pem(cls, public_key_pem: str) -> KeyRing:

@@ -189,6 +189,17 @@ def test_jwks_file_selects_the_key_by_kid_during_a_rotation(tmp_path, keys):
     assert _refused(verifier, _token(keys["a"], "a", sub="dropped")) == "invalid token"
 
 
+def test_a_key_dropped_from_the_set_stops_verifying_tokens_already_seen(tmp_path, keys):
+    path = tmp_path / "jwks.json"
+    _write_jwks(path, _jwk(keys["a"], "a"), _jwk(keys["b"], "b"))
+    verifier = _verifier(tmp_path, molam_id_jwks_file=path)
+    seen = _token(keys["a"], "a", sub="seen")
+    assert verifier.verify(seen).sub == "seen"
+    _write_jwks(path, _jwk(keys["b"], "b"), _jwk(keys["c"], "c"))  # "a" is withdrawn
+    assert verifier.verify(_token(keys["c"], "c")).sub == "svc-pay"  # the unknown kid re-reads the file
+    assert _refused(verifier, seen) == "invalid token"
+
+
 def test_a_token_without_kid_is_accepted_when_the_set_has_one_key(tmp_path, keys):
     path = tmp_path / "jwks.json"
     _write_jwks(path, _jwk(keys["a"], None))
