@@ -6,11 +6,10 @@ caller's token ``sub`` and shared by ``POST /assign`` and ``GET /assignment``. `
 ``GET /api/audit/verify`` have budgets of their own (``POLICY_SETTINGS``): ``track`` and
 the events batch spend theirs inside the Lua call that stages the events (or reads
 the cache), the others in one small call of their own (:func:`spend`; those
-endpoints make no Redis read to ride on). The
-views hand :func:`budget` to the assignment service, which spends it in the same
-Lua call that reads the cached definition and assignment
-(:mod:`services.ratelimit`): no extra round trip, and one counter in Redis for all
-gunicorn workers. A refused request gets 429 with ``Retry-After`` (seconds until
+endpoints make no Redis read to ride on). The assignment views hand :func:`budget`
+to the assignment service, which spends it in the same Lua call that reads the
+cached definition and assignment (:mod:`services.ratelimit`): no extra round trip,
+and one counter in Redis for all gunicorn workers. A refused request gets 429 with ``Retry-After`` (seconds until
 the window resets) and the standard error payload; nothing is read or stored for it.
 
 The check runs after authentication and body validation (the service call is the
