@@ -11,6 +11,7 @@ from services.cache import definition_key
 from services.ingestion import staging as ingestion
 from tests.support.api import experiment_body
 from tests.support.ingestion import assign_users
+from tests.support.redis_monitor import client_commands
 
 PAY, CONNECT = "pay_module", "connect_module"
 
@@ -91,6 +92,19 @@ def test_assign_is_403_for_a_service_left_out(client, auth, pay_only):
     # ops_admin is never scoped; a token with the allowed role among others passes.
     assert client.post(f"{url}/assign", json={"molam_id": "admin-user"}, headers=auth("ops_admin")).status_code == 200
     assert client.post(f"{url}/assign", json={"molam_id": "both"}, headers=auth([CONNECT, PAY])).status_code == 200
+
+
+def test_the_scope_costs_a_warm_assign_no_round_trip(client, auth, pay_only, settings):
+    experiment, _ = pay_only
+    url = f"/api/experiments/{experiment['id']}/assign"
+    assert client.post(url, json={"molam_id": "warm"}, headers=auth(PAY)).status_code == 200
+    for role, status in ((PAY, 200), (CONNECT, 403)):
+        answers = []
+        sent = client_commands(
+            settings.redis_url, lambda role=role: answers.append(client.post(url, json={"molam_id": "warm"}, headers=auth(role)))
+        )
+        assert answers[0].status_code == status, role
+        assert len(sent) == 1 and sent[0].upper().startswith("EVALSHA"), (role, sent)
 
 
 def test_a_refused_assign_stores_nothing(client, auth, pay_only, settings):

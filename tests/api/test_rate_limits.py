@@ -9,6 +9,7 @@ from core.redis import get_redis
 from services.cache import STREAM_CALLER_ENTRIES_KEY
 from services.ingestion import staging as ingestion
 from tests.support.ingestion import assign_users, drain_all
+from tests.support.redis_monitor import client_commands
 
 SERVICE = "pay_module"
 
@@ -145,40 +146,10 @@ def test_a_deleted_stream_does_not_leave_callers_refused(make_client, auth, runn
     assert _track(shared, auth, running, "svc").status_code == 202
 
 
-def _client_commands(redis_url: str, action) -> list[str]:
-    """The commands clients sent to Redis while ``action`` ran (MONITOR; those a script runs are left out)."""
-    import threading
-
-    from redis import Redis
-
-    watcher, closer = Redis.from_url(redis_url), Redis.from_url(redis_url)
-    closer.ping()  # connected before the count starts
-    sentinel = "end-of-round-trip-count"
-    seen: list[str] = []
-    with watcher.monitor() as monitor:
-        ready = threading.Event()
-
-        def listen() -> None:
-            ready.set()
-            for command in monitor.listen():
-                if sentinel in command["command"]:
-                    return
-                if command.get("client_type") != "lua":
-                    seen.append(command["command"])
-
-        thread = threading.Thread(target=listen, daemon=True)
-        thread.start()
-        ready.wait(5)
-        action()
-        closer.echo(sentinel)
-        thread.join(10)
-    return seen
-
-
 def test_a_warm_track_is_one_redis_round_trip(make_client, auth, running, settings):
     budgeted = make_client(track_rate_limit="100/minute", ingest_service_share=0.5)
     assert _track(budgeted, auth, running, "svc-rtt").status_code == 202  # warms the caches
-    sent = _client_commands(settings.redis_url, lambda: _track(budgeted, auth, running, "svc-rtt"))
+    sent = client_commands(settings.redis_url, lambda: _track(budgeted, auth, running, "svc-rtt"))
     # The budget, the definition and assignment reads, the scope, the share and the XADD: one EVALSHA.
     assert len(sent) == 1 and sent[0].upper().startswith("EVALSHA"), sent
     assert int(get_redis(settings.redis_url).get("ratelimit:track:svc-rtt")) == 2
