@@ -99,10 +99,13 @@ def test_the_scope_costs_a_warm_assign_no_round_trip(client, auth, pay_only, set
     url = f"/api/experiments/{experiment['id']}/assign"
     assert client.post(url, json={"molam_id": "warm"}, headers=auth(PAY)).status_code == 200
     for role, status in ((PAY, 200), (CONNECT, 403)):
-        answers = []
-        sent = client_commands(
-            settings.redis_url, lambda role=role: answers.append(client.post(url, json={"molam_id": "warm"}, headers=auth(role)))
-        )
+        answers: list = []
+        headers = auth(role)
+
+        def call(answers=answers, headers=headers) -> None:
+            answers.append(client.post(url, json={"molam_id": "warm"}, headers=headers))
+
+        sent = client_commands(settings.redis_url, call)
         assert answers[0].status_code == status, role
         assert len(sent) == 1 and sent[0].upper().startswith("EVALSHA"), (role, sent)
 
