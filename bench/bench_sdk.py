@@ -204,6 +204,8 @@ def main() -> int:
         "PROMETHEUS_MULTIPROC_DIR": str(var_dir / "prometheus"),
         "RATE_LIMIT_ENABLED": "1",
         "ASSIGN_RATE_LIMIT": "100000000/minute",
+        "ASSIGNMENTS_BATCH_RATE_LIMIT": "100000000/minute",
+        "TRACK_RATE_LIMIT": "100000000/minute",
         "PYTHONPATH": str(ROOT),
     }
     for name in ("MOLAM_ID_ISSUER", "MOLAM_ID_AUDIENCE"):
