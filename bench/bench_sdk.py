@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "sdk" / "python"))
 import redis  # noqa: E402
 
 from bench.bench_assign import (  # noqa: E402
+    BENCH_IDENTITY,
     LUA_RETURNING,
     Server,
     ephemeral_signer,
@@ -208,8 +209,7 @@ def main() -> int:
         "TRACK_RATE_LIMIT": "100000000/minute",
         "PYTHONPATH": str(ROOT),
     }
-    for name in ("MOLAM_ID_ISSUER", "MOLAM_ID_AUDIENCE"):
-        env.pop(name, None)
+    env.update(BENCH_IDENTITY)
     subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, env=env, check=True, capture_output=True)
     server_args = Namespace(workers=int(os.environ.get("WEB_CONCURRENCY", "4")), worker_class="gthread",
                             threads=int(os.environ.get("GUNICORN_THREADS", "2")))
