@@ -14,7 +14,7 @@ from core.config import Settings, load_settings
 from core.errors import DomainError, error_body
 
 from . import context, openapi_ui
-from .auth import TokenVerifier, mint_dev_token, resolve_public_key
+from .auth import TokenVerifier, key_ring, mint_dev_token
 from .headers import init_security_headers
 from .input_guard import init_input_guard
 from .ratelimit import init_rate_limiting
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_input_guard(app)
     init_security_headers(app)
     app.extensions["token_verifier"] = TokenVerifier(
-        resolve_public_key(settings), settings.molam_id_issuer, settings.molam_id_audience
+        key_ring(settings), settings.molam_id_issuer, settings.molam_id_audience
     )
     db.init_engine(settings.database_url)
     db.init_read_engine(settings.database_replica_url)
@@ -110,7 +110,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     _register_error_handlers(app, api)
     init_rate_limiting(app, settings)
-    init_metrics(app)
+    init_metrics(app, settings.metrics_token)
     app.teardown_appcontext(context.close_session)
 
     @app.after_request

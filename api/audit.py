@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from models import AuditEntry
 from services.experiments import audit as service
 
-from . import context
+from . import context, ratelimit
 from .auth import require
 from .input_guard import Blueprint
 from .schemas import AuditEntryOutSchema, AuditQuerySchema, AuditVerifyOutSchema
@@ -44,4 +44,5 @@ class AuditVerify(MethodView):
     @blp.response(200, AuditVerifyOutSchema)
     def get(self):
         """Walk the whole chain and report the first entry whose hash or link is wrong."""
+        ratelimit.spend("audit_verify")
         return service.verify_chain(context.session())

@@ -20,7 +20,7 @@ from marshmallow import fields, validate
 from core import db
 from services.experiments import lifecycle as experiment_service
 
-from . import context
+from . import context, ratelimit
 from .auth import require
 from .input_guard import Blueprint
 
@@ -114,6 +114,7 @@ class ExperimentExport(MethodView):
     @blp.alt_response(200, content_type="application/x-ndjson", success=True)
     def get(self, query: dict, experiment_id: uuid.UUID):
         """Stream the experiment's raw ``events`` (default) or ``assignments`` as CSV or NDJSON."""
+        ratelimit.spend("export")
         experiment_service.get_experiment(context.read_session(), experiment_id)
         context.read_session().rollback()
         if query["format"] == "csv":

@@ -8,7 +8,7 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import fields, validate, validates_schema
 
-from core import jsonsafe
+from core import jsonsafe, rbac
 from core.codes import COUNTRIES, CURRENCIES, LANGUAGES
 from core.money import MONEY_CURRENCIES
 from models import Experiment
@@ -196,6 +196,14 @@ def _utc_field(description: str) -> fields.AwareDateTime:
     )
 
 
+MAX_ALLOWED_SERVICES = 64
+
+
+def _service_role(value: str) -> None:
+    if not rbac.is_service_role_name(value):
+        raise ma.ValidationError(f"unknown service role {value!r}: service roles are named <product>_module")
+
+
 class DesignFieldsMixin(ma.Schema):
     """Layer, holdouts, approval and schedule fields (cross-field rules: services.experiments.lifecycle)."""
 
@@ -210,6 +218,15 @@ class DesignFieldsMixin(ma.Schema):
     holdout_ids = fields.List(fields.UUID(), validate=[validate.Length(max=MAX_HOLDOUTS), _unique_list])
     start_at = _utc_field("Scheduled start (ISO 8601; UTC when no offset is given).")
     end_at = _utc_field("Scheduled stop (ISO 8601; UTC when no offset is given).")
+    allowed_services = fields.List(
+        fields.String(validate=_service_role),
+        allow_none=True,
+        validate=[validate.Length(max=MAX_ALLOWED_SERVICES), _unique_list],
+        metadata={
+            "description": "Service roles (e.g. pay_module) that may assign and track on the experiment; "
+            "null or absent: every service role (ops_admin is never limited). Settable while draft."
+        },
+    )
 
 
 class ExperimentCreateSchema(StrictSchema, DesignFieldsMixin):
@@ -320,6 +337,9 @@ class ExperimentOutSchema(ma.Schema):
     holdout_ids = fields.List(fields.UUID())
     start_at = fields.DateTime(allow_none=True)
     end_at = fields.DateTime(allow_none=True)
+    allowed_services = fields.List(
+        fields.String(), allow_none=True, metadata={"description": "null: every service role may assign and track."}
+    )
 
     def dump_layer_range(self, experiment: Experiment) -> dict[str, int | None] | None:
         if experiment.layer_range_start is None:

@@ -236,8 +236,15 @@ def require_wrk() -> bool:
     return True
 
 
+#: The iss and aud the benches' tokens carry; production settings require both.
+BENCH_IDENTITY = {"MOLAM_ID_ISSUER": "https://id.molam.bench", "MOLAM_ID_AUDIENCE": "molam-experiments-bench"}
+
+
 def ephemeral_signer(ttl_s: int = 6 * 3600):  # noqa: ANN201
-    """A throwaway RS256 key pair: (public PEM for MOLAM_ID_PUBLIC_KEY, mint(role, sub) -> token)."""
+    """A throwaway RS256 key pair: (public PEM for MOLAM_ID_PUBLIC_KEY, mint(role, sub) -> token).
+
+    Tokens carry ``BENCH_IDENTITY``'s issuer and audience; put those variables in the server's environment.
+    """
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public_pem = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -245,7 +252,9 @@ def ephemeral_signer(ttl_s: int = 6 * 3600):  # noqa: ANN201
     now = int(time.time())
 
     def mint(role: str, sub: str) -> str:
-        return jwt.encode({"sub": sub, "roles": [role], "iat": now, "exp": now + ttl_s}, private, algorithm="RS256")
+        claims = {"sub": sub, "roles": [role], "iat": now, "exp": now + ttl_s,
+                  "iss": BENCH_IDENTITY["MOLAM_ID_ISSUER"], "aud": BENCH_IDENTITY["MOLAM_ID_AUDIENCE"]}
+        return jwt.encode(claims, private, algorithm="RS256")
 
     return public_pem, mint
 
@@ -293,8 +302,7 @@ def main() -> int:
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "PYTHONPATH": str(ROOT),
     }
-    env.pop("MOLAM_ID_ISSUER", None)
-    env.pop("MOLAM_ID_AUDIENCE", None)
+    env.update(BENCH_IDENTITY)
     subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, env=env, check=True, capture_output=True)
 
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))

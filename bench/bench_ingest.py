@@ -39,6 +39,7 @@ import psycopg  # noqa: E402
 import redis  # noqa: E402
 
 from bench.bench_assign import (  # noqa: E402 - same servers, wrk harness and baseline as the assignment bench
+    BENCH_IDENTITY,
     LUA_BASELINE,
     LUA_COMMON,
     Server,
@@ -258,8 +259,7 @@ def main() -> int:
         "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="bench-prom-"),
         "PYTHONPATH": str(ROOT),
     }
-    env.pop("MOLAM_ID_ISSUER", None)
-    env.pop("MOLAM_ID_AUDIENCE", None)
+    env.update(BENCH_IDENTITY)
     subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, env=env, check=True, capture_output=True)
 
     logs = Path(tempfile.mkdtemp(prefix="bench-ingest-logs-"))

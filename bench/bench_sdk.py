@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "sdk" / "python"))
 import redis  # noqa: E402
 
 from bench.bench_assign import (  # noqa: E402
+    BENCH_IDENTITY,
     LUA_RETURNING,
     Server,
     ephemeral_signer,
@@ -204,10 +205,11 @@ def main() -> int:
         "PROMETHEUS_MULTIPROC_DIR": str(var_dir / "prometheus"),
         "RATE_LIMIT_ENABLED": "1",
         "ASSIGN_RATE_LIMIT": "100000000/minute",
+        "ASSIGNMENTS_BATCH_RATE_LIMIT": "100000000/minute",
+        "TRACK_RATE_LIMIT": "100000000/minute",
         "PYTHONPATH": str(ROOT),
     }
-    for name in ("MOLAM_ID_ISSUER", "MOLAM_ID_AUDIENCE"):
-        env.pop(name, None)
+    env.update(BENCH_IDENTITY)
     subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, env=env, check=True, capture_output=True)
     server_args = Namespace(workers=int(os.environ.get("WEB_CONCURRENCY", "4")), worker_class="gthread",
                             threads=int(os.environ.get("GUNICORN_THREADS", "2")))

@@ -109,8 +109,24 @@ class Settings:
     molam_id_public_key: str | None = None
     molam_id_issuer: str | None = None
     molam_id_audience: str | None = None
+    # Key rotation: a JWKS document on disk and/or at a URL (keys chosen by the token's kid).
+    molam_id_jwks_file: Path | None = None
+    molam_id_jwks_url: str | None = None
+    molam_id_jwks_refresh_s: float = 300.0
+    molam_id_jwks_min_refresh_s: float = 30.0
+    molam_id_jwks_timeout_s: float = 2.0
+    # Bearer token Prometheus must send to GET /metrics (None: the endpoint is open).
+    metrics_token: str | None = None
     # Assignment hot path
     assign_rate_limit: str = "120000/minute"
+    # Per-caller budgets of the other write and heavy read endpoints.
+    track_rate_limit: str = "120000/minute"
+    events_batch_rate_limit: str = "6000/minute"
+    assignments_batch_rate_limit: str = "6000/minute"
+    export_rate_limit: str = "60/minute"
+    audit_verify_rate_limit: str = "30/minute"
+    # Fraction of the ingestion backlog (stream entries) one caller may occupy.
+    ingest_service_share: float = 0.5
     rate_limit_enabled: bool = True
     # gunicorn worker processes (gunicorn.conf.py reads the same variable): the
     # per-process share of the budget while Redis is unreachable.
@@ -191,8 +207,18 @@ def load_settings() -> Settings:
     public_key = _str("MOLAM_ID_PUBLIC_KEY")
     if public_key:
         public_key = public_key.replace("\\n", "\n")
-    if app_env == "production" and not public_key:
-        raise ConfigError("MOLAM_ID_PUBLIC_KEY is required when APP_ENV=production")
+    jwks_file, jwks_url = _str("MOLAM_ID_JWKS_FILE"), _str("MOLAM_ID_JWKS_URL")
+    if app_env == "production":
+        if not (public_key or jwks_file or jwks_url):
+            raise ConfigError(
+                "MOLAM_ID_PUBLIC_KEY, MOLAM_ID_JWKS_FILE or MOLAM_ID_JWKS_URL is required when APP_ENV=production"
+            )
+        missing = [name for name in ("MOLAM_ID_ISSUER", "MOLAM_ID_AUDIENCE") if not _str(name)]
+        if missing:
+            raise ConfigError(f"{' and '.join(missing)} required when APP_ENV=production")
+    ingest_service_share = _float("INGEST_SERVICE_SHARE", defaults.ingest_service_share)
+    if not 0 < ingest_service_share <= 1:
+        raise ConfigError(f"INGEST_SERVICE_SHARE must be in (0, 1], got {ingest_service_share!r}")
     reporting_currency = _str("REPORTING_CURRENCY", defaults.reporting_currency)
     from core.money import MONEY_CURRENCIES
 
@@ -209,7 +235,19 @@ def load_settings() -> Settings:
         molam_id_public_key=public_key,
         molam_id_issuer=_str("MOLAM_ID_ISSUER"),
         molam_id_audience=_str("MOLAM_ID_AUDIENCE"),
+        molam_id_jwks_file=Path(jwks_file) if jwks_file else None,
+        molam_id_jwks_url=jwks_url,
+        molam_id_jwks_refresh_s=_float("MOLAM_ID_JWKS_REFRESH", defaults.molam_id_jwks_refresh_s),
+        molam_id_jwks_min_refresh_s=_float("MOLAM_ID_JWKS_MIN_REFRESH", defaults.molam_id_jwks_min_refresh_s),
+        molam_id_jwks_timeout_s=_float("MOLAM_ID_JWKS_TIMEOUT", defaults.molam_id_jwks_timeout_s),
+        metrics_token=_str("METRICS_TOKEN"),
         assign_rate_limit=_str("ASSIGN_RATE_LIMIT", defaults.assign_rate_limit),
+        track_rate_limit=_str("TRACK_RATE_LIMIT", defaults.track_rate_limit),
+        events_batch_rate_limit=_str("EVENTS_BATCH_RATE_LIMIT", defaults.events_batch_rate_limit),
+        assignments_batch_rate_limit=_str("ASSIGNMENTS_BATCH_RATE_LIMIT", defaults.assignments_batch_rate_limit),
+        export_rate_limit=_str("EXPORT_RATE_LIMIT", defaults.export_rate_limit),
+        audit_verify_rate_limit=_str("AUDIT_VERIFY_RATE_LIMIT", defaults.audit_verify_rate_limit),
+        ingest_service_share=ingest_service_share,
         rate_limit_enabled=_str("RATE_LIMIT_ENABLED", "1") not in ("0", "false", "no"),
         worker_processes=_int("WEB_CONCURRENCY", defaults.worker_processes),
         recompute_interval_s=_float("SIRA_RECOMPUTE_INTERVAL", defaults.recompute_interval_s),

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection
 
 from core import db
 from core import redis as redis_state
-from core.errors import Conflict, NotFound, Unavailable
+from core.errors import Conflict, Forbidden, NotFound, Unavailable
 from core.metrics import EXPERIMENT_ASSIGNMENTS, SIRA_DECISION_LATENCY
 from models.enums import TARGETING_LIST_KEYS, ExperimentMode, ExperimentStatus
 from sira.bandit import draw_arm
@@ -353,19 +353,37 @@ def _cached_variant(definition: Definition, raw: bytes | None) -> tuple[VariantD
 # --- the service -----------------------------------------------------------------------
 
 
+def require_permitted(definition: Definition, caller_roles: tuple[str, ...] | None) -> None:
+    """Forbidden (403) when the experiment's ``allowed_services`` leave the caller out.
+
+    ``caller_roles=None`` is an internal call (no caller to scope).
+    """
+    if caller_roles is not None and not definition.permits(caller_roles):
+        raise Forbidden(
+            f"experiment {definition.id} does not allow the service role(s) {', '.join(caller_roles)}",
+            errors={"json": {"experiment_id": ["this service may not assign or track on the experiment"]}},
+        )
+
+
 def assign(
-    client: redis.Redis | None, experiment_id: uuid.UUID | str, user: UserContext, budget: Budget | None = None
+    client: redis.Redis | None,
+    experiment_id: uuid.UUID | str,
+    user: UserContext,
+    budget: Budget | None = None,
+    caller_roles: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Return the user's variant, deciding and recording it on the first call.
 
     A returning user with a warm cache costs one Redis round trip (which also spends
-    the caller's ``budget``) and no database connection. Raises RateLimited, NotFound
+    the caller's ``budget``) and no database connection. Raises RateLimited, Forbidden
+    (the experiment's ``allowed_services`` leave ``caller_roles`` out), NotFound
     (unknown experiment), Conflict (not running) and Unavailable (PostgreSQL down and
     the answer is not cached).
     """
     experiment_id = str(experiment_id)
     cached = _read_cached(client, experiment_id, user.molam_id, budget)
     definition = _definition(cached.client, experiment_id, cached.definition)
+    require_permitted(definition, caller_roles)
     if not definition.is_running:
         raise Conflict(f"experiment {experiment_id} is {definition.status}; users are assigned only while it is running")
     # The layer range is the truth even for a returning user: after a stop and restart
@@ -584,13 +602,18 @@ def _finish(client: redis.Redis | None, definition: Definition, molam_id: str, r
 
 
 def stored_assignment(
-    client: redis.Redis | None, experiment_id: uuid.UUID | str, molam_id: str, budget: Budget | None = None
+    client: redis.Redis | None,
+    experiment_id: uuid.UUID | str,
+    molam_id: str,
+    budget: Budget | None = None,
+    caller_roles: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """The user's recorded assignment (any experiment status); NotFound when there is none."""
     experiment_id = str(experiment_id)
     cached = _read_cached(client, experiment_id, molam_id, budget)
     client = cached.client
     definition = _definition(client, experiment_id, cached.definition)
+    require_permitted(definition, caller_roles)
     held = _cached_variant(definition, cached.assignment)
     if held is not None:
         return _stored(definition, molam_id, held[0], held[1])

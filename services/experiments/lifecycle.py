@@ -27,7 +27,7 @@ TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
 EDITABLE_AFTER_DRAFT = frozenset({"name", "description", "reporting_currency", "value_cap_percentile"})
 # A running experiment may still have its scheduled stop moved (or cleared).
 EDITABLE_WHILE_RUNNING = EDITABLE_AFTER_DRAFT | {"end_at"}
-DESIGN_COLUMNS = ("category", "requires_approval", "layer_id", "layer_allocation", "start_at", "end_at")
+DESIGN_COLUMNS = ("category", "requires_approval", "layer_id", "layer_allocation", "start_at", "end_at", "allowed_services")
 
 
 def snapshot(experiment: Experiment) -> dict[str, Any]:
@@ -58,6 +58,7 @@ def snapshot(experiment: Experiment) -> dict[str, Any]:
         "holdout_ids": [str(h.id) for h in experiment.holdouts],
         "start_at": experiment.start_at.isoformat() if experiment.start_at else None,
         "end_at": experiment.end_at.isoformat() if experiment.end_at else None,
+        "allowed_services": list(experiment.allowed_services) if experiment.allowed_services is not None else None,
         "variants": [
             {
                 "id": str(v.id),

@@ -20,9 +20,10 @@ from typing import Any
 import redis
 
 from core import metrics
+from core import redis as redis_state
 
+from ..cache import STREAM_CALLER_ENTRIES_KEY, STREAM_KEY
 from ..cache import STREAM_GROUP as GROUP
-from ..cache import STREAM_KEY
 from .records import StagedEvent, coerce_record
 from .staging import ENTRY_EVENTS
 from .writer import BATCH_EVENTS, DatabaseUnavailable, WriteResult, write_dead_letters, write_with_retry
@@ -139,12 +140,27 @@ def _decode(entries: list[tuple[bytes, dict]]) -> tuple[list[StagedEvent], list[
     return records, poison
 
 
-def _acknowledge(client: redis.Redis, entry_ids: list[bytes]) -> None:
-    """XACK then XDEL, atomically: the stream's length is the backlog."""
-    with client.pipeline(transaction=True) as pipe:
-        pipe.xack(STREAM_KEY, GROUP, *entry_ids)
-        pipe.xdel(STREAM_KEY, *entry_ids)
-        pipe.execute()
+# XACK, then XDEL entry by entry: an entry actually deleted here (not by a concurrent
+# drain that claimed it too) gives its caller's backlog share back (field ``c``), so the
+# per-caller counts stay exact whoever acknowledges first. ARGV: the group, then
+# (entry id, caller) pairs.
+_ACKNOWLEDGE_LUA = """
+for i = 2, #ARGV, 2 do
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 and ARGV[i + 1] ~= '' then
+    if redis.call('HINCRBY', KEYS[2], ARGV[i + 1], -1) <= 0 then redis.call('HDEL', KEYS[2], ARGV[i + 1]) end
+  end
+end
+return 1
+"""
+
+
+def _acknowledge(client: redis.Redis, entries: list[tuple[bytes, dict]]) -> None:
+    """XACK then XDEL, atomically (the stream's length is the backlog), returning each caller's share."""
+    args: list[Any] = [GROUP]
+    for entry_id, fields in entries:
+        args.extend((entry_id, fields.get(b"c", b"")))
+    redis_state.script(client, _ACKNOWLEDGE_LUA)(keys=[STREAM_KEY, STREAM_CALLER_ENTRIES_KEY], args=args)
 
 
 def request_ids(entries: list[tuple[bytes, dict]]) -> list[str]:
@@ -180,7 +196,7 @@ def process_entries(client: redis.Redis, entries: list[tuple[bytes, dict]], repo
             "%d of %d events went to the dead-letter table; request ids of the batch: %s",
             dead, written.received + len(poison), ", ".join(request_ids(entries)) or "none recorded",
         )
-    _acknowledge(client, [entry_id for entry_id, _ in entries])
+    _acknowledge(client, entries)
     report.malformed += len(poison)
     report.written.add(written)
     report.batches += 1
