@@ -29,7 +29,7 @@ class MolamApi(Api):
     offending fields so a client reading just ``message`` still knows what to fix.
     """
 
-    def handle_http_exception(self, error):  # noqa: ANN001, ANN201
+    def handle_http_exception(self, error):
         payload, status, headers = super().handle_http_exception(error)
         if "message" not in payload:
             errors = payload.get("errors") or {}
@@ -114,7 +114,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.teardown_appcontext(context.close_session)
 
     @app.after_request
-    def add_request_id(response):  # noqa: ANN001, ANN202
+    def add_request_id(response):
         response.headers["X-Request-ID"] = context.request_id()
         return response
 
@@ -124,11 +124,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 def _register_error_handlers(app: Flask, api: Api) -> None:
     @app.errorhandler(DomainError)
-    def handle_domain_error(error: DomainError):  # noqa: ANN202
+    def handle_domain_error(error: DomainError):
         return jsonify(error_body(error.status, error.message, error.errors)), error.status, error.headers
 
     @app.errorhandler(Exception)
-    def handle_unexpected(error: Exception):  # noqa: ANN202
+    def handle_unexpected(error: Exception):
         from sqlalchemy.exc import InterfaceError, OperationalError
 
         if isinstance(error, (OperationalError, InterfaceError)):

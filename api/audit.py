@@ -21,7 +21,7 @@ class AuditCollection(MethodView):
     @blp.arguments(AuditQuerySchema, location="query")
     @blp.response(200, AuditEntryOutSchema(many=True))
     @blp.paginate(page_size=50, max_page_size=500)
-    def get(self, query: dict, pagination_parameters):  # noqa: ANN001
+    def get(self, query: dict, pagination_parameters):
         """Audit entries, newest first (filter by ``experiment_id``)."""
         statement = select(AuditEntry)
         count = select(func.count()).select_from(AuditEntry)

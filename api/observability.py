@@ -85,7 +85,7 @@ class DatabaseCollector(Collector):
                     (row.experiment_id, row.variant_id): row
                     for row in session.execute(_BANDIT_STATE, {"experiment_ids": running})
                 } if running else {}
-        except Exception as exc:  # noqa: BLE001 - a scrape must not fail because PostgreSQL is down
+        except Exception as exc:  # a scrape must not fail because PostgreSQL is down
             log.warning("database gauges unavailable: %s", exc)
             return
 
@@ -128,7 +128,7 @@ class DatabaseCollector(Collector):
 class MolamMetrics(PrometheusMetrics):
     """The exporter plus collectors that read the database on each scrape."""
 
-    def generate_metrics(self, accept_header=None, names=None):  # noqa: ANN001, ANN201
+    def generate_metrics(self, accept_header=None, names=None):
         content, content_type = super().generate_metrics(accept_header, names)
         if names and not set(names) & set(DatabaseCollector.FAMILIES):
             return content, content_type
@@ -205,7 +205,7 @@ def init_request_logging(app: Flask, *, access_log_enabled: bool) -> None:
         return
 
     @app.after_request
-    def _log_request(response):  # noqa: ANN001, ANN202
+    def _log_request(response):
         started = g.get("request_started")
         if started is not None and access_log.isEnabledFor(logging.INFO) and request.path not in ("/healthz", "/readyz", "/metrics"):
             access_log.info(

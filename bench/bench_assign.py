@@ -32,12 +32,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import jwt  # noqa: E402
-import psutil  # noqa: E402
-import psycopg  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
-from psycopg import sql  # noqa: E402
+import jwt
+import psutil
+import psycopg
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from psycopg import sql
 
 BIN = Path(sys.executable).parent
 
@@ -124,7 +124,7 @@ def wait_http(url: str, timeout_s: float = 30) -> None:
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
-        except Exception:  # noqa: BLE001
+        except Exception:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
@@ -240,7 +240,7 @@ def require_wrk() -> bool:
 BENCH_IDENTITY = {"MOLAM_ID_ISSUER": "https://id.molam.bench", "MOLAM_ID_AUDIENCE": "molam-experiments-bench"}
 
 
-def ephemeral_signer(ttl_s: int = 6 * 3600):  # noqa: ANN201
+def ephemeral_signer(ttl_s: int = 6 * 3600):
     """A throwaway RS256 key pair: (public PEM for MOLAM_ID_PUBLIC_KEY, mint(role, sub) -> token).
 
     Tokens carry ``BENCH_IDENTITY``'s issuer and audience; put those variables in the server's environment.

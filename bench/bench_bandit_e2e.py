@@ -37,11 +37,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
-import redis  # noqa: E402
-from psycopg import sql  # noqa: E402
+import psycopg
+import redis
+from psycopg import sql
 
-from bench.bench_assign import BENCH_IDENTITY, ephemeral_signer  # noqa: E402
+from bench.bench_assign import BENCH_IDENTITY, ephemeral_signer
 
 BIN = Path(sys.executable).parent
 RATES = {"Control": 0.10, "Better": 0.12}

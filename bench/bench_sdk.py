@@ -39,9 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "sdk" / "python"))
 
-import redis  # noqa: E402
+import redis
 
-from bench.bench_assign import (  # noqa: E402
+from bench.bench_assign import (
     BENCH_IDENTITY,
     LUA_RETURNING,
     Server,
@@ -54,7 +54,7 @@ from bench.bench_assign import (  # noqa: E402
     run_wrk,
     wait_http,
 )
-from molam_experiments import Client  # noqa: E402
+from molam_experiments import Client
 
 BIN = Path(sys.executable).parent
 TARGETING = {"country": ["SN", "FR"], "lang": ["fr"], "min_txn": 1}

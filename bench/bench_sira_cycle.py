@@ -36,10 +36,10 @@ from sqlalchemy import text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core import db  # noqa: E402
-from core.config import libpq_url, normalise_database_url  # noqa: E402
-from core.redis import get_redis  # noqa: E402
-from services.analysis import jobs as sira_jobs  # noqa: E402
+from core import db
+from core.config import libpq_url, normalise_database_url
+from core.redis import get_redis
+from services.analysis import jobs as sira_jobs
 from services.analysis import results as sira_results
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dotenv import dotenv_values  # noqa: E402
+from dotenv import dotenv_values
 
-from core.config import EMBEDDED_ENV_FILE, VAR_DIR, load_settings, redis_url_with_db  # noqa: E402
-from scripts.embedded import start_postgres, start_redis  # noqa: E402
+from core.config import EMBEDDED_ENV_FILE, VAR_DIR, load_settings, redis_url_with_db
+from scripts.embedded import start_postgres, start_redis
 
 EMBEDDED_REDIS_PORT = int(os.environ.get("EMBEDDED_REDIS_PORT", "6390"))
 ROLES = ("ops_admin", "marketing", "data_science", "pay_module")

@@ -20,8 +20,8 @@ from core.config import Settings, load_settings
 from core.redis import reset_clients
 
 # Imported for their Celery signal handlers: logging set-up, the metrics exporters.
-from . import logs as _logs  # noqa: F401
-from . import metrics as _metrics  # noqa: F401
+from . import logs as _logs  # noqa: F401 - imported for its signal handlers
+from . import metrics as _metrics  # noqa: F401 - imported for its signal handlers
 
 #: Connections per worker process (prefork children each get their own pool).
 WORKER_POOL = {"pool_size": 5, "max_overflow": 5}

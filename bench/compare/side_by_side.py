@@ -52,10 +52,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
-import redis  # noqa: E402
+import psycopg
+import redis
 
-from bench.bench_assign import BENCH_IDENTITY, ephemeral_signer, require_wrk  # noqa: E402
+from bench.bench_assign import BENCH_IDENTITY, ephemeral_signer, require_wrk
 
 LUA = HERE / "lua"
 SIXPACK = HERE / "sixpack"
@@ -207,7 +207,7 @@ class Project:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
 
 
-def profiled(project: Project, out: Path | None, name: str, seconds: int):  # noqa: ANN201
+def profiled(project: Project, out: Path | None, name: str, seconds: int):
     """Run py-spy on one gunicorn worker of ``project`` for ``seconds`` (in the background) when ``out`` is set."""
     if out is None:
         return None

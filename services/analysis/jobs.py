@@ -482,7 +482,7 @@ def fail_fast_scan(
                 recorded, applied = _record_findings(session, client, experiment, findings)
                 summary.recommendations += recorded
                 summary.actions_applied += applied
-            except Exception as exc:  # noqa: BLE001 - one experiment must not stop the scan
+            except Exception as exc:  # one experiment must not stop the scan
                 session.rollback()
                 log.exception("fail-fast scan failed for experiment %s", experiment.id)
                 summary.errors.append(f"{experiment.id}: {exc}")

@@ -200,7 +200,7 @@ def daily_reports(client: redis.Redis | None, *, report_date: date | None = None
                 ).scalar_one_or_none()
                 session.commit()
                 summary.created += inserted is not None
-            except Exception as exc:  # noqa: BLE001 - one experiment must not stop the others
+            except Exception as exc:  # one experiment must not stop the others
                 session.rollback()
                 log.exception("daily report failed for experiment %s", experiment_id)
                 summary.errors.append(f"{experiment_id}: {exc}")

@@ -478,7 +478,7 @@ def _release_held(invalidate: bool = False) -> None:
         if invalidate:
             connection.invalidate()
         connection.close()
-    except Exception as exc:  # noqa: BLE001 - it is being thrown away
+    except Exception as exc:  # it is being thrown away
         log.debug("discarding a held connection: %s", exc)
 
 

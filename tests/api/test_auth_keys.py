@@ -243,7 +243,7 @@ class _JwksServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 server.fetches += 1
                 body = json.dumps(server.document).encode()
                 self.send_response(200)
@@ -252,7 +252,7 @@ class _JwksServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args):  # noqa: ANN002
+            def log_message(self, *args):
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

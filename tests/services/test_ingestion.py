@@ -113,7 +113,7 @@ def test_concurrent_drains_on_overlapping_users_stay_exact(population, redis_cli
         try:
             while ingestion_drain.drain(redis_client, consumer=name, budget_s=60).entries:
                 pass
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             failures.append(exc)
 
     threads = [threading.Thread(target=worker, args=(f"drainer-{i}",)) for i in range(3)]
