@@ -199,6 +199,9 @@ def libpq_url(url: str) -> str:
 
 
 def load_settings() -> Settings:
+    """Settings from the environment (and ``.env``), with the production checks.
+
+    Long but flat: one line per setting, in the order of :class:`Settings`."""
     app_env = _str("APP_ENV", "development")
     if app_env not in APP_ENVS:
         raise ConfigError(f"APP_ENV must be one of {', '.join(APP_ENVS)}, got {app_env!r}")

@@ -75,6 +75,8 @@ def build_report(session: Session, client: redis.Redis | None, experiment_id: uu
 
 
 def render_markdown(content: dict[str, Any]) -> str:
+    """The report as Markdown, written top to bottom in the order it reads (one function:
+    split up, the layout of the page would be scattered over helpers)."""
     experiment = content["experiment"]
     results = content["results"]
     metric = experiment["primary_metric"]
