@@ -12,6 +12,7 @@ from api.observability import init_metrics, init_request_logging
 from core import db
 from core.config import Settings, load_settings
 from core.errors import DomainError, error_body
+from services.experiments import audit as audit_service
 
 from . import context
 from .auth import TokenVerifier, mint_dev_token, resolve_public_key
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     db.init_engine(settings.database_url)
     db.init_read_engine(settings.database_replica_url)
+    audit_service.configure_keys(audit_service.keys_from_settings(settings))
     CORS(app, origins=[o.strip() for o in settings.cors_origin.split(",")], expose_headers=["X-Pagination", "X-Request-ID"])
 
     api = MolamApi(app)

@@ -12,8 +12,8 @@ from core.config import PROJECT_ROOT, libpq_url
 
 
 @pytest.fixture
-def scratch_database(settings):
-    base = libpq_url(settings.database_url)
+def scratch_database(admin_database_url):
+    base = libpq_url(admin_database_url)
     info = psycopg.conninfo.conninfo_to_dict(base)
     name = f"{info['dbname']}_migrations"
     with psycopg.connect(base, dbname="postgres", autocommit=True) as conn:
