@@ -25,19 +25,27 @@ def losing_experiment(create_experiment, settings, name):
     return experiment
 
 
-def _wait_for_lock_waiter(admin_url: str, timeout: float = 10.0) -> None:
-    """Until some backend of the test database waits for a lock."""
+def _wait_for_chain_waiters(admin_url: str, count: int, timeout: float = 15.0) -> None:
+    """Until ``count`` backends wait for the chain's advisory lock."""
     deadline = time.monotonic() + timeout
     with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
         while time.monotonic() < deadline:
             waiting = conn.execute(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-                "WHERE NOT l.granted AND a.datname = current_database()"
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND ((classid::bigint << 32) | objid::bigint) = %s",
+                (_CHAIN_LOCK_KEY,),
             ).fetchone()[0]
-            if waiting:
+            if waiting >= count:
                 return
             time.sleep(0.02)
-    raise AssertionError("nobody waited for the experiment row")
+    raise AssertionError(f"fewer than {count} writers waited for the audit chain lock")
+
+
+def _assert_holds_the_experiment_row(admin_url: str, experiment_id: str) -> None:
+    """FOR NO KEY UPDATE conflicts with the writer's FOR UPDATE, not with a foreign key's KEY SHARE."""
+    with psycopg.connect(libpq_url(admin_url)) as conn:
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            conn.execute("SELECT id FROM experiments WHERE id = %s FOR NO KEY UPDATE NOWAIT", (experiment_id,))
 
 
 def _chain_facts(admin_url: str) -> tuple[int, int]:
@@ -45,31 +53,42 @@ def _chain_facts(admin_url: str) -> tuple[int, int]:
         return conn.execute("SELECT count(*), count(DISTINCT prev_hash) FROM experiment_audit_logs").fetchone()
 
 
-def test_a_sira_action_waits_for_the_row_without_holding_the_chain(
-    settings, migrated_database, app, client, auth, create_experiment
-):
-    """An API mutation holds the experiment row and then needs the chain lock, while SIRA acts on
-    the same experiment. SIRA used to take the chain lock first and then wait for the row: a
-    deadlock, answered as a 503. Now SIRA waits for the row holding nothing the API needs."""
+def test_the_chain_lock_is_the_last_lock_a_writer_takes(settings, migrated_database, app, auth, create_experiment):
+    """SIRA used to take the chain lock and then lock the experiment row, while API mutations
+    lock the row and then the chain: a deadlock, answered as a 503. Now every writer (SIRA's
+    action, an API mutation) reaches the chain lock already holding the experiment row, with
+    its changes made; holding the chain lock here stops each one exactly at that point."""
     experiment = losing_experiment(create_experiment, settings, "contended")
+    edited = create_experiment(start=True, name="edited")
     redis_client = get_redis(settings.redis_url)
-    scan: dict = {}
+    outcome: dict = {}
 
-    with psycopg.connect(libpq_url(settings.database_url)) as api_transaction:
-        api_transaction.execute("SET lock_timeout = '5s'")
-        api_transaction.execute("SELECT id FROM experiments WHERE id = %s FOR UPDATE", (experiment["id"],))
-        sira = threading.Thread(target=lambda: scan.update(summary=sira_jobs.fail_fast_scan(redis_client)))
-        sira.start()
-        _wait_for_lock_waiter(migrated_database)
-        # The API's next step: the chain lock. It must be free (no deadlock, no lock timeout).
-        api_transaction.execute("SELECT pg_advisory_xact_lock(%s)", (_CHAIN_LOCK_KEY,))
-        api_transaction.commit()
+    def api_edit() -> None:
+        with app.test_client() as c:
+            outcome["status"] = c.patch(
+                f"/api/experiments/{edited['id']}", json={"description": "edited"}, headers=auth("marketing")
+            ).status_code
+
+    with psycopg.connect(libpq_url(migrated_database), autocommit=True) as chain_holder:
+        chain_holder.execute("SELECT pg_advisory_lock(%s)", (_CHAIN_LOCK_KEY,))
+        try:
+            sira = threading.Thread(target=lambda: outcome.update(scan=sira_jobs.fail_fast_scan(redis_client)))
+            sira.start()
+            _wait_for_chain_waiters(migrated_database, 1)
+            _assert_holds_the_experiment_row(migrated_database, experiment["id"])
+            api = threading.Thread(target=api_edit)
+            api.start()
+            _wait_for_chain_waiters(migrated_database, 2)
+            _assert_holds_the_experiment_row(migrated_database, edited["id"])
+        finally:
+            chain_holder.execute("SELECT pg_advisory_unlock(%s)", (_CHAIN_LOCK_KEY,))
     sira.join(timeout=30)
-    assert not sira.is_alive()
-    summary = scan["summary"]
-    assert summary.errors == [] and summary.recommendations == 1 and summary.actions_applied == 1
-    verify = client.get("/api/audit/verify", headers=auth()).get_json()
-    assert verify["ok"] is True
+    api.join(timeout=30)
+    assert outcome["status"] == 200
+    scan = outcome["scan"]
+    assert scan.errors == [] and scan.recommendations == 1 and scan.actions_applied == 1
+    with app.test_client() as c:
+        assert c.get("/api/audit/verify", headers=auth()).get_json()["ok"] is True
 
 
 @pytest.mark.slow
