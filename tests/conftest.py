@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from core.config import PROJECT_ROOT, Settings, libpq_url, normalise_database_url, redis_url_with_db
+from scripts.db_roles import provision, url_for_role
 from scripts.embedded import postgres_answers, redis_answers, start_postgres, start_redis
 from tests.support.api import TEST_AUDIENCE, TEST_ISSUER, experiment_body
-from scripts.db_roles import provision, url_for_role
 from tests.support.database import create_database, roles_for
 
 DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/molam_experiments_test"

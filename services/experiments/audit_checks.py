@@ -46,6 +46,7 @@ _ENTRY_COLUMNS = (
 @dataclass(frozen=True)
 class ChainVerification:
     ok: bool
+    #: Entries up to the head when ok; the position the walk reached otherwise.
     entries: int
     first_bad_id: int | None
     reason: str | None = None
@@ -255,7 +256,7 @@ def write_checkpoint(session: Session, keys: AuditKeys) -> CheckpointOutcome:
         log.error("audit chain does not verify (%s at entry %s): no checkpoint written",
                   verification.reason, verification.first_bad_id)
         return CheckpointOutcome(False, f"chain does not verify: {verification.reason}")
-    if verification.head_id is None:
+    if verification.head_id is None or verification.head_hash is None:
         return CheckpointOutcome(False, "the chain is empty")
     if verification.from_checkpoint and verification.from_checkpoint["entry_id"] == verification.head_id:
         return CheckpointOutcome(False, "the head has not moved since the last checkpoint")
@@ -272,7 +273,7 @@ def write_checkpoint(session: Session, keys: AuditKeys) -> CheckpointOutcome:
     ).scalar_one_or_none()
     if checkpoint_id is None:
         return CheckpointOutcome(False, "another run signed this head first")
-    return CheckpointOutcome(True, "signed", checkpoint_document(session.get(AuditCheckpoint, checkpoint_id)))
+    return CheckpointOutcome(True, "signed", checkpoint_document(session.get_one(AuditCheckpoint, checkpoint_id)))
 
 
 def create_verify_job(session: Session, requested_by: str) -> AuditVerifyJob:
