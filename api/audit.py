@@ -9,7 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import func, select
 
-from core.errors import NotFound
+from core.errors import NotFound, Unavailable
 from models import AuditCheckpoint, AuditEntry
 from services.experiments import audit as audit_service
 from services.experiments import audit_checks as service
@@ -78,15 +78,20 @@ class AuditVerify(MethodView):
         if not query["full"]:
             return service.verify_chain(session, audit_service.current_keys())
         job = service.create_verify_job(session, context.actor().sub)
-        session.commit()
-        _task_client().send_task(VERIFY_TASK, args=[str(job.id)])
+        session.commit()  # the worker must find the job: enqueue after the commit
+        try:
+            _task_client().send_task(VERIFY_TASK, args=[str(job.id)])
+        except Exception as exc:  # noqa: BLE001 - any broker failure means the job will never run
+            service.fail_verify_job(session, job, f"could not queue the verification: {exc}")
+            session.commit()
+            raise Unavailable("the task broker is unreachable; the verification was not queued", retry_after=5) from exc
         response = context.json_response(AuditVerifyJobOutSchema().dump(job), status=202)
-        response.headers["Location"] = url_for("audit.AuditVerifyJob", job_id=job.id)
+        response.headers["Location"] = url_for("audit.AuditVerifyJobItem", job_id=job.id)
         return response
 
 
 @blp.route("/verify/<uuid:job_id>")
-class AuditVerifyJob(MethodView):
+class AuditVerifyJobItem(MethodView):
     @require("audit")
     @blp.response(200, AuditVerifyJobOutSchema)
     def get(self, job_id: uuid.UUID):

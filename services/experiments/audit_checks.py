@@ -283,6 +283,11 @@ def create_verify_job(session: Session, requested_by: str) -> AuditVerifyJob:
     return job
 
 
+def fail_verify_job(session: Session, job: AuditVerifyJob, error: str) -> None:
+    job.status, job.error, job.finished_at = "failed", error, datetime.now(timezone.utc)
+    session.flush()
+
+
 def get_verify_job(session: Session, job_id: uuid.UUID) -> AuditVerifyJob | None:
     return session.get(AuditVerifyJob, job_id)
 

@@ -275,3 +275,21 @@ def test_unknown_job_is_404_and_roles_apply(client, auth):
     assert client.get(f"/api/audit/verify/{uuid.uuid4()}", headers=auth()).status_code == 404
     assert client.get("/api/audit/verify?full=1", headers=auth("marketing")).status_code == 403
     assert client.get("/api/audit/verify?full=maybe", headers=auth()).status_code == 422
+
+
+def test_a_full_verification_that_cannot_be_queued_is_a_503_and_a_failed_job(settings, app, client, auth, migrated_database):
+    saved = dict(app.extensions)
+    from celery import Celery
+
+    app.extensions["audit_task_client"] = Celery("unreachable", broker="redis://127.0.0.1:1/0", set_as_current=False)
+    app.extensions["audit_task_client"].conf.broker_connection_retry = False
+    app.extensions["audit_task_client"].conf.broker_connection_max_retries = 0
+    try:
+        response = client.get("/api/audit/verify?full=1", headers=auth())
+    finally:
+        app.extensions.clear()
+        app.extensions.update(saved)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    with _admin(migrated_database) as conn:
+        status, error = conn.execute("SELECT status, error FROM experiment_audit_verify_jobs").fetchone()
+    assert status == "failed" and error.startswith("could not queue")
