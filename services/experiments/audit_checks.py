@@ -11,13 +11,14 @@ Verification rule, per entry in id order:
   does not verify.
 
 A checkpoint signs (entry id, entry hash, number of entries up to it, time, key id) with
-the same key. The incremental verification starts from the newest checkpoint whose
-signature verifies and whose entry still has the signed hash and position, and re-checks
-only the entries after it; the full verification walks every entry and checks every
-checkpoint against the chain.
+the same key. The incremental verification starts from the newest checkpoint, once its
+signature verifies and its entry still has the signed hash and position (a checkpoint that
+fails either is reported, never skipped), and re-checks only the entries after it; the full
+verification walks every entry and checks every checkpoint against the chain.
 """
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -85,7 +86,7 @@ def checkpoint_signature_ok(keys: AuditKeys, checkpoint: AuditCheckpoint) -> boo
         checkpoint.key_id,
         checkpoint_message(checkpoint.entry_id, checkpoint.entry_hash, checkpoint.entries, checkpoint.created_at, checkpoint.key_id),
     )
-    return expected is not None and expected == checkpoint.signature
+    return expected is not None and hmac.compare_digest(expected, checkpoint.signature)
 
 
 def checkpoint_document(checkpoint: AuditCheckpoint) -> dict[str, Any]:
@@ -151,7 +152,7 @@ def _walk(
         expected = _expected_hash(row, keys)
         if expected is None:
             return row.id, f"entry is signed with an unknown key id {row.key_id!r}"
-        if expected != row.hash:
+        if not hmac.compare_digest(expected, row.hash):
             return row.id, "hash does not match the entry's content"
         walk.expected_prev = row.hash
         if row.id in remember:
@@ -307,12 +308,11 @@ def run_verify_job(session_factory: Any, keys: AuditKeys, job_id: uuid.UUID) -> 
             verification = verify_chain(session, keys, full=True)
     except Exception as exc:
         with session_factory() as session:
-            job = session.get(AuditVerifyJob, job_id)
-            job.status, job.error, job.finished_at = "failed", str(exc), datetime.now(timezone.utc)
+            fail_verify_job(session, session.get_one(AuditVerifyJob, job_id), str(exc))
             session.commit()
         raise
     with session_factory() as session:
-        job = session.get(AuditVerifyJob, job_id)
+        job = session.get_one(AuditVerifyJob, job_id)
         job.status, job.result, job.finished_at = "done", verification.as_dict(), datetime.now(timezone.utc)
         session.commit()
     return {"job_id": str(job_id), "status": "done", "ok": verification.ok}
