@@ -91,7 +91,6 @@ def test_the_chain_lock_is_the_last_lock_a_writer_takes(settings, migrated_datab
         assert c.get("/api/audit/verify", headers=auth()).get_json()["ok"] is True
 
 
-@pytest.mark.slow
 def test_api_mutations_and_sira_actions_leave_one_unbroken_chain(
     settings, migrated_database, app, auth, create_experiment
 ):

@@ -26,6 +26,7 @@ def _wait(condition, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+@pytest.mark.slow
 def test_beat_signs_checkpoints_and_the_worker_runs_full_verifications(client, auth, create_experiment, worker):
     for _ in range(3):
         create_experiment()
