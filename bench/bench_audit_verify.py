@@ -145,6 +145,8 @@ def main() -> int:
         with psycopg.connect(args.admin_database_url, autocommit=True) as conn:
             conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (NAME,))
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(NAME)))
+            for role in (f"{NAME}_app", f"{NAME}_owner"):
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
     return 0
 
 
