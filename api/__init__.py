@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     api.register_blueprint(bandit_history.blp)
     app.register_blueprint(dashboard.blp)
-    from . import cli_demo, cli_reconcile, events, fx_rates, sdk
+    from . import cli_audit, cli_demo, cli_reconcile, events, fx_rates, sdk
 
     api.register_blueprint(events.blp)
     api.register_blueprint(fx_rates.blp)
@@ -102,6 +102,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(schedules.blp)
     api.register_blueprint(planning.blp)
     cli_reconcile.register(app)
+    cli_audit.register(app)
     cli_demo.register(app)
 
     _register_error_handlers(app, api)

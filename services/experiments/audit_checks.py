@@ -69,6 +69,10 @@ class ChainVerification:
         return asdict(self)
 
 
+#: The fields of a checkpoint its signature covers, as exported by ``GET /api/audit/checkpoints``.
+SIGNED_FIELDS = ("entry_id", "entry_hash", "entries", "created_at", "key_id")
+
+
 def checkpoint_message(entry_id: int, entry_hash: str, entries: int, created_at: datetime, key_id: str) -> str:
     """What a checkpoint's signature covers (also how an auditor recomputes it)."""
     document = {
@@ -79,6 +83,13 @@ def checkpoint_message(entry_id: int, entry_hash: str, entries: int, created_at:
         "key_id": key_id,
     }
     return json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+
+def document_signature_ok(keys: AuditKeys, document: dict[str, Any]) -> bool:
+    """An exported checkpoint's signature, recomputed from the exported fields alone."""
+    message = json.dumps({k: document[k] for k in SIGNED_FIELDS}, sort_keys=True, separators=(",", ":"))
+    expected = keys.mac(document["key_id"], message)
+    return expected is not None and hmac.compare_digest(expected, document["signature"])
 
 
 def checkpoint_signature_ok(keys: AuditKeys, checkpoint: AuditCheckpoint) -> bool:
@@ -234,6 +245,37 @@ def verify_chain(session: Session, keys: AuditKeys, *, full: bool = False, batch
         if walk.positions.get(checkpoint.entry_id) != (checkpoint.entries, checkpoint.entry_hash):
             return result(False, checkpoint.entry_id, f"checkpoint {checkpoint.id} does not match the chain", checkpoints_verified=0)
     return result(True, checkpoints_verified=len(checkpoints))
+
+
+def compare_held_checkpoints(session: Session, keys: AuditKeys | None, held: list[dict[str, Any]]) -> list[str]:
+    """What differs between checkpoints an auditor exported earlier and the platform now.
+
+    Each held checkpoint must still be stored unchanged, its entry must still have the signed
+    hash and position, and positions only grow; with ``keys``, each signature is recomputed
+    from the held copy. Returns one line per problem (empty: everything held still matches).
+    """
+    problems: list[str] = []
+    previous: dict[str, Any] | None = None
+    for document in sorted(held, key=lambda d: d["id"]):
+        label = f"checkpoint {document['id']} (entry {document['entry_id']})"
+        if keys is not None and not document_signature_ok(keys, document):
+            problems.append(f"{label}: the held copy's signature does not verify")
+        stored = session.get(AuditCheckpoint, document["id"])
+        if stored is None:
+            problems.append(f"{label}: no longer stored by the platform")
+        elif checkpoint_document(stored) != document:
+            problems.append(f"{label}: the platform's copy differs from the held one")
+        entry_hash = session.execute(select(AuditEntry.hash).where(AuditEntry.id == document["entry_id"])).scalar_one_or_none()
+        if entry_hash is None:
+            problems.append(f"{label}: entry {document['entry_id']} is missing")
+        elif entry_hash != document["entry_hash"]:
+            problems.append(f"{label}: entry {document['entry_id']} has another hash")
+        if _entries_through(session, document["entry_id"]) != document["entries"]:
+            problems.append(f"{label}: the number of entries up to it changed")
+        if previous is not None and (document["entries"] < previous["entries"] or document["entry_id"] < previous["entry_id"]):
+            problems.append(f"{label}: goes backwards from checkpoint {previous['id']}")
+        previous = document
+    return problems
 
 
 @dataclass(frozen=True)

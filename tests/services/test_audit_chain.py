@@ -293,3 +293,33 @@ def test_a_full_verification_that_cannot_be_queued_is_a_503_and_a_failed_job(set
     with _admin(migrated_database) as conn:
         status, error = conn.execute("SELECT status, error FROM experiment_audit_verify_jobs").fetchone()
     assert status == "failed" and error.startswith("could not queue")
+
+
+def test_an_auditor_compares_held_checkpoints_with_the_platform(migrated_database, app, client, auth, create_experiment, tmp_path):
+    for _ in range(3):
+        create_experiment()
+        with db.session_scope() as session:
+            assert audit_checks.write_checkpoint(session, audit.current_keys()).written
+    held = client.get("/api/audit/checkpoints", headers=auth("data_science")).get_json()
+    exported = tmp_path / "held.json"
+    exported.write_text(json.dumps(held))
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["audit", "compare-checkpoints", str(exported)])
+    assert result.exit_code == 0 and "3 held checkpoint(s) match the platform" in result.output
+
+    forged = [dict(held[0], entries=held[0]["entries"] + 1)] + held[1:]  # a copy altered by hand
+    (tmp_path / "forged.json").write_text(json.dumps(forged))
+    result = runner.invoke(args=["audit", "compare-checkpoints", str(tmp_path / "forged.json")])
+    assert result.exit_code == 1 and "signature does not verify" in result.output
+
+    with _admin(migrated_database) as conn:  # history rewritten: the first entry removed
+        first = conn.execute("SELECT min(id) FROM experiment_audit_logs").fetchone()[0]
+        conn.execute("ALTER TABLE experiment_audit_logs DISABLE TRIGGER experiment_audit_logs_no_update_delete")
+        try:
+            conn.execute("DELETE FROM experiment_audit_logs WHERE id = %s", (first,))
+        finally:
+            conn.execute("ALTER TABLE experiment_audit_logs ENABLE TRIGGER experiment_audit_logs_no_update_delete")
+    result = runner.invoke(args=["audit", "compare-checkpoints", "--no-signatures", str(exported)])
+    assert result.exit_code == 1
+    assert f"checkpoint {held[0]['id']} (entry {first}): entry {first} is missing" in result.output
+    assert "the number of entries up to it changed" in result.output
