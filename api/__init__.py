@@ -12,6 +12,7 @@ from api.observability import init_metrics, init_request_logging
 from core import db
 from core.config import Settings, load_settings
 from core.errors import DomainError, error_body
+from services.experiments import audit as audit_service
 
 from . import context, openapi_ui
 from .auth import TokenVerifier, key_ring, mint_dev_token
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     db.init_engine(settings.database_url)
     db.init_read_engine(settings.database_replica_url)
+    audit_service.configure_keys(audit_service.keys_from_settings(settings))
     CORS(app, origins=[o.strip() for o in settings.cors_origin.split(",")], expose_headers=["X-Pagination", "X-Request-ID"])
 
     api = MolamApi(app)
@@ -92,7 +94,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     api.register_blueprint(bandit_history.blp)
     app.register_blueprint(dashboard.blp)
-    from . import cli_demo, cli_reconcile, events, fx_rates, sdk
+    from . import cli_audit, cli_demo, cli_reconcile, events, fx_rates, sdk
 
     api.register_blueprint(events.blp)
     api.register_blueprint(fx_rates.blp)
@@ -106,6 +108,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(schedules.blp)
     api.register_blueprint(planning.blp)
     cli_reconcile.register(app)
+    cli_audit.register(app)
     cli_demo.register(app)
 
     _register_error_handlers(app, api)

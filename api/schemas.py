@@ -394,8 +394,50 @@ class AuditEntryOutSchema(ma.Schema):
     hash = fields.String()
 
 
+class AuditCheckpointOutSchema(ma.Schema):
+    id = fields.Integer()
+    entry_id = fields.Integer()
+    entry_hash = fields.String()
+    entries = fields.Integer()
+    created_at = fields.String()
+    key_id = fields.String()
+    signature = fields.String()
+
+
+class AuditCheckpointQuerySchema(QuerySchema):
+    after_id = fields.Integer(validate=validate.Range(min=0, max=2**62))
+
+
+class AuditVerifyQuerySchema(QuerySchema):
+    full = fields.Boolean(load_default=False)
+
+
 class AuditVerifyOutSchema(ma.Schema):
     ok = fields.Boolean()
     entries = fields.Integer()
     first_bad_id = fields.Integer(allow_none=True)
     reason = fields.String(allow_none=True)
+    mode = fields.String()
+    verified_entries = fields.Integer()
+    legacy_entries = fields.Integer()
+    legacy_through_id = fields.Integer(allow_none=True)
+    from_checkpoint = fields.Nested(AuditCheckpointOutSchema, allow_none=True)
+    head_id = fields.Integer(allow_none=True)
+    head_hash = fields.String(allow_none=True)
+    checkpoints_verified = fields.Integer(allow_none=True)
+    duration_ms = fields.Float()
+
+
+class AuditVerifyJobOutSchema(ma.Schema):
+    job_id = fields.UUID(attribute="id")
+    status = fields.String()
+    requested_by = fields.String()
+    requested_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    result = fields.Nested(AuditVerifyOutSchema, allow_none=True)
+    error = fields.String(allow_none=True)
+    status_url = fields.Method("_status_url")
+
+    def _status_url(self, job) -> str:
+        return f"/api/audit/verify/{job.id}"

@@ -161,6 +161,16 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = 9540
     beat_metrics_port: int = 9541
+    # Migrations run as the schema owner; the processes above connect as DATABASE_URL's
+    # least-privilege role (None: migrations use DATABASE_URL too).
+    migration_database_url: str | None = None
+    # Audit chain: the HMAC key (never stored in the database; required in production), the id
+    # recorded with each entry, earlier keys still accepted when verifying ("id:key,id:key"),
+    # and how often beat signs a checkpoint of the chain head (seconds).
+    audit_hmac_key: str | None = None
+    audit_hmac_key_id: str = "k1"
+    audit_hmac_previous_keys: str | None = None
+    audit_checkpoint_interval_s: float = 300.0
 
     @property
     def is_production(self) -> bool:
@@ -222,6 +232,9 @@ def load_settings() -> Settings:
     ingest_service_share = _float("INGEST_SERVICE_SHARE", defaults.ingest_service_share)
     if not 0 < ingest_service_share <= 1:
         raise ConfigError(f"INGEST_SERVICE_SHARE must be in (0, 1], got {ingest_service_share!r}")
+    audit_hmac_key = _str("AUDIT_HMAC_KEY")
+    if app_env == "production" and (not audit_hmac_key or len(audit_hmac_key) < 32):
+        raise ConfigError("AUDIT_HMAC_KEY (at least 32 characters, e.g. `openssl rand -hex 32`) is required when APP_ENV=production")
     reporting_currency = _str("REPORTING_CURRENCY", defaults.reporting_currency)
     from core.money import MONEY_CURRENCIES
 
@@ -271,4 +284,9 @@ def load_settings() -> Settings:
         approvals_required=_str("APPROVALS_REQUIRED", "0") not in ("0", "false", "no"),
         schedule_interval_s=_float("SCHEDULE_INTERVAL", defaults.schedule_interval_s),
         schedule_retry_interval_s=_float("SCHEDULE_RETRY_INTERVAL", defaults.schedule_retry_interval_s),
+        migration_database_url=normalise_database_url(owner) if (owner := _str("MIGRATION_DATABASE_URL")) else None,
+        audit_hmac_key=audit_hmac_key,
+        audit_hmac_key_id=_str("AUDIT_HMAC_KEY_ID", defaults.audit_hmac_key_id),
+        audit_hmac_previous_keys=_str("AUDIT_HMAC_PREVIOUS_KEYS"),
+        audit_checkpoint_interval_s=_float("AUDIT_CHECKPOINT_INTERVAL", defaults.audit_checkpoint_interval_s),
     )

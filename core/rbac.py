@@ -29,6 +29,7 @@ MATRIX: dict[str, frozenset[str]] = {
     "reports": frozenset({OPS_ADMIN, MARKETING, DATA_SCIENCE}),
     "insights": frozenset({OPS_ADMIN, DATA_SCIENCE}),
     "audit": frozenset({OPS_ADMIN, DATA_SCIENCE}),
+    "audit_checkpoints": frozenset({OPS_ADMIN, DATA_SCIENCE}),
     "export": frozenset({OPS_ADMIN, DATA_SCIENCE}),
     "fx_rates": frozenset({OPS_ADMIN, DATA_SCIENCE}),
     "assign": frozenset({OPS_ADMIN, SERVICE}),

@@ -18,6 +18,7 @@ import celeryconfig
 from core import db
 from core.config import Settings, load_settings
 from core.redis import reset_clients
+from services.experiments import audit
 
 # Imported for their Celery signal handlers: logging set-up, the metrics exporters.
 from . import logs as _logs  # noqa: F401 - imported for its signal handlers
@@ -52,7 +53,9 @@ def current_settings() -> Settings:
 def _start_engine(**_: Any) -> None:
     db.dispose_engine()
     reset_clients()
-    db.init_engine(current_settings().database_url, **WORKER_POOL)
+    settings = current_settings()
+    db.init_engine(settings.database_url, **WORKER_POOL)
+    audit.configure_keys(audit.keys_from_settings(settings))
 
 
 worker_init.connect(_start_engine, weak=False, dispatch_uid="molam.worker_init")

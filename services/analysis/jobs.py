@@ -58,6 +58,7 @@ LOCK_KEYS = {
     "sira.fail_fast_scan": 147_005_002,
     "sira.daily_report": 147_005_003,
     "experiments.run_schedules": 147_005_014,
+    "audit.write_checkpoint": 147_005_015,
 }
 
 
@@ -395,11 +396,17 @@ def _apply_action(session: Session, experiment: ExperimentInput, finding: Findin
 
 
 def _record_findings(session: Session, client: redis.Redis | None, experiment: ExperimentInput, findings: list[Finding]) -> tuple[int, int]:
-    """Record new findings once, audit them, apply their actions; commit. Returns (new, applied)."""
+    """Record new findings once, audit them, apply their actions; commit. Returns (new, applied).
+
+    Lock order, as for every mutation: the experiment row first (``FOR UPDATE``), the audit
+    chain last (taken at COMMIT by :mod:`services.experiments.audit`). Taking the chain lock
+    before the row, while an API mutation holds the row and waits for the chain, deadlocks.
+    """
     recorded = applied = 0
     changed = False
     kinds: list[str] = []
     outcomes: list[str] = []
+    experiment_service.get_experiment(session, experiment.id, for_update=True)
     for finding in findings:
         variant = experiment.arms[finding.variant_index]
         inserted = session.execute(
