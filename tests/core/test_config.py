@@ -43,6 +43,8 @@ def test_production_requires_a_public_key(clean_env):
 def test_production_requires_an_audit_hmac_key(clean_env, key):
     clean_env.setenv("APP_ENV", "production")
     clean_env.setenv("MOLAM_ID_PUBLIC_KEY", "-----BEGIN PUBLIC KEY-----")
+    clean_env.setenv("MOLAM_ID_ISSUER", "https://id.molam.example")
+    clean_env.setenv("MOLAM_ID_AUDIENCE", "molam-experiments")
     if key:
         clean_env.setenv("AUDIT_HMAC_KEY", key)
     with pytest.raises(ConfigError, match="AUDIT_HMAC_KEY"):
