@@ -237,7 +237,12 @@ def require_wrk() -> bool:
 
 
 #: The iss and aud the benches' tokens carry; production settings require both.
-BENCH_IDENTITY = {"MOLAM_ID_ISSUER": "https://id.molam.bench", "MOLAM_ID_AUDIENCE": "molam-experiments-bench"}
+#: What production requires besides the key: the tokens' issuer and audience, the audit chain's key.
+BENCH_IDENTITY = {
+    "MOLAM_ID_ISSUER": "https://id.molam.bench",
+    "MOLAM_ID_AUDIENCE": "molam-experiments-bench",
+    "AUDIT_HMAC_KEY": "bench-audit-key-" + "0" * 48,
+}
 
 
 def ephemeral_signer(ttl_s: int = 6 * 3600):

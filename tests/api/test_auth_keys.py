@@ -75,6 +75,7 @@ def production_env(monkeypatch, key_pair):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("APP_ENV", "production")
     monkeypatch.setenv("MOLAM_ID_PUBLIC_KEY", key_pair[1])
+    monkeypatch.setenv("AUDIT_HMAC_KEY", "a" * 64)  # production's other requirement
     return monkeypatch
 
 
