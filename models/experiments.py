@@ -18,7 +18,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, ExcludeConstraint
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .base import Base, created_at_column, uuid_pk
@@ -53,14 +53,8 @@ class Experiment(Base):
             name="layer_range_valid",
         ),
         CheckConstraint("start_at IS NULL OR end_at IS NULL OR start_at < end_at", name="schedule_order"),
-        # Two experiments of one layer never own overlapping bucket ranges.
-        ExcludeConstraint(
-            (text("layer_id"), "="),
-            (text("int4range(layer_range_start, layer_range_end)"), "&&"),
-            using="gist",
-            where=text("layer_range_start IS NOT NULL"),
-            name="ex_experiments_layer_range_disjoint",
-        ),
+        # Two experiments of one layer never own overlapping bucket ranges: enforced by the
+        # trigger experiments_layer_range_disjoint (migration 20261201_0014).
         Index("ix_experiments_start_at", "start_at", postgresql_where=text("start_at IS NOT NULL AND status = 'draft'")),
         Index("ix_experiments_end_at", "end_at", postgresql_where=text("end_at IS NOT NULL AND status = 'running'")),
     )

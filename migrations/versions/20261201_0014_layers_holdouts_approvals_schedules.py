@@ -27,9 +27,35 @@ $$ LANGUAGE plpgsql
 """
 
 
+# Two experiments of one layer never own overlapping bucket ranges. A trigger rather
+# than an EXCLUDE constraint: uuid equality inside GiST needs the btree_gist extension,
+# which not every PostgreSQL build ships (the embedded one of `make run` does not). The
+# trigger locks the layer's row first, so concurrent allocations in one layer run one
+# after the other and each sees the ranges the previous one committed (READ COMMITTED:
+# every statement of the function takes a new snapshot).
+LAYER_RANGE_DISJOINT_FUNCTION = """
+CREATE OR REPLACE FUNCTION experiments_layer_range_disjoint() RETURNS trigger AS $$
+BEGIN
+    IF NEW.layer_range_start IS NULL THEN
+        RETURN NEW;
+    END IF;
+    PERFORM 1 FROM experiment_layers WHERE id = NEW.layer_id FOR UPDATE;
+    IF EXISTS (
+        SELECT 1 FROM experiments e
+        WHERE e.layer_id = NEW.layer_id AND e.id <> NEW.id AND e.layer_range_start IS NOT NULL
+          AND int4range(e.layer_range_start, e.layer_range_end) && int4range(NEW.layer_range_start, NEW.layer_range_end)
+    ) THEN
+        RAISE EXCEPTION 'bucket range [%, %) overlaps another experiment of layer %',
+            NEW.layer_range_start, NEW.layer_range_end, NEW.layer_id
+            USING ERRCODE = 'exclusion_violation', CONSTRAINT = 'ex_experiments_layer_range_disjoint';
+    END IF;
+    RETURN NEW;
+END;
+$$ LANGUAGE plpgsql
+"""
+
+
 def upgrade() -> None:
-    # uuid equality inside a GiST exclusion constraint (layer ranges).
-    op.execute("CREATE EXTENSION IF NOT EXISTS btree_gist")
     op.create_table('experiment_holdouts',
     sa.Column('id', sa.UUID(), server_default=sa.text('gen_random_uuid()'), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
@@ -144,9 +170,10 @@ def upgrade() -> None:
     op.create_check_constraint(
         op.f('ck_experiments_schedule_order'), 'experiments', 'start_at IS NULL OR end_at IS NULL OR start_at < end_at'
     )
+    op.execute(LAYER_RANGE_DISJOINT_FUNCTION)
     op.execute(
-        "ALTER TABLE experiments ADD CONSTRAINT ex_experiments_layer_range_disjoint EXCLUDE USING gist "
-        "(layer_id WITH =, int4range(layer_range_start, layer_range_end) WITH &&) WHERE (layer_range_start IS NOT NULL)"
+        "CREATE TRIGGER experiments_layer_range_disjoint BEFORE INSERT OR UPDATE OF layer_id, layer_range_start, "
+        "layer_range_end ON experiments FOR EACH ROW EXECUTE FUNCTION experiments_layer_range_disjoint()"
     )
     op.execute(HOLDOUT_PERCENT_IMMUTABLE_FUNCTION)
     op.execute(
@@ -158,7 +185,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP TRIGGER IF EXISTS experiment_holdouts_percent_immutable ON experiment_holdouts")
     op.execute("DROP FUNCTION IF EXISTS experiment_holdouts_percent_immutable()")
-    op.execute("ALTER TABLE experiments DROP CONSTRAINT IF EXISTS ex_experiments_layer_range_disjoint")
+    op.execute("DROP TRIGGER IF EXISTS experiments_layer_range_disjoint ON experiments")
+    op.execute("DROP FUNCTION IF EXISTS experiments_layer_range_disjoint()")
     for name in ('schedule_order', 'layer_range_valid', 'layer_allocation_with_layer', 'layer_allocation_range'):
         op.drop_constraint(op.f(f'ck_experiments_{name}'), 'experiments', type_='check')
     op.drop_constraint(op.f('fk_experiments_layer_id_experiment_layers'), 'experiments', type_='foreignkey')

@@ -6,8 +6,8 @@ starts (first fit, lowest free buckets first) and released when it stops or is
 archived. A user's layer bucket (:func:`services.experiments.buckets.layer_bucket`)
 falls in at most one range, so they are eligible for at most one running experiment
 of the layer. Starting takes the layer row ``FOR UPDATE`` so that two concurrent
-starts see each other's ranges; the exclusion constraint
-``ex_experiments_layer_range_disjoint`` makes an overlap impossible regardless.
+starts see each other's ranges; the trigger ``experiments_layer_range_disjoint``
+refuses an overlapping range whoever writes it (SQLSTATE 23P01, exclusion violation).
 """
 from __future__ import annotations
 

@@ -195,3 +195,20 @@ def test_experiments_can_be_listed_by_layer(client, auth, in_layer, create_exper
     listed = client.get(f"/api/experiments?layer_id={layer['id']}", headers=auth()).get_json()
     assert [e["id"] for e in listed] == [inside["id"]]
     assert client.get("/api/experiments?layer_id=nope", headers=auth()).status_code == 422
+
+
+def test_the_database_refuses_overlapping_ranges_whoever_writes_them(client, auth, in_layer, layer, settings):
+    import psycopg
+
+    from core.config import libpq_url
+
+    first, second = in_layer(30, start=True), in_layer(30, start=True)
+    with psycopg.connect(libpq_url(settings.database_url)) as conn:
+        start, end = conn.execute(
+            "SELECT layer_range_start, layer_range_end FROM experiments WHERE id = %s", (first["id"],)
+        ).fetchone()
+        with pytest.raises(psycopg.errors.ExclusionViolation):
+            conn.execute(
+                "UPDATE experiments SET layer_range_start = %s, layer_range_end = %s WHERE id = %s",
+                (start, end, second["id"]),
+            )
