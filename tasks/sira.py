@@ -16,6 +16,7 @@ from core import metrics
 from core.redis import get_redis
 from services.analysis import jobs as sira_jobs
 from services.analysis import reports as sira_reports
+from services.analysis import scan as sira_scan
 
 from .celery_app import current_settings
 
@@ -59,7 +60,7 @@ def fail_fast_scan() -> dict[str, Any]:
     settings = current_settings()
     return _exclusive(
         "sira.fail_fast_scan",
-        lambda: sira_jobs.fail_fast_scan(get_redis(settings.redis_url)).as_dict(),
+        lambda: sira_scan.fail_fast_scan(get_redis(settings.redis_url)).as_dict(),
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from core.config import libpq_url
 from core.redis import get_redis
-from services.analysis import jobs as sira_jobs
+from services.analysis import scan as sira_scan
 from services.experiments.audit import _CHAIN_LOCK_KEY
 from tests.support.sira_data import set_arm
 
@@ -72,7 +72,7 @@ def test_the_chain_lock_is_the_last_lock_a_writer_takes(settings, migrated_datab
     with psycopg.connect(libpq_url(migrated_database), autocommit=True) as chain_holder:
         chain_holder.execute("SELECT pg_advisory_lock(%s)", (_CHAIN_LOCK_KEY,))
         try:
-            sira = threading.Thread(target=lambda: outcome.update(scan=sira_jobs.fail_fast_scan(redis_client)))
+            sira = threading.Thread(target=lambda: outcome.update(scan=sira_scan.fail_fast_scan(redis_client)))
             sira.start()
             _wait_for_chain_waiters(migrated_database, 1)
             _assert_holds_the_experiment_row(migrated_database, experiment["id"])
@@ -111,9 +111,9 @@ def test_api_mutations_and_sira_actions_leave_one_unbroken_chain(
             )
         return response.status_code
 
-    def scan() -> sira_jobs.ScanSummary:
+    def scan() -> sira_scan.ScanSummary:
         start.wait()
-        return sira_jobs.fail_fast_scan(redis_client)
+        return sira_scan.fail_fast_scan(redis_client)
 
     with ThreadPoolExecutor(10) as pool:
         scans = [pool.submit(scan) for _ in range(2)]

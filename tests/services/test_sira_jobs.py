@@ -12,6 +12,7 @@ import pytest
 from core.config import libpq_url
 from core.redis import get_redis
 from services.analysis import jobs as sira_jobs
+from services.analysis import scan as sira_scan
 from services.cache import definition_key
 from sira.bandit import BanditConfig, bandit_weights
 from sira.stats import ProportionStats
@@ -110,14 +111,14 @@ def test_new_and_non_running_experiments(app, settings, create_experiment, redis
     assert summary.experiments == 1 and summary.published == 1 and not summary.errors
     published = json.loads(redis_client.get(f"sira:weights:{brand_new['id']}"))
     assert published["burn_in"] is True and sum(published["weights"].values()) == pytest.approx(1.0)
-    scan = sira_jobs.fail_fast_scan(redis_client)
+    scan = sira_scan.fail_fast_scan(redis_client)
     assert scan.experiments == 1 and scan.recommendations == 0 and not scan.errors
     # No running experiment at all.
     db_url = libpq_url(settings.database_url)
     with psycopg.connect(db_url) as conn:
         conn.execute("UPDATE experiments SET status = 'stopped'")
     assert sira_jobs.recompute_posteriors(redis_client).experiments == 0
-    assert sira_jobs.fail_fast_scan(redis_client).experiments == 0
+    assert sira_scan.fail_fast_scan(redis_client).experiments == 0
 
 
 def losing_experiment(create_experiment, settings, **overrides):
@@ -139,10 +140,10 @@ def audit_entries(settings, action=None):
 def test_fail_fast_recommends_once_and_audits_as_sira(app, settings, create_experiment, redis_client, caplog):
     experiment, control, green = losing_experiment(create_experiment, settings, guardrails=[])
     with caplog.at_level("WARNING", logger="sira.notifications"):
-        first = sira_jobs.fail_fast_scan(redis_client)
+        first = sira_scan.fail_fast_scan(redis_client)
     assert first.recommendations == 1 and first.actions_applied == 0
     assert any("SIRA fail_fast" in r.getMessage() and "Green Button" in r.getMessage() for r in caplog.records)
-    second = sira_jobs.fail_fast_scan(redis_client)
+    second = sira_scan.fail_fast_scan(redis_client)
     assert second.recommendations == 0
 
     recommendations = rows(settings, "SELECT variant_id::text, kind, rule, event_type, action, details FROM sira_recommendations")
@@ -166,7 +167,7 @@ def test_fail_fast_pause_variant_action(app, settings, create_experiment, redis_
         create_experiment, settings, guardrails=[], fail_fast={"action": "pause_variant"}
     )
     redis_client.set(definition_key(experiment["id"]), b"stale definition")
-    summary = sira_jobs.fail_fast_scan(redis_client)
+    summary = sira_scan.fail_fast_scan(redis_client)
     assert summary.recommendations == 1 and summary.actions_applied == 1
     paused = rows(settings, "SELECT id::text, paused, paused_reason FROM experiment_variants WHERE paused")
     assert [p[0] for p in paused] == [green] and "losing" in paused[0][2]
@@ -177,7 +178,7 @@ def test_fail_fast_pause_variant_action(app, settings, create_experiment, redis_
     assert version == experiment["version"] + 1
     # Twice: nothing more happens.
     count = len(audit_entries(settings))
-    assert sira_jobs.fail_fast_scan(redis_client).recommendations == 0
+    assert sira_scan.fail_fast_scan(redis_client).recommendations == 0
     assert len(audit_entries(settings)) == count
 
 
@@ -186,7 +187,7 @@ def test_fail_fast_stop_experiment_action(app, settings, create_experiment, redi
         create_experiment, settings, guardrails=[], fail_fast={"action": "stop_experiment", "rule": "bayesian"}
     )
     redis_client.set(definition_key(experiment["id"]), b"stale definition")
-    summary = sira_jobs.fail_fast_scan(redis_client)
+    summary = sira_scan.fail_fast_scan(redis_client)
     assert summary.recommendations == 1 and summary.actions_applied == 1
     status, = rows(settings, "SELECT status FROM experiments")[0]
     assert status == "stopped"
@@ -203,7 +204,7 @@ def test_guardrail_breach_pauses_the_variant_by_default(app, settings, create_ex
     set_arm(settings.database_url, experiment["id"], green, assigned=4000, successes=410)
     set_rollup(settings.database_url, experiment["id"], control, "refund", users=40)
     set_rollup(settings.database_url, experiment["id"], green, "refund", users=120)
-    summary = sira_jobs.fail_fast_scan(redis_client)
+    summary = sira_scan.fail_fast_scan(redis_client)
     assert summary.recommendations == 1 and summary.actions_applied == 1
     kind, event_type, action, details = rows(settings, "SELECT kind, event_type, action, details FROM sira_recommendations")[0]
     assert (kind, event_type, action) == ("guardrail_breach", "refund", "pause_variant")
@@ -222,7 +223,7 @@ def test_cannot_pause_the_last_active_arm(app, settings, create_experiment, redi
     set_rollup(settings.database_url, experiment["id"], control, "conversion", users=100)
     with psycopg.connect(libpq_url(settings.database_url)) as conn:
         conn.execute("UPDATE experiment_variants SET paused = true WHERE id = %s", (green,))
-    summary = sira_jobs.fail_fast_scan(redis_client)
+    summary = sira_scan.fail_fast_scan(redis_client)
     assert summary.recommendations == 1 and summary.actions_applied == 0 and not summary.errors
     outcome = rows(settings, "SELECT details->>'action_outcome' FROM sira_recommendations")[0][0]
     assert outcome.startswith("not applied: cannot pause the last active variant")
@@ -237,7 +238,7 @@ def test_concurrent_scans_record_each_finding_once(app, settings, create_experim
 
     def scan():
         barrier.wait()
-        results.append(sira_jobs.fail_fast_scan(redis_client))
+        results.append(sira_scan.fail_fast_scan(redis_client))
 
     threads = [threading.Thread(target=scan) for _ in range(4)]
     for t in threads:
@@ -295,13 +296,13 @@ def test_redis_down_state_still_stored_and_pause_retried(app, settings, create_e
     assert summary.arms == 2 and summary.published == 0 and summary.errors
     assert rows(settings, "SELECT count(*) FROM experiment_bandit_state")[0][0] == 2
 
-    scan = sira_jobs.fail_fast_scan(dead)
+    scan = sira_scan.fail_fast_scan(dead)
     assert scan.recommendations == 0 and len(scan.errors) == 1 and "cached definition" in scan.errors[0]
     assert rows(settings, "SELECT count(*) FROM sira_recommendations")[0][0] == 0
     assert rows(settings, "SELECT count(*) FROM experiment_variants WHERE paused")[0][0] == 0
     assert audit_entries(settings, "sira_fail_fast") == []
 
-    scan = sira_jobs.fail_fast_scan(redis_client)
+    scan = sira_scan.fail_fast_scan(redis_client)
     assert scan.recommendations == 1 and scan.actions_applied == 1 and not scan.errors
     assert rows(settings, "SELECT id::text FROM experiment_variants WHERE paused")[0][0] == green
 
