@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from dotenv import dotenv_values
 
-from core.config import EMBEDDED_ENV_FILE, VAR_DIR, load_settings, redis_url_with_db
+from core.config import EMBEDDED_ENV_FILE, VAR_DIR, Settings, load_settings, redis_url_with_db
 from scripts.db_roles import provision, url_for_role
 from scripts.embedded import start_postgres, start_redis
 
@@ -39,10 +39,8 @@ def forget_previous_embedded() -> None:
     EMBEDDED_ENV_FILE.unlink(missing_ok=True)
 
 
-def main() -> int:
-    forget_previous_embedded()
-    env = dict(os.environ)
-    env.setdefault("APP_ENV", "development")
+def start_embedded(env: dict[str, str]) -> list:
+    """Start an embedded PostgreSQL and/or Redis for what ``env`` does not name; their handles."""
     embedded: list = []
     if not env.get("DATABASE_URL"):
         server, url = start_postgres(VAR_DIR / "pg", "molam_experiments")
@@ -58,27 +56,35 @@ def main() -> int:
         env["REDIS_URL"] = url
         env.setdefault("CELERY_BROKER_URL", redis_url_with_db(url, 1))
         print(f"embedded Redis: {url}")
-    os.environ.update(env)
-    settings = load_settings()
     if embedded:
         EMBEDDED_ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
-        EMBEDDED_ENV_FILE.write_text(
-            "".join(f"{name}={env[name]}\n" for name in ("DATABASE_URL", "MIGRATION_DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")
-                    if name in env)
-        )
+        names = ("DATABASE_URL", "MIGRATION_DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")
+        EMBEDDED_ENV_FILE.write_text("".join(f"{name}={env[name]}\n" for name in names if name in env))
+    return embedded
 
-    bin_dir = Path(sys.executable).parent
-    subprocess.run([str(bin_dir / "alembic"), "upgrade", "head"], cwd=ROOT, env=env, check=True)
-    metrics_dirs = {name: VAR_DIR / "prometheus" / name for name in ("api", "worker", "beat")}
 
-    from api.auth import mint_dev_token
+def stop_embedded(embedded: list) -> None:
+    EMBEDDED_ENV_FILE.unlink(missing_ok=True)
+    for handle in embedded:
+        if isinstance(handle, subprocess.Popen):
+            handle.terminate()
+            handle.wait(timeout=10)
+        else:
+            handle.cleanup()
 
-    commands = {
+
+def commands(settings: Settings, bin_dir: Path) -> dict[str, list[str]]:
+    """The three processes of the platform."""
+    return {
         "api": [str(bin_dir / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"), "-b", f"0.0.0.0:{settings.port}", "api.wsgi:app"],
         # --quiet: no banner, so the processes' output is nothing but log lines.
         "worker": [str(bin_dir / "celery"), "--quiet", "-A", "tasks.celery_app", "worker", "-E", "--loglevel=INFO", "--concurrency=2"],
         "beat": [str(bin_dir / "celery"), "--quiet", "-A", "tasks.celery_app", "beat", "--loglevel=INFO", "-s", str(VAR_DIR / "celerybeat-schedule")],
     }
+
+
+def print_banner(settings: Settings) -> None:
+    from api.auth import mint_dev_token
 
     print("\nMolam Experiments is starting:")
     print(f"  API            http://localhost:{settings.port}/api/experiments")
@@ -94,14 +100,9 @@ def main() -> int:
             print(f"  {role:<13} {mint_dev_token(settings, role)}")
     print("\nCtrl-C stops everything.\n", flush=True)
 
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
-    children = {
-        name: subprocess.Popen(
-            cmd, cwd=ROOT, env={**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dirs[name])}, start_new_session=True
-        )
-        for name, cmd in commands.items()
-    }
 
+def supervise(children: dict[str, subprocess.Popen]) -> int:
+    """Wait for Ctrl-C (or SIGTERM) or for a process to exit, then stop them all; the exit code."""
     stopping = False
 
     def stop(*_: object) -> None:
@@ -118,7 +119,6 @@ def main() -> int:
                 exit_code = 1
                 stopping = True
         time.sleep(0.3)
-
     for child in children.values():
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGTERM)
@@ -128,13 +128,28 @@ def main() -> int:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             os.killpg(child.pid, signal.SIGKILL)
-    EMBEDDED_ENV_FILE.unlink(missing_ok=True)
-    for handle in embedded:
-        if isinstance(handle, subprocess.Popen):
-            handle.terminate()
-            handle.wait(timeout=10)
-        else:
-            handle.cleanup()
+    return exit_code
+
+
+def main() -> int:
+    forget_previous_embedded()
+    env = dict(os.environ)
+    env.setdefault("APP_ENV", "development")
+    embedded = start_embedded(env)
+    os.environ.update(env)
+    settings = load_settings()
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([str(bin_dir / "alembic"), "upgrade", "head"], cwd=ROOT, env=env, check=True)
+    print_banner(settings)
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    children = {
+        name: subprocess.Popen(
+            cmd, cwd=ROOT, env={**env, "PROMETHEUS_MULTIPROC_DIR": str(VAR_DIR / "prometheus" / name)}, start_new_session=True
+        )
+        for name, cmd in commands(settings, bin_dir).items()
+    }
+    exit_code = supervise(children)
+    stop_embedded(embedded)
     print("stopped.")
     return exit_code
 
