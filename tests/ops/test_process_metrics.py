@@ -27,6 +27,7 @@ from core.config import PROJECT_ROOT, redis_url_with_db
 from core.redis import get_redis
 from services.ingestion import staging
 from tests.support.ingestion import count_rows
+from tests.support.waiting import wait_for as _wait_for
 
 pytestmark = pytest.mark.slow
 SERVICE = "pay_module"
@@ -40,15 +41,8 @@ def free_port() -> int:
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except (OSError, urllib.error.URLError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    """Scrapes and readiness probes fail with connection errors until the process listens."""
+    _wait_for(condition, timeout, what, interval=0.2, ignore=(OSError, urllib.error.URLError))
 
 
 def http(method: str, url: str, body: dict | None = None, headers: dict | None = None) -> tuple[int, dict]:

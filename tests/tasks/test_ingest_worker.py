@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from core.config import PROJECT_ROOT, redis_url_with_db
 from core.redis import get_redis
 from services.ingestion import drain as ingestion_drain
 from tests.support.ingestion import assign_users, count_rows, rollup_mismatches
+from tests.support.waiting import wait_for
 
 SERVICE = "pay_module"
 
@@ -66,15 +66,6 @@ def start_worker(settings, broker_url, tmp_path: Path):
         except ProcessLookupError:
             pass
         process.wait()
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def kill_hard(process: subprocess.Popen) -> None:

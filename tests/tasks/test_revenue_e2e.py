@@ -14,7 +14,8 @@ import pytest
 from core.config import libpq_url
 from core.money import CURRENCY_EXPONENTS
 from tests.support.ingestion import count_rows, rollup_mismatches
-from tests.tasks.test_ingest_worker import broker_url, start_worker, wait_for  # noqa: F401 (fixtures)
+from tests.support.waiting import wait_for
+from tests.tasks.test_ingest_worker import broker_url, start_worker  # noqa: F401 (fixtures)
 
 SERVICE = "pay_module"
 USERS = 240
