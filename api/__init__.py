@@ -13,10 +13,9 @@ from core import db
 from core.config import Settings, load_settings
 from core.errors import DomainError, error_body
 
-from . import context, openapi_ui
+from . import context, input_guard, openapi_ui
 from .auth import TokenVerifier, mint_dev_token, resolve_public_key
 from .headers import init_security_headers
-from .input_guard import init_input_guard
 from .ratelimit import init_rate_limiting
 
 log = logging.getLogger(__name__)
@@ -55,6 +54,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_REDOC_PATH="/redoc",
         OPENAPI_REDOC_URL=openapi_ui.REDOC_URL,
         API_SPEC_OPTIONS={
+            "info": {"description": input_guard.OPENAPI_DESCRIPTION},
             "components": {
                 "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
             },
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["settings"] = settings
     init_request_logging(app, access_log_enabled=settings.access_log)
-    init_input_guard(app)
+    input_guard.init_input_guard(app)
     init_security_headers(app)
     app.extensions["token_verifier"] = TokenVerifier(
         resolve_public_key(settings), settings.molam_id_issuer, settings.molam_id_audience
