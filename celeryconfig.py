@@ -10,7 +10,7 @@ from core.config import Settings
 
 result_backend = None
 task_ignore_result = True
-include: list[str] = ["tasks.sira", "tasks.ingest", "tasks.schedules"]
+include: list[str] = ["tasks.sira", "tasks.ingest", "tasks.schedules", "tasks.audit"]
 
 # Losing a message loses data: acknowledge only after the task finished, and put
 # the message back if the worker process dies mid-task.
@@ -60,6 +60,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": "experiments.run_schedules",
             "schedule": settings.schedule_interval_s,
             "options": {"expires": settings.schedule_interval_s},
+        },
+        # Audit: sign the chain head every AUDIT_CHECKPOINT_INTERVAL (5 min); a missed tick is dropped.
+        "audit.write_checkpoint": {
+            "task": "audit.write_checkpoint",
+            "schedule": settings.audit_checkpoint_interval_s,
+            "options": {"expires": settings.audit_checkpoint_interval_s},
         },
         "sira.daily_report": {
             "task": "sira.daily_report",

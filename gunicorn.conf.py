@@ -37,14 +37,14 @@ threads = int(os.environ.get("GUNICORN_THREADS", "2"))
 keepalive = 5
 
 
-def on_starting(server) -> None:  # noqa: ANN001
+def on_starting(server) -> None:
     directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("*.db"):
         stale.unlink()
 
 
-def post_fork(server, worker) -> None:  # noqa: ANN001
+def post_fork(server, worker) -> None:
     # Only matters with --preload: never share the master's sockets with a worker.
     from core import db
     from core.redis import reset_clients
@@ -53,7 +53,7 @@ def post_fork(server, worker) -> None:  # noqa: ANN001
     reset_clients()
 
 
-def post_worker_init(worker) -> None:  # noqa: ANN001
+def post_worker_init(worker) -> None:
     # The loaded application is ~150k long-lived objects (SQLAlchemy, marshmallow,
     # numpy/scipy for SIRA): freezing them keeps the collector from walking them
     # again (a full collection costs tens of milliseconds of one worker's time).
@@ -62,7 +62,7 @@ def post_worker_init(worker) -> None:  # noqa: ANN001
     gc.freeze()
 
 
-def child_exit(server, worker) -> None:  # noqa: ANN001
+def child_exit(server, worker) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)

@@ -12,9 +12,10 @@ from api.observability import init_metrics, init_request_logging
 from core import db
 from core.config import Settings, load_settings
 from core.errors import DomainError, error_body
+from services.experiments import audit as audit_service
 
 from . import context, input_guard, openapi_ui
-from .auth import TokenVerifier, mint_dev_token, resolve_public_key
+from .auth import TokenVerifier, key_ring, mint_dev_token
 from .headers import init_security_headers
 from .ratelimit import init_rate_limiting
 
@@ -28,7 +29,7 @@ class MolamApi(Api):
     offending fields so a client reading just ``message`` still knows what to fix.
     """
 
-    def handle_http_exception(self, error):  # noqa: ANN001, ANN201
+    def handle_http_exception(self, error):
         payload, status, headers = super().handle_http_exception(error)
         if "message" not in payload:
             errors = payload.get("errors") or {}
@@ -67,10 +68,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     input_guard.init_input_guard(app)
     init_security_headers(app)
     app.extensions["token_verifier"] = TokenVerifier(
-        resolve_public_key(settings), settings.molam_id_issuer, settings.molam_id_audience
+        key_ring(settings), settings.molam_id_issuer, settings.molam_id_audience
     )
     db.init_engine(settings.database_url)
     db.init_read_engine(settings.database_replica_url)
+    audit_service.configure_keys(audit_service.keys_from_settings(settings))
     CORS(app, origins=[o.strip() for o in settings.cors_origin.split(",")], expose_headers=["X-Pagination", "X-Request-ID"])
 
     api = MolamApi(app)
@@ -92,7 +94,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     api.register_blueprint(bandit_history.blp)
     app.register_blueprint(dashboard.blp)
-    from . import cli_demo, cli_reconcile, events, fx_rates, sdk
+    from . import cli_audit, cli_demo, cli_reconcile, events, fx_rates, sdk
 
     api.register_blueprint(events.blp)
     api.register_blueprint(fx_rates.blp)
@@ -106,15 +108,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     api.register_blueprint(schedules.blp)
     api.register_blueprint(planning.blp)
     cli_reconcile.register(app)
+    cli_audit.register(app)
     cli_demo.register(app)
 
     _register_error_handlers(app, api)
     init_rate_limiting(app, settings)
-    init_metrics(app)
+    init_metrics(app, settings.metrics_token)
     app.teardown_appcontext(context.close_session)
 
     @app.after_request
-    def add_request_id(response):  # noqa: ANN001, ANN202
+    def add_request_id(response):
         response.headers["X-Request-ID"] = context.request_id()
         return response
 
@@ -124,11 +127,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 def _register_error_handlers(app: Flask, api: Api) -> None:
     @app.errorhandler(DomainError)
-    def handle_domain_error(error: DomainError):  # noqa: ANN202
+    def handle_domain_error(error: DomainError):
         return jsonify(error_body(error.status, error.message, error.errors)), error.status, error.headers
 
     @app.errorhandler(Exception)
-    def handle_unexpected(error: Exception):  # noqa: ANN202
+    def handle_unexpected(error: Exception):
         from sqlalchemy.exc import InterfaceError, OperationalError
 
         if isinstance(error, (OperationalError, InterfaceError)):

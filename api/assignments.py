@@ -4,7 +4,7 @@ from __future__ import annotations
 import uuid
 
 import marshmallow as ma
-from flask import jsonify, request
+from flask import g, jsonify, request
 from marshmallow import fields, validate
 
 from core.codes import COUNTRIES, CURRENCIES, LANGUAGES
@@ -87,7 +87,9 @@ def assign(user: service.UserContext, experiment_id: uuid.UUID):
     # The service builds the response in its final shape; returning a Response
     # skips a second marshmallow pass on the hot path (flask-smorest passes
     # Responses through), while the schema above still documents it.
-    return context.json_response(service.assign(context.redis_client(), experiment_id, user, ratelimit.budget()))
+    return context.json_response(service.assign(
+        context.redis_client(), experiment_id, user, ratelimit.budget(), caller_roles=g.principal.roles
+    ))
 
 
 @blp.route("/<uuid:experiment_id>/assignment/<string(maxlength=200):molam_id>", methods=["GET"])
@@ -98,7 +100,9 @@ def assign(user: service.UserContext, experiment_id: uuid.UUID):
 @blp.alt_response(503, description="PostgreSQL unreachable and the assignment not cached (Retry-After)")
 def get_assignment(experiment_id: uuid.UUID, molam_id: str):
     """The user's stored assignment in an experiment."""
-    return context.json_response(service.stored_assignment(context.redis_client(), experiment_id, molam_id, ratelimit.budget()))
+    return context.json_response(service.stored_assignment(
+        context.redis_client(), experiment_id, molam_id, ratelimit.budget(), caller_roles=g.principal.roles
+    ))
 
 
 # --- exposures decided by SDK clients ---------------------------------------------------
@@ -151,7 +155,7 @@ class RejectedExposureSchema(ma.Schema):
     variant_id = fields.String()
     reason = fields.String(
         metadata={
-            "description": "invalid (see errors), unknown_experiment, not_running, not_fixed_split, unknown_variant, "
+            "description": "invalid (see errors), unknown_experiment, service_not_allowed, not_running, not_fixed_split, unknown_variant, "
             "variant_mismatch (expected_variant_id), conflicts_with_stored (stored_variant_id), "
             "definition_changed, or a targeting reason / outside_coverage"
         }
@@ -179,6 +183,7 @@ def _invalid_item(index: int, item: object, errors: dict) -> dict:
 @require("record_exposures")
 @batch_blp.doc(requestBody={"required": True, "content": {"application/json": {"schema": ExposureBatchSchema}}})
 @batch_blp.response(200, ExposureBatchOutSchema)
+@batch_blp.alt_response(429, description="Rate limit exceeded (Retry-After)")
 def record_batch():
     """Store up to 1,000 locally decided exposures; each is recomputed and kept only if it matches."""
     body = request_json() if request.is_json else None
@@ -193,6 +198,7 @@ def record_batch():
     unknown = sorted(set(body) - {"exposures"})
     if unknown:
         raise Invalid(f"unknown field(s): {', '.join(unknown)}", errors={"json": {k: ["Unknown field."] for k in unknown}})
+    ratelimit.spend("assignments_batch")
     valid, indexes, rejected = [], [], []
     for index, item in enumerate(items):
         try:
@@ -201,7 +207,7 @@ def record_batch():
         except ma.ValidationError as exc:
             rejected.append(_invalid_item(index, item, exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}))
     accepted = []
-    for verdict in exposure_service.record_exposures(context.redis_client(), valid):
+    for verdict in exposure_service.record_exposures(context.redis_client(), valid, caller_roles=g.principal.roles):
         out = verdict.as_dict()
         out["index"] = indexes[verdict.index]
         (accepted if verdict.accepted else rejected).append(out)

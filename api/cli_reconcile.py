@@ -53,7 +53,7 @@ def reconcile_command(experiment_id: uuid.UUID | None, dry_run: bool) -> None:
 def register(app: Flask) -> None:
     """Add ``reconcile`` to the ``sira`` command group, creating the group if nobody has yet."""
     group = app.cli.commands.get("sira")
-    if group is None:
+    if not isinstance(group, click.Group):
         group = AppGroup("sira", help="SIRA and metrics maintenance commands.")
         app.cli.add_command(group)
     group.add_command(reconcile_command)

@@ -56,7 +56,7 @@ def actor() -> Actor:
 _MAX_OFFSET = 2**62
 
 
-def page_offset(pagination_parameters) -> int:  # noqa: ANN001
+def page_offset(pagination_parameters) -> int:
     """The row offset of the requested page, clamped so an absurd ``page`` is an empty page, not a 500."""
     return min(pagination_parameters.first_item, _MAX_OFFSET)
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import uuid
 
 import marshmallow as ma
-from flask import request
+from flask import current_app, g, request
 from marshmallow import fields, validate
 
-from core.errors import DomainError, Invalid
+from core.errors import DomainError, Forbidden, Invalid
 from models.enums import EVENT_TYPES
 from services.ingestion import staging as ingestion
 
-from . import context
+from . import context, ratelimit
 from .auth import require
 from .input_guard import Blueprint, request_json
 
@@ -73,6 +73,7 @@ class TrackAcceptedSchema(ma.Schema):
 
 class RejectedEventSchema(ma.Schema):
     index = fields.Integer()
+    reason = fields.String(metadata={"description": "service_not_allowed: the experiment's allowed_services leave this service out"})
     errors = fields.Dict(metadata={"description": "Field name → messages."})
 
 
@@ -81,6 +82,13 @@ class BatchAcceptedSchema(ma.Schema):
         fields.String(), metadata={"description": "Event ids queued (or kept for a holdout), in request order."}
     )
     rejected = fields.List(fields.Nested(RejectedEventSchema))
+
+
+def caller(scope: str) -> ingestion.Caller:
+    """The staging call's caller: backlog share, ``allowed_services`` scope and the ``scope`` budget."""
+    principal = g.principal
+    share = current_app.extensions["settings"].ingest_service_share
+    return ingestion.Caller(principal.sub, principal.roles, share, ratelimit.budget(scope))
 
 
 def json_body() -> object:
@@ -96,7 +104,9 @@ def json_body() -> object:
 @blp.response(202, TrackAcceptedSchema)
 @blp.alt_response(404, description="Unknown experiment")
 @blp.alt_response(409, description="Experiment archived")
+@blp.alt_response(403, description="The experiment's allowed_services leave this service out")
 @blp.alt_response(422, description="Invalid event, unassigned user or variant mismatch (errors name the field)")
+@blp.alt_response(429, description="Rate limit, or this caller's share of the backlog, exceeded (Retry-After)")
 @blp.alt_response(503, description="Redis unreachable or backlog full: nothing was queued (Retry-After)")
 def track(experiment_id: uuid.UUID):
     """Queue one event for an assigned user."""
@@ -106,7 +116,7 @@ def track(experiment_id: uuid.UUID):
     )
     if errors:
         raise Invalid("invalid event", errors={"json": errors})
-    record = ingestion.accept_one(context.redis_client(), context.session, record, context.request_id())
+    record = ingestion.accept_one(context.redis_client(), context.session, record, context.request_id(), caller("track"))
     ingestion.count_accepted([record])
     # The final shape, as a Response: flask-smorest passes it through instead of
     # dumping the dict through the schema again (the schema still documents it).
@@ -118,6 +128,7 @@ def track(experiment_id: uuid.UUID):
 @blp.doc(requestBody={"required": True, "content": {"application/json": {"schema": BatchSchema}}})
 @blp.response(202, BatchAcceptedSchema)
 @blp.alt_response(422, description="The envelope is invalid (per-event problems are listed in `rejected`)")
+@blp.alt_response(429, description="Rate limit, or this caller's share of the backlog, exceeded: nothing was queued (Retry-After)")
 @blp.alt_response(503, description="Redis unreachable or backlog full: nothing was queued (Retry-After)")
 def batch():
     """Queue up to 1,000 events; valid ones are queued even when neighbours are rejected."""
@@ -145,20 +156,26 @@ def batch():
     accepted: list[ingestion.StagedEvent] = []
     held_out: list[ingestion.StagedEvent] = []
     accepted_ids: list[str] = []
-    if records:
+    staging = caller("events_batch")
+    if not records:
+        ratelimit.spend("events_batch")
+    else:
         pairs = [(record.experiment_id, record.molam_id) for _, record in records]
-        found = ingestion.lookup(context.redis_client(), context.session, pairs)
+        found = ingestion.lookup(context.redis_client(), context.session, pairs, staging.budget)
         for index, record in records:
             try:
-                accepted.append(ingestion.check_assignment(record, found))
+                accepted.append(ingestion.check_assignment(record, found, staging.roles))
             except DomainError as refusal:
                 if isinstance(refusal, Invalid) and ingestion.accept_for_holdout(context.session, record, found):
                     held_out.append(record)
+                elif isinstance(refusal, Forbidden):
+                    rejected.append({"index": index, "reason": "service_not_allowed", "errors": refusal.errors["json"]})
+                    continue
                 else:
                     rejected.append({"index": index, "errors": refusal.errors["json"]})
                     continue
             accepted_ids.append(record.event_id)
-        ingestion.stage(context.redis_client(), accepted, context.request_id())
+        ingestion.stage(context.redis_client(), accepted, context.request_id(), staging)
         ingestion.count_accepted(accepted + held_out)
     rejected.sort(key=lambda r: r["index"])
     return {"accepted": accepted_ids, "rejected": rejected}

@@ -37,7 +37,7 @@ class ExperimentCollection(MethodView):
     @blp.arguments(ExperimentListQuerySchema, location="query")
     @blp.response(200, ExperimentOutSchema(many=True))
     @blp.paginate()
-    def get(self, query: dict, pagination_parameters):  # noqa: ANN001
+    def get(self, query: dict, pagination_parameters):
         """List experiments, newest first: filter by ``status``, ``mode``, owner (``created_by``)
         and a name search (``q``); ``X-Pagination`` header."""
         items, total = service.list_experiments(

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from typing import Any, cast
 
 import marshmallow as ma
+import psycopg
 from flask import Response, stream_with_context
 from flask.views import MethodView
 from marshmallow import fields, validate
@@ -20,7 +22,7 @@ from marshmallow import fields, validate
 from core import db
 from services.experiments import lifecycle as experiment_service
 
-from . import context
+from . import context, ratelimit
 from .auth import require
 from .input_guard import Blueprint
 
@@ -93,13 +95,15 @@ def _csv_stream(sql: str, experiment_id: uuid.UUID) -> Iterator[bytes]:
 def _ndjson_stream(sql: str, experiment_id: uuid.UUID) -> Iterator[bytes]:
     connection = db.get_read_engine().raw_connection()
     try:
-        cursor = connection.cursor(name=f"export_{uuid.uuid4().hex}")
+        # A server-side (named) cursor: rows arrive 5,000 at a time, never all at once.
+        driver = cast("psycopg.Connection[Any]", connection.driver_connection)
+        cursor = driver.cursor(name=f"export_{uuid.uuid4().hex}")
         cursor.itersize = 5000
         cursor.execute(sql, {"id": experiment_id})
-        names = None
+        names: list[str] | None = None
         for row in cursor:
             if names is None:
-                names = [c.name for c in cursor.description]
+                names = [c.name for c in cursor.description or ()]
             yield (json.dumps(dict(zip(names, row)), default=str) + "\n").encode()
         connection.rollback()
     finally:
@@ -114,6 +118,7 @@ class ExperimentExport(MethodView):
     @blp.alt_response(200, content_type="application/x-ndjson", success=True)
     def get(self, query: dict, experiment_id: uuid.UUID):
         """Stream the experiment's raw ``events`` (default) or ``assignments`` as CSV or NDJSON."""
+        ratelimit.spend("export")
         experiment_service.get_experiment(context.read_session(), experiment_id)
         context.read_session().rollback()
         if query["format"] == "csv":

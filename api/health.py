@@ -40,7 +40,7 @@ def _check_postgres() -> str | None:
         with db.get_engine().connect() as connection:
             connection.execute(text("SELECT 1"))
         return None
-    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+    except Exception as exc:  # any failure means not ready
         return _reason("postgres", exc)
 
 
@@ -48,7 +48,7 @@ def _check_redis(name: str, url: str) -> str | None:
     try:
         get_redis(url).ping()
         return None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return _reason(name, exc)
 
 

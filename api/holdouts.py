@@ -66,7 +66,7 @@ class HoldoutResultsSchema(ma.Schema):
     metrics = fields.Dict(keys=fields.String(), values=fields.Nested(HoldoutMetricSchema))
 
 
-def _out(holdout) -> dict:  # noqa: ANN001
+def _out(holdout) -> dict:
     return {
         "id": holdout.id,
         "name": holdout.name,

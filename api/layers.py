@@ -56,7 +56,7 @@ class LayerOutSchema(ma.Schema):
     experiments = fields.List(fields.Nested(LayerExperimentSchema), metadata={"description": "Every experiment naming the layer."})
 
 
-def _out(layer) -> dict:  # noqa: ANN001
+def _out(layer) -> dict:
     return {
         "id": layer.id,
         "name": layer.name,

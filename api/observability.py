@@ -21,12 +21,15 @@ label sets of an experiment that stops running disappear from the next scrape:
 """
 from __future__ import annotations
 
+import functools
+import hmac
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from flask import Flask, g, request
+from flask import Flask, g, jsonify, request
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -36,6 +39,7 @@ from sqlalchemy import func, select, text
 
 import core.metrics  # noqa: F401 - declare the domain metrics before the first scrape
 from core import db
+from core.errors import error_body
 from models import Experiment
 from models.enums import STATUSES, ExperimentStatus
 
@@ -81,7 +85,7 @@ class DatabaseCollector(Collector):
                     (row.experiment_id, row.variant_id): row
                     for row in session.execute(_BANDIT_STATE, {"experiment_ids": running})
                 } if running else {}
-        except Exception as exc:  # noqa: BLE001 - a scrape must not fail because PostgreSQL is down
+        except Exception as exc:  # a scrape must not fail because PostgreSQL is down
             log.warning("database gauges unavailable: %s", exc)
             return
 
@@ -124,7 +128,7 @@ class DatabaseCollector(Collector):
 class MolamMetrics(PrometheusMetrics):
     """The exporter plus collectors that read the database on each scrape."""
 
-    def generate_metrics(self, accept_header=None, names=None):  # noqa: ANN001, ANN201
+    def generate_metrics(self, accept_header=None, names=None):
         content, content_type = super().generate_metrics(accept_header, names)
         if names and not set(names) & set(DatabaseCollector.FAMILIES):
             return content, content_type
@@ -138,13 +142,37 @@ class MolamMetrics(PrometheusMetrics):
         return content + extra, content_type
 
 
-def init_metrics(app: Flask) -> PrometheusMetrics:
+def metrics_token_guard(token: str | None) -> Callable[[Callable[..., Any]], Callable[..., Any]] | None:
+    """With ``METRICS_TOKEN`` set, ``/metrics`` answers only ``Authorization: Bearer <token>`` (else 401).
+
+    Compared in constant time; the body is the standard error payload, as for every 401.
+    """
+    if not token:
+        return None
+    expected = token.encode()
+
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(view)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), expected):
+                reason = "missing bearer token" if not presented.strip() else "invalid token"
+                return jsonify(error_body(401, reason)), 401, {"WWW-Authenticate": "Bearer"}
+            return view(*args, **kwargs)
+
+        return guarded
+
+    return decorate
+
+
+def init_metrics(app: Flask, token: str | None = None) -> PrometheusMetrics:
     # Group request metrics by route template, never by path: paths carry molam_ids
     # and experiment ids, which would make the label set unbounded.
     metrics = MolamMetrics(
         app,
         group_by="url_rule",
         excluded_paths=["^/metrics$", "^/healthz$", "^/readyz$"],
+        metrics_decorator=metrics_token_guard(token),
     )
     app.extensions["prometheus_metrics"] = metrics
     return metrics
@@ -177,7 +205,7 @@ def init_request_logging(app: Flask, *, access_log_enabled: bool) -> None:
         return
 
     @app.after_request
-    def _log_request(response):  # noqa: ANN001, ANN202
+    def _log_request(response):
         started = g.get("request_started")
         if started is not None and access_log.isEnabledFor(logging.INFO) and request.path not in ("/healthz", "/readyz", "/metrics"):
             access_log.info(

@@ -200,7 +200,7 @@ class ReportCollection(MethodView):
     @reports_blp.arguments(ReportQuerySchema, location="query")
     @reports_blp.response(200, ReportSummarySchema(many=True))
     @reports_blp.paginate()
-    def get(self, query: dict, pagination_parameters):  # noqa: ANN001
+    def get(self, query: dict, pagination_parameters):
         """Stored daily reports, newest first (filter by ``experiment_id``; ``X-Pagination`` header)."""
         items, total = sira_reports.list_reports(
             context.read_session(),

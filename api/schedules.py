@@ -48,7 +48,7 @@ class ExperimentScheduleSchema(ma.Schema):
     attempts = fields.List(fields.Nested(AttemptSchema))
 
 
-def _scheduled(experiment) -> dict:  # noqa: ANN001
+def _scheduled(experiment) -> dict:
     starting = experiment.status == "draft"
     return {
         "experiment_id": experiment.id,

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 
 import marshmallow as ma
 from marshmallow import fields, validate, validates_schema
 
-from core import jsonsafe
+from core import jsonsafe, rbac
 from core.codes import COUNTRIES, CURRENCIES, LANGUAGES
 from core.money import MONEY_CURRENCIES
+from models import Experiment
 from models.enums import (
     DEFAULT_GUARDRAILS,
     EVENT_TYPES,
@@ -105,7 +107,7 @@ class BanditSettingsSchema(StrictSchema):
 MAX_ATTRIBUTION_WINDOW_S = 90 * 24 * 3600
 
 
-def _attribution_window_field(**kwargs: object) -> fields.Dict:
+def _attribution_window_field(**kwargs: Any) -> fields.Dict:
     return fields.Dict(
         keys=fields.String(validate=validate.OneOf(EVENT_TYPES)),
         values=fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=0, max=MAX_ATTRIBUTION_WINDOW_S)),
@@ -121,7 +123,7 @@ def _attribution_window_field(**kwargs: object) -> fields.Dict:
     )
 
 
-def _guardrail_margin_field(**kwargs: object) -> fields.Float:
+def _guardrail_margin_field(**kwargs: Any) -> fields.Float:
     return fields.Float(
         validate=validate.Range(min=0.0, max=10.0),
         metadata={
@@ -161,7 +163,7 @@ def _reporting_currency() -> fields.String:
     )
 
 
-def _value_cap_percentile(**kwargs: object) -> fields.Float:
+def _value_cap_percentile(**kwargs: Any) -> fields.Float:
     return fields.Float(
         allow_none=True,
         validate=validate.Range(min=50, max=100, max_inclusive=False),
@@ -177,7 +179,7 @@ def _value_cap_percentile(**kwargs: object) -> fields.Float:
 MAX_HOLDOUTS = 20
 
 
-def percent_field(description: str, maximum: float = 100, **kwargs: object) -> fields.Decimal:
+def percent_field(description: str, maximum: float = 100, **kwargs: Any) -> fields.Decimal:
     """A percentage in (0, maximum] with two decimals (exact: hundredths are buckets)."""
     return fields.Decimal(
         places=2,
@@ -194,6 +196,14 @@ def _utc_field(description: str) -> fields.AwareDateTime:
     )
 
 
+MAX_ALLOWED_SERVICES = 64
+
+
+def _service_role(value: str) -> None:
+    if not rbac.is_service_role_name(value):
+        raise ma.ValidationError(f"unknown service role {value!r}: service roles are named <product>_module")
+
+
 class DesignFieldsMixin(ma.Schema):
     """Layer, holdouts, approval and schedule fields (cross-field rules: services.experiments.lifecycle)."""
 
@@ -208,6 +218,15 @@ class DesignFieldsMixin(ma.Schema):
     holdout_ids = fields.List(fields.UUID(), validate=[validate.Length(max=MAX_HOLDOUTS), _unique_list])
     start_at = _utc_field("Scheduled start (ISO 8601; UTC when no offset is given).")
     end_at = _utc_field("Scheduled stop (ISO 8601; UTC when no offset is given).")
+    allowed_services = fields.List(
+        fields.String(validate=_service_role),
+        allow_none=True,
+        validate=[validate.Length(max=MAX_ALLOWED_SERVICES), _unique_list],
+        metadata={
+            "description": "Service roles (e.g. pay_module) that may assign and track on the experiment; "
+            "null or absent: every service role (ops_admin is never limited). Settable while draft."
+        },
+    )
 
 
 class ExperimentCreateSchema(StrictSchema, DesignFieldsMixin):
@@ -238,7 +257,7 @@ class ExperimentCreateSchema(StrictSchema, DesignFieldsMixin):
     value_cap_percentile = _value_cap_percentile(load_default=99.5)
 
     @validates_schema
-    def check_variants(self, data: dict, **kwargs: object) -> None:
+    def check_variants(self, data: dict, **kwargs: Any) -> None:
         errors = validate_variants(data.get("variants") or [])
         if errors:
             raise ma.ValidationError(errors)
@@ -269,7 +288,7 @@ class ExperimentUpdateSchema(StrictSchema, DesignFieldsMixin):
     value_cap_percentile = _value_cap_percentile()
 
     @validates_schema
-    def check_variants(self, data: dict, **kwargs: object) -> None:
+    def check_variants(self, data: dict, **kwargs: Any) -> None:
         if "variants" in data:
             errors = validate_variants(data["variants"])
             if errors:
@@ -318,23 +337,26 @@ class ExperimentOutSchema(ma.Schema):
     holdout_ids = fields.List(fields.UUID())
     start_at = fields.DateTime(allow_none=True)
     end_at = fields.DateTime(allow_none=True)
+    allowed_services = fields.List(
+        fields.String(), allow_none=True, metadata={"description": "null: every service role may assign and track."}
+    )
 
-    def dump_layer_range(self, experiment: object) -> dict[str, int] | None:
+    def dump_layer_range(self, experiment: Experiment) -> dict[str, int | None] | None:
         if experiment.layer_range_start is None:
             return None
         return {"start": experiment.layer_range_start, "end": experiment.layer_range_end}
 
-    def dump_guardrails(self, experiment: object) -> list[str]:
+    def dump_guardrails(self, experiment: Experiment) -> list[str]:
         return list(experiment.guardrails.get("event_types", []))
 
-    def dump_guardrail_margin(self, experiment: object) -> float:
+    def dump_guardrail_margin(self, experiment: Experiment) -> float:
         return float(experiment.guardrails.get("margin", DEFAULT_GUARDRAIL_MARGIN))
 
-    def dump_attribution_window_s(self, experiment: object) -> dict[str, int | None]:
+    def dump_attribution_window_s(self, experiment: Experiment) -> dict[str, int | None]:
         """The windows in force: the configured ones, the mode's default for the rest."""
         return attribution_windows(experiment.mode, experiment.attribution_window_s)
 
-    def dump_guardrail_action(self, experiment: object) -> str | None:
+    def dump_guardrail_action(self, experiment: Experiment) -> str | None:
         return experiment.guardrails.get("action")
 
 
@@ -372,8 +394,50 @@ class AuditEntryOutSchema(ma.Schema):
     hash = fields.String()
 
 
+class AuditCheckpointOutSchema(ma.Schema):
+    id = fields.Integer()
+    entry_id = fields.Integer()
+    entry_hash = fields.String()
+    entries = fields.Integer()
+    created_at = fields.String()
+    key_id = fields.String()
+    signature = fields.String()
+
+
+class AuditCheckpointQuerySchema(QuerySchema):
+    after_id = fields.Integer(validate=validate.Range(min=0, max=2**62))
+
+
+class AuditVerifyQuerySchema(QuerySchema):
+    full = fields.Boolean(load_default=False)
+
+
 class AuditVerifyOutSchema(ma.Schema):
     ok = fields.Boolean()
     entries = fields.Integer()
     first_bad_id = fields.Integer(allow_none=True)
     reason = fields.String(allow_none=True)
+    mode = fields.String()
+    verified_entries = fields.Integer()
+    legacy_entries = fields.Integer()
+    legacy_through_id = fields.Integer(allow_none=True)
+    from_checkpoint = fields.Nested(AuditCheckpointOutSchema, allow_none=True)
+    head_id = fields.Integer(allow_none=True)
+    head_hash = fields.String(allow_none=True)
+    checkpoints_verified = fields.Integer(allow_none=True)
+    duration_ms = fields.Float()
+
+
+class AuditVerifyJobOutSchema(ma.Schema):
+    job_id = fields.UUID(attribute="id")
+    status = fields.String()
+    requested_by = fields.String()
+    requested_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    result = fields.Nested(AuditVerifyOutSchema, allow_none=True)
+    error = fields.String(allow_none=True)
+    status_url = fields.Method("_status_url")
+
+    def _status_url(self, job) -> str:
+        return f"/api/audit/verify/{job.id}"

@@ -1,7 +1,7 @@
 """SDK resource: the definitions clients evaluate locally, and a stream of their changes."""
 from __future__ import annotations
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app, g, request
 
 from core.config import Settings
 from core.errors import Unavailable
@@ -34,13 +34,16 @@ def init_sdk(app: Flask, settings: Settings) -> None:
 @require("sdk_definitions")
 @blp.doc(
     responses={
-        "200": {"description": "Every running experiment's evaluation data (see docs/sdk.md); strong ETag"},
+        "200": {
+            "description": "Every running experiment the caller may assign (allowed_services), its evaluation data "
+            "(see docs/sdk.md); strong ETag per view"
+        },
         "304": {"description": "If-None-Match matched the current ETag"},
     }
 )
 def definitions():
     """Every running experiment's evaluation data, with a strong ETag (If-None-Match → 304)."""
-    snapshot = snapshots.current_snapshot(context.redis_client())
+    snapshot = snapshots.caller_view(snapshots.current_snapshot(context.redis_client()), g.principal.roles)
     headers = {"ETag": snapshot.header_etag, "Cache-Control": "no-cache"}
     if request.if_none_match.contains_weak(snapshot.etag):
         return Response(status=304, headers=headers)
@@ -75,9 +78,10 @@ def stream():
         known = known.strip()
         known = known if known.startswith('"') else f'"{known}"'
     client = context.redis_client()
+    roles = g.principal.roles
     body = change_stream.events(
         current_app.extensions["sdk_watcher"],
-        lambda: snapshots.current_snapshot(client).header_etag,
+        lambda: snapshots.caller_view(snapshots.current_snapshot(client), roles).header_etag,
         known_etag=known,
         max_seconds=settings.sdk_stream_max_seconds,
         heartbeat_s=settings.sdk_stream_heartbeat_s,

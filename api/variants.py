@@ -32,7 +32,7 @@ def _refresh_bandit_state(experiment_id: uuid.UUID) -> None:
         sira_jobs.recompute_posteriors(
             context.redis_client(), recompute_interval_s=settings.recompute_interval_s, experiment_ids=[experiment_id]
         )
-    except Exception:  # noqa: BLE001 - the pause is committed; the next beat tick catches up
+    except Exception:  # the pause is committed; the next beat tick catches up
         log.exception("could not refresh bandit state of %s after a pause change", experiment_id)
 
 

@@ -32,12 +32,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import jwt  # noqa: E402
-import psutil  # noqa: E402
-import psycopg  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
-from psycopg import sql  # noqa: E402
+import jwt
+import psutil
+import psycopg
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from psycopg import sql
 
 BIN = Path(sys.executable).parent
 
@@ -124,7 +124,7 @@ def wait_http(url: str, timeout_s: float = 30) -> None:
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
-        except Exception:  # noqa: BLE001
+        except Exception:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
@@ -236,8 +236,20 @@ def require_wrk() -> bool:
     return True
 
 
-def ephemeral_signer(ttl_s: int = 6 * 3600):  # noqa: ANN201
-    """A throwaway RS256 key pair: (public PEM for MOLAM_ID_PUBLIC_KEY, mint(role, sub) -> token)."""
+#: The iss and aud the benches' tokens carry; production settings require both.
+#: What production requires besides the key: the tokens' issuer and audience, the audit chain's key.
+BENCH_IDENTITY = {
+    "MOLAM_ID_ISSUER": "https://id.molam.bench",
+    "MOLAM_ID_AUDIENCE": "molam-experiments-bench",
+    "AUDIT_HMAC_KEY": "bench-audit-key-" + "0" * 48,
+}
+
+
+def ephemeral_signer(ttl_s: int = 6 * 3600):
+    """A throwaway RS256 key pair: (public PEM for MOLAM_ID_PUBLIC_KEY, mint(role, sub) -> token).
+
+    Tokens carry ``BENCH_IDENTITY``'s issuer and audience; put those variables in the server's environment.
+    """
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public_pem = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -245,7 +257,9 @@ def ephemeral_signer(ttl_s: int = 6 * 3600):  # noqa: ANN201
     now = int(time.time())
 
     def mint(role: str, sub: str) -> str:
-        return jwt.encode({"sub": sub, "roles": [role], "iat": now, "exp": now + ttl_s}, private, algorithm="RS256")
+        claims = {"sub": sub, "roles": [role], "iat": now, "exp": now + ttl_s,
+                  "iss": BENCH_IDENTITY["MOLAM_ID_ISSUER"], "aud": BENCH_IDENTITY["MOLAM_ID_AUDIENCE"]}
+        return jwt.encode(claims, private, algorithm="RS256")
 
     return public_pem, mint
 
@@ -293,8 +307,7 @@ def main() -> int:
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "PYTHONPATH": str(ROOT),
     }
-    env.pop("MOLAM_ID_ISSUER", None)
-    env.pop("MOLAM_ID_AUDIENCE", None)
+    env.update(BENCH_IDENTITY)
     subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, env=env, check=True, capture_output=True)
 
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))

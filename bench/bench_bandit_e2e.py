@@ -37,11 +37,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
-import redis  # noqa: E402
-from psycopg import sql  # noqa: E402
+import psycopg
+import redis
+from psycopg import sql
 
-from bench.bench_assign import ephemeral_signer  # noqa: E402
+from bench.bench_assign import BENCH_IDENTITY, ephemeral_signer
 
 BIN = Path(sys.executable).parent
 RATES = {"Control": 0.10, "Better": 0.12}
@@ -158,8 +158,7 @@ def main() -> int:
         "INGEST_DRAIN_INTERVAL": str(args.drain_interval),
         "PYTHONPATH": str(ROOT),
     }
-    for name in ("MOLAM_ID_ISSUER", "MOLAM_ID_AUDIENCE"):
-        env.pop(name, None)
+    env.update(BENCH_IDENTITY)
     subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, env=env, check=True, capture_output=True)
 
     port = free_port()

@@ -35,10 +35,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
-import redis  # noqa: E402
+import psycopg
+import redis
 
-from bench.bench_assign import (  # noqa: E402 - same servers, wrk harness and baseline as the assignment bench
+from bench.bench_assign import (  # same servers, wrk harness and baseline as the assignment bench
+    BENCH_IDENTITY,
     LUA_BASELINE,
     LUA_COMMON,
     Server,
@@ -258,8 +259,7 @@ def main() -> int:
         "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="bench-prom-"),
         "PYTHONPATH": str(ROOT),
     }
-    env.pop("MOLAM_ID_ISSUER", None)
-    env.pop("MOLAM_ID_AUDIENCE", None)
+    env.update(BENCH_IDENTITY)
     subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, env=env, check=True, capture_output=True)
 
     logs = Path(tempfile.mkdtemp(prefix="bench-ingest-logs-"))
@@ -286,7 +286,7 @@ def main() -> int:
         post_json(f"{api.url}/api/experiments/{experiment['id']}/start", {}, admin_token)
         held = assign_users(database_url, client, experiment, args.users)
         track_url = f"{api.url}/api/experiments/{experiment['id']}/track"
-        track_script = lambda run: lua(LUA_TRACK, token=service_token, users=args.users, run=run)  # noqa: E731
+        track_script = lambda run: lua(LUA_TRACK, token=service_token, users=args.users, run=run)
 
         if "a" in args.parts:
             base_script = lua(LUA_BASELINE, token=service_token, users=args.users)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import jsonsafe  # noqa: E402
-from core.money import DecimalLiteral  # noqa: E402
+from core import jsonsafe
+from core.money import DecimalLiteral
 
 
 def bodies() -> dict[str, bytes]:

@@ -39,9 +39,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "sdk" / "python"))
 
-import redis  # noqa: E402
+import redis
 
-from bench.bench_assign import (  # noqa: E402
+from bench.bench_assign import (
+    BENCH_IDENTITY,
     LUA_RETURNING,
     Server,
     ephemeral_signer,
@@ -53,7 +54,7 @@ from bench.bench_assign import (  # noqa: E402
     run_wrk,
     wait_http,
 )
-from molam_experiments import Client  # noqa: E402
+from molam_experiments import Client
 
 BIN = Path(sys.executable).parent
 TARGETING = {"country": ["SN", "FR"], "lang": ["fr"], "min_txn": 1}
@@ -204,10 +205,11 @@ def main() -> int:
         "PROMETHEUS_MULTIPROC_DIR": str(var_dir / "prometheus"),
         "RATE_LIMIT_ENABLED": "1",
         "ASSIGN_RATE_LIMIT": "100000000/minute",
+        "ASSIGNMENTS_BATCH_RATE_LIMIT": "100000000/minute",
+        "TRACK_RATE_LIMIT": "100000000/minute",
         "PYTHONPATH": str(ROOT),
     }
-    for name in ("MOLAM_ID_ISSUER", "MOLAM_ID_AUDIENCE"):
-        env.pop(name, None)
+    env.update(BENCH_IDENTITY)
     subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, env=env, check=True, capture_output=True)
     server_args = Namespace(workers=int(os.environ.get("WEB_CONCURRENCY", "4")), worker_class="gthread",
                             threads=int(os.environ.get("GUNICORN_THREADS", "2")))

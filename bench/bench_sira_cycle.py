@@ -36,11 +36,12 @@ from sqlalchemy import text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core import db  # noqa: E402
-from core.config import libpq_url, normalise_database_url  # noqa: E402
-from core.redis import get_redis  # noqa: E402
-from services.analysis import jobs as sira_jobs  # noqa: E402
+from core import db
+from core.config import libpq_url, normalise_database_url
+from core.redis import get_redis
+from services.analysis import jobs as sira_jobs
 from services.analysis import results as sira_results
+from services.experiments import audit
 
 
 def plain(url: str) -> str:
@@ -177,6 +178,8 @@ def main() -> int:
     recreate_database(args.database_url)
     load(args.database_url, args.experiments, args.arms, args.users_per_arm)
     db.init_engine(normalise_database_url(args.database_url))
+    # Findings are audited: the chain needs its key (a fixed one for the benchmark).
+    audit.configure_keys(audit.AuditKeys("bench", {"bench": b"bench-audit-key-" + b"0" * 32}))
     client = get_redis(args.redis_url)
 
     rows = []

@@ -39,19 +39,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sira.bandit import REPUBLISH_STEP, BanditConfig, floored_weights  # noqa: E402
-from sira.compare import compare_rates  # noqa: E402
-from sira.failfast import (  # noqa: E402
+from sira.bandit import REPUBLISH_STEP, BanditConfig, floored_weights
+from sira.compare import compare_rates
+from sira.failfast import (
     DEFAULT_GUARDRAIL_MARGIN,
     FailFastConfig,
     confidence_sequence_radius,
     guardrail_flags,
     guardrail_ratio_flags,
 )
-from sira.insights import SegmentSummary, VariantSummary, suggestions  # noqa: E402
-from sira.posterior import prob_best_batch  # noqa: E402
-from sira.stats import ProportionStats, relative_uplift  # noqa: E402
-from sira.strata import PeriodTable, arm_estimates, difference_estimates, shared_periods  # noqa: E402
+from sira.insights import SegmentSummary, VariantSummary, suggestions
+from sira.posterior import prob_best_batch
+from sira.stats import ProportionStats, relative_uplift
+from sira.strata import PeriodTable, arm_estimates, difference_estimates, shared_periods
 
 RECOMPUTE_EVERY = 500
 

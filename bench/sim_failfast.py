@@ -29,8 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sira.failfast import FailFastConfig, difference_confidence_sequence  # noqa: E402
-from sira.posterior import prob_best_batch  # noqa: E402
+from sira.failfast import FailFastConfig, difference_confidence_sequence
+from sira.posterior import prob_best_batch
 
 LOOK_EVERY = 100
 MAX_PER_ARM = 20_000

@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sira.money import ArmValues, PairStats, per_user_analysis, ratio_uplift  # noqa: E402
+from sira.money import ArmValues, PairStats, per_user_analysis, ratio_uplift
 
 
 def _arm(y: np.ndarray, x: np.ndarray, n: int | None = None) -> ArmValues:

@@ -20,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sira.failfast import difference_confidence_sequence  # noqa: E402
-from sira.planning import PlanInput, fixed_horizon, sequential  # noqa: E402
+from sira.failfast import difference_confidence_sequence
+from sira.planning import PlanInput, fixed_horizon, sequential
 
 SCENARIOS = [
     PlanInput("proportion", 0.10, 0.30, power=0.8),
@@ -63,7 +63,7 @@ def main() -> None:
         p1, p2 = data.baseline, data.baseline * (1 + data.mde_relative)
         at_n, ever = simulate(n, p1, p2, alpha, r, rng)
         _, null_ever = simulate(n, p1, p1, alpha, r, rng)
-        se = lambda p: math.sqrt(max(p * (1 - p), 1e-12) / r)  # noqa: E731
+        se = lambda p: math.sqrt(max(p * (1 - p), 1e-12) / r)
         print(
             f"| {data.baseline} | {data.mde_relative:+.0%} | {data.arms} | {data.power} | {fixed.users_per_arm:,} | {n:,} | "
             f"{alpha:.4f} | {at_n:.3f} ({se(at_n):.3f}) | {ever:.3f} ({se(ever):.3f}) | {null_ever:.4f} ({se(null_ever):.4f}) |"

@@ -29,8 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sira.bandit import BanditConfig, bandit_weights  # noqa: E402
-from sira.stats import ProportionStats  # noqa: E402
+from sira.bandit import BanditConfig, bandit_weights
+from sira.stats import ProportionStats
 
 RATES = np.array([0.10, 0.12])
 GAP = RATES.max() - RATES

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 from dotenv import load_dotenv
 
@@ -81,6 +81,10 @@ def _float(name: str, default: float) -> float:
     return _number(name, default, float)
 
 
+@overload
+def _str(name: str, default: str) -> str: ...
+@overload
+def _str(name: str, default: None = None) -> str | None: ...
 def _str(name: str, default: str | None = None) -> str | None:
     raw = os.environ.get(name)
     return default if raw is None or raw == "" else raw
@@ -105,8 +109,24 @@ class Settings:
     molam_id_public_key: str | None = None
     molam_id_issuer: str | None = None
     molam_id_audience: str | None = None
+    # Key rotation: a JWKS document on disk and/or at a URL (keys chosen by the token's kid).
+    molam_id_jwks_file: Path | None = None
+    molam_id_jwks_url: str | None = None
+    molam_id_jwks_refresh_s: float = 300.0
+    molam_id_jwks_min_refresh_s: float = 30.0
+    molam_id_jwks_timeout_s: float = 2.0
+    # Bearer token Prometheus must send to GET /metrics (None: the endpoint is open).
+    metrics_token: str | None = None
     # Assignment hot path
     assign_rate_limit: str = "120000/minute"
+    # Per-caller budgets of the other write and heavy read endpoints.
+    track_rate_limit: str = "120000/minute"
+    events_batch_rate_limit: str = "6000/minute"
+    assignments_batch_rate_limit: str = "6000/minute"
+    export_rate_limit: str = "60/minute"
+    audit_verify_rate_limit: str = "30/minute"
+    # Fraction of the ingestion backlog (stream entries) one caller may occupy.
+    ingest_service_share: float = 0.5
     rate_limit_enabled: bool = True
     # gunicorn worker processes (gunicorn.conf.py reads the same variable): the
     # per-process share of the budget while Redis is unreachable.
@@ -141,12 +161,22 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = 9540
     beat_metrics_port: int = 9541
+    # Migrations run as the schema owner; the processes above connect as DATABASE_URL's
+    # least-privilege role (None: migrations use DATABASE_URL too).
+    migration_database_url: str | None = None
+    # Audit chain: the HMAC key (never stored in the database; required in production), the id
+    # recorded with each entry, earlier keys still accepted when verifying ("id:key,id:key"),
+    # and how often beat signs a checkpoint of the chain head (seconds).
+    audit_hmac_key: str | None = None
+    audit_hmac_key_id: str = "k1"
+    audit_hmac_previous_keys: str | None = None
+    audit_checkpoint_interval_s: float = 300.0
 
     @property
     def is_production(self) -> bool:
         return self.app_env == "production"
 
-    def with_overrides(self, **changes: object) -> Settings:
+    def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
 
@@ -179,6 +209,9 @@ def libpq_url(url: str) -> str:
 
 
 def load_settings() -> Settings:
+    """Settings from the environment (and ``.env``), with the production checks.
+
+    Long but flat: one line per setting, in the order of :class:`Settings`."""
     app_env = _str("APP_ENV", "development")
     if app_env not in APP_ENVS:
         raise ConfigError(f"APP_ENV must be one of {', '.join(APP_ENVS)}, got {app_env!r}")
@@ -187,8 +220,21 @@ def load_settings() -> Settings:
     public_key = _str("MOLAM_ID_PUBLIC_KEY")
     if public_key:
         public_key = public_key.replace("\\n", "\n")
-    if app_env == "production" and not public_key:
-        raise ConfigError("MOLAM_ID_PUBLIC_KEY is required when APP_ENV=production")
+    jwks_file, jwks_url = _str("MOLAM_ID_JWKS_FILE"), _str("MOLAM_ID_JWKS_URL")
+    if app_env == "production":
+        if not (public_key or jwks_file or jwks_url):
+            raise ConfigError(
+                "MOLAM_ID_PUBLIC_KEY, MOLAM_ID_JWKS_FILE or MOLAM_ID_JWKS_URL is required when APP_ENV=production"
+            )
+        missing = [name for name in ("MOLAM_ID_ISSUER", "MOLAM_ID_AUDIENCE") if not _str(name)]
+        if missing:
+            raise ConfigError(f"{' and '.join(missing)} required when APP_ENV=production")
+    ingest_service_share = _float("INGEST_SERVICE_SHARE", defaults.ingest_service_share)
+    if not 0 < ingest_service_share <= 1:
+        raise ConfigError(f"INGEST_SERVICE_SHARE must be in (0, 1], got {ingest_service_share!r}")
+    audit_hmac_key = _str("AUDIT_HMAC_KEY")
+    if app_env == "production" and (not audit_hmac_key or len(audit_hmac_key) < 32):
+        raise ConfigError("AUDIT_HMAC_KEY (at least 32 characters, e.g. `openssl rand -hex 32`) is required when APP_ENV=production")
     reporting_currency = _str("REPORTING_CURRENCY", defaults.reporting_currency)
     from core.money import MONEY_CURRENCIES
 
@@ -205,7 +251,19 @@ def load_settings() -> Settings:
         molam_id_public_key=public_key,
         molam_id_issuer=_str("MOLAM_ID_ISSUER"),
         molam_id_audience=_str("MOLAM_ID_AUDIENCE"),
+        molam_id_jwks_file=Path(jwks_file) if jwks_file else None,
+        molam_id_jwks_url=jwks_url,
+        molam_id_jwks_refresh_s=_float("MOLAM_ID_JWKS_REFRESH", defaults.molam_id_jwks_refresh_s),
+        molam_id_jwks_min_refresh_s=_float("MOLAM_ID_JWKS_MIN_REFRESH", defaults.molam_id_jwks_min_refresh_s),
+        molam_id_jwks_timeout_s=_float("MOLAM_ID_JWKS_TIMEOUT", defaults.molam_id_jwks_timeout_s),
+        metrics_token=_str("METRICS_TOKEN"),
         assign_rate_limit=_str("ASSIGN_RATE_LIMIT", defaults.assign_rate_limit),
+        track_rate_limit=_str("TRACK_RATE_LIMIT", defaults.track_rate_limit),
+        events_batch_rate_limit=_str("EVENTS_BATCH_RATE_LIMIT", defaults.events_batch_rate_limit),
+        assignments_batch_rate_limit=_str("ASSIGNMENTS_BATCH_RATE_LIMIT", defaults.assignments_batch_rate_limit),
+        export_rate_limit=_str("EXPORT_RATE_LIMIT", defaults.export_rate_limit),
+        audit_verify_rate_limit=_str("AUDIT_VERIFY_RATE_LIMIT", defaults.audit_verify_rate_limit),
+        ingest_service_share=ingest_service_share,
         rate_limit_enabled=_str("RATE_LIMIT_ENABLED", "1") not in ("0", "false", "no"),
         worker_processes=_int("WEB_CONCURRENCY", defaults.worker_processes),
         recompute_interval_s=_float("SIRA_RECOMPUTE_INTERVAL", defaults.recompute_interval_s),
@@ -226,4 +284,9 @@ def load_settings() -> Settings:
         approvals_required=_str("APPROVALS_REQUIRED", "0") not in ("0", "false", "no"),
         schedule_interval_s=_float("SCHEDULE_INTERVAL", defaults.schedule_interval_s),
         schedule_retry_interval_s=_float("SCHEDULE_RETRY_INTERVAL", defaults.schedule_retry_interval_s),
+        migration_database_url=normalise_database_url(owner) if (owner := _str("MIGRATION_DATABASE_URL")) else None,
+        audit_hmac_key=audit_hmac_key,
+        audit_hmac_key_id=_str("AUDIT_HMAC_KEY_ID", defaults.audit_hmac_key_id),
+        audit_hmac_previous_keys=_str("AUDIT_HMAC_PREVIOUS_KEYS"),
+        audit_checkpoint_interval_s=_float("AUDIT_CHECKPOINT_INTERVAL", defaults.audit_checkpoint_interval_s),
     )

@@ -56,6 +56,15 @@ class RateLimited(DomainError):
         self.retry_after_s = retry_after_s
 
 
+class BacklogShareExceeded(DomainError):
+    """The caller's share of the ingestion backlog is full; other callers are still accepted."""
+
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
 class Unavailable(DomainError):
     """A dependency is down; the client should retry later."""
 

@@ -50,7 +50,7 @@ class RedactingTextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         from datetime import datetime, timezone
 
         return datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
@@ -82,12 +82,12 @@ def _current_request_id() -> str | None:
     return g.get("request_id")  # set first thing in every request (api.create_app)
 
 
-def _current_task():  # noqa: ANN202
+def _current_task():
     from celery import current_task
 
     try:
         return current_task._get_current_object() if current_task else None
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 

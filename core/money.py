@@ -93,6 +93,8 @@ class DecimalLiteral(float):
     float's binary approximation.
     """
 
+    text: str
+
     def __new__(cls, text: str) -> DecimalLiteral:
         number = super().__new__(cls, text)
         number.text = text

@@ -5,6 +5,7 @@ Service roles are any role named ``<something>_module`` (``pay_module``,
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 OPS_ADMIN = "ops_admin"
@@ -28,6 +29,7 @@ MATRIX: dict[str, frozenset[str]] = {
     "reports": frozenset({OPS_ADMIN, MARKETING, DATA_SCIENCE}),
     "insights": frozenset({OPS_ADMIN, DATA_SCIENCE}),
     "audit": frozenset({OPS_ADMIN, DATA_SCIENCE}),
+    "audit_checkpoints": frozenset({OPS_ADMIN, DATA_SCIENCE}),
     "export": frozenset({OPS_ADMIN, DATA_SCIENCE}),
     "fx_rates": frozenset({OPS_ADMIN, DATA_SCIENCE}),
     "assign": frozenset({OPS_ADMIN, SERVICE}),
@@ -54,6 +56,29 @@ MATRIX: dict[str, frozenset[str]] = {
 
 def is_service_role(role: str) -> bool:
     return role.endswith("_module") and len(role) > len("_module")
+
+
+#: How a service role may be spelled where it is stored (an experiment's ``allowed_services``).
+SERVICE_ROLE_NAME = re.compile(r"[a-z][a-z0-9_]{0,56}_module")
+
+
+def is_service_role_name(role: object) -> bool:
+    """A service role as Molam ID issues them: lower-case ``<product>_module``, at most 64 characters."""
+    return isinstance(role, str) and SERVICE_ROLE_NAME.fullmatch(role) is not None
+
+
+def service_permitted(allowed_services: Iterable[str] | None, roles: Iterable[str]) -> bool:
+    """May a caller with ``roles`` assign and track on an experiment limited to ``allowed_services``?
+
+    ``None`` means every service. The restriction scopes service roles only: a caller
+    holding any other role that the RBAC matrix lets assign (``ops_admin``) is not limited.
+    """
+    if allowed_services is None:
+        return True
+    for role in roles:
+        if role in allowed_services or not is_service_role(role):
+            return True
+    return False
 
 
 def allowed(action: str, roles: Iterable[str]) -> bool:

@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from ``-x url=...``, the config, or settings."""
+"""Alembic environment: the URL comes from ``-x url=...``, the config, or settings (the owner's URL)."""
 from __future__ import annotations
 
 from logging.config import fileConfig
@@ -17,11 +17,15 @@ target_metadata = Base.metadata
 
 
 def database_url() -> str:
+    """Migrations run as the schema owner: MIGRATION_DATABASE_URL, else DATABASE_URL."""
     url = context.get_x_argument(as_dictionary=True).get("url") or config.attributes.get("url")
-    return normalise_database_url(url or load_settings().database_url)
+    if not url:
+        settings = load_settings()
+        url = settings.migration_database_url or settings.database_url
+    return normalise_database_url(url)
 
 
-def include_object(obj, name, type_, reflected, compare_to):  # noqa: ANN001
+def include_object(obj, name, type_, reflected, compare_to):
     return True
 
 
@@ -41,7 +45,7 @@ def run_migrations_online() -> None:
         _run(connectable)
 
 
-def _run(connection) -> None:  # noqa: ANN001
+def _run(connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

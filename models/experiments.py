@@ -18,7 +18,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ExcludeConstraint
+from sqlalchemy.dialects.postgresql import ARRAY, ExcludeConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .base import Base, created_at_column, uuid_pk
@@ -106,6 +106,8 @@ class Experiment(Base):
     # Scheduled start and stop (UTC), run by the ``experiments.run_schedules`` beat task.
     start_at: Mapped[datetime | None]
     end_at: Mapped[datetime | None]
+    # Service roles (``*_module``) that may assign and track on the experiment; NULL: every one.
+    allowed_services: Mapped[list[str] | None] = mapped_column(ARRAY(String(64)))
 
     variants: Mapped[list[Variant]] = relationship(
         back_populates="experiment",

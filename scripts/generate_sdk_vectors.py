@@ -33,10 +33,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.enums import TARGETING_LIST_KEYS  # noqa: E402
-from services.experiments import assignment  # noqa: E402
-from services.experiments.definitions import Definition, definition_from_document  # noqa: E402
-from services.sdk.definitions import FORMAT, experiment_document  # noqa: E402
+from models.enums import TARGETING_LIST_KEYS
+from services.experiments import assignment
+from services.experiments.definitions import Definition, definition_from_document
+from services.sdk.definitions import FORMAT, experiment_document
 
 OUTPUT = ROOT / "sdk" / "python" / "tests" / "vectors.json"
 SEED = 147

@@ -17,13 +17,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dotenv import dotenv_values  # noqa: E402
+from dotenv import dotenv_values
 
-from core.config import EMBEDDED_ENV_FILE, VAR_DIR, load_settings, redis_url_with_db  # noqa: E402
-from scripts.embedded import start_postgres, start_redis  # noqa: E402
+from core.config import EMBEDDED_ENV_FILE, VAR_DIR, load_settings, redis_url_with_db
+from scripts.db_roles import provision, url_for_role
+from scripts.embedded import start_postgres, start_redis
 
 EMBEDDED_REDIS_PORT = int(os.environ.get("EMBEDDED_REDIS_PORT", "6390"))
 ROLES = ("ops_admin", "marketing", "data_science", "pay_module")
+#: PostgreSQL roles of the embedded database, as in the compose stack.
+OWNER_ROLE, APP_ROLE = "molam_owner", "molam_app"
 
 
 def forget_previous_embedded() -> None:
@@ -44,8 +47,11 @@ def main() -> int:
     if not env.get("DATABASE_URL"):
         server, url = start_postgres(VAR_DIR / "pg", "molam_experiments")
         embedded.append(server)
-        env["DATABASE_URL"] = url
-        print(f"embedded PostgreSQL: {url}")
+        # Migrations as the owner; the API, worker and beat as the least-privilege role.
+        provision(url, owner=OWNER_ROLE, app=APP_ROLE)
+        env["DATABASE_URL"] = url_for_role(url, APP_ROLE)
+        env["MIGRATION_DATABASE_URL"] = url_for_role(url, OWNER_ROLE)
+        print(f"embedded PostgreSQL: {env['DATABASE_URL']} (migrations as {OWNER_ROLE})")
     if not env.get("REDIS_URL"):
         process, url = start_redis(VAR_DIR / "redis", EMBEDDED_REDIS_PORT)
         embedded.append(process)
@@ -57,7 +63,8 @@ def main() -> int:
     if embedded:
         EMBEDDED_ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
         EMBEDDED_ENV_FILE.write_text(
-            "".join(f"{name}={env[name]}\n" for name in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL") if name in env)
+            "".join(f"{name}={env[name]}\n" for name in ("DATABASE_URL", "MIGRATION_DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")
+                    if name in env)
         )
 
     bin_dir = Path(sys.executable).parent

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 #: The staged event stream (drained into PostgreSQL, acknowledged after the commit) and its consumer group.
 STREAM_KEY = "ingest:events"
 STREAM_GROUP = "ingest-writers"
+#: Hash: stream entries waiting per caller (field: the caller); the enqueue adds, the drain's acknowledgement subtracts.
+STREAM_CALLER_ENTRIES_KEY = "ingest:backlog:callers"
 #: Set while a successor drain is queued, so a backlog keeps at most one extra run in the queue.
 DRAIN_SUCCESSOR_FLAG = "ingest:drain:queued"
 #: While PostgreSQL keeps failing, drains skip beat ticks until this time (and count failures).

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import limits
 import redis
-from redis.commands.core import Script
 
+from core import redis as redis_state
 from core.errors import RateLimited
 
 from .cache import rate_limit_key
@@ -107,11 +107,9 @@ if limit > 0 then
     return {1, ttl}
   end
 end
+if #KEYS < 2 then return {0, {}} end
 return {0, redis.call('MGET', unpack(KEYS, 2))}
 """
-
-_scripts: dict[int, Script] = {}
-
 
 def read_with_budget(client: redis.Redis, budget: Budget | None, keys: list[str]) -> list[bytes | None]:
     """``MGET keys`` after spending ``budget`` (when given), in one round trip.
@@ -119,13 +117,30 @@ def read_with_budget(client: redis.Redis, budget: Budget | None, keys: list[str]
     Raises :class:`RateLimited` when the budget is spent (nothing is read then) and
     ``redis.RedisError`` when Redis is unreachable (the caller falls back).
     """
-    script = _scripts.get(id(client))
-    if script is None:
-        script = _scripts[id(client)] = client.register_script(READ_WITH_BUDGET_LUA)
+    script = redis_state.script(client, READ_WITH_BUDGET_LUA)
     if budget is None:
+        if not keys:
+            return []
         outcome = script(keys=[keys[0], *keys], args=[0, 0])
     else:
         outcome = script(keys=[budget.key, *keys], args=[budget.policy.limit, budget.policy.window_s])
     if outcome[0] == 1:
         raise budget.refuse(int(outcome[1]))  # type: ignore[union-attr]
     return outcome[1]
+
+
+def spend(client: redis.Redis | None, budget: Budget | None) -> None:
+    """Spend one request of ``budget`` (endpoints with no Redis read to ride on): one round trip.
+
+    Raises :class:`RateLimited` past the limit; with Redis unreachable the budget is
+    counted in this process (:meth:`Budget.spend_locally`) so the endpoint keeps its limit.
+    """
+    if budget is None:
+        return
+    if client is not None:
+        try:
+            read_with_budget(client, budget, [])
+            return
+        except redis.RedisError:
+            pass
+    budget.spend_locally()

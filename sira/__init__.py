@@ -18,18 +18,17 @@ from sira.failfast import (
 )
 from sira.insights import SegmentSummary, VariantSummary, recommendation, suggestions
 from sira.posterior import prob_beat_control, prob_best, prob_best_batch
+from sira.srm import SrmResult, srm_test, srm_test_periods
 from sira.stats import (
     Interval,
     ProportionStats,
     SampleStats,
-    SrmResult,
     UpliftResult,
     beta_credible_interval,
     d7_retention,
     mean_interval,
     relative_uplift,
     required_sample_size,
-    srm_test,
     wilson_interval,
 )
 
@@ -63,6 +62,7 @@ __all__ = [
     "required_sample_size",
     "sequential_flags",
     "srm_test",
+    "srm_test_periods",
     "suggestions",
     "wilson_interval",
 ]

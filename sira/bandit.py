@@ -11,7 +11,7 @@ request path.  ``bench/sim_regret.py`` measures what the periodic refresh costs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,16 +150,21 @@ def bandit_weights(
     return WeightsResult(floored_weights(best, active, config.floor), best, False)
 
 
-def draw_arm(weights: Sequence[float], rng: np.random.Generator | int | None) -> int:
-    """Pick an arm index with probability proportional to ``weights``.
+def draw_arm(weights: Sequence[float], rng: Callable[[], float] | np.random.Generator | int | None) -> int:
+    """Pick an arm index with probability proportional to ``weights`` (probability matching).
 
-    Zero-weight arms are never picked; ``rng`` is a Generator or a seed.
+    Zero-weight arms are never picked. ``rng`` is a function returning a uniform draw in
+    [0, 1) (the assignment path passes ``random.random``: no NumPy call per request), a
+    Generator or a seed.
     """
-    weights_array = np.asarray(weights, dtype=float)
-    cumulative = np.cumsum(weights_array)
-    if cumulative.size == 0 or cumulative[-1] <= 0:
+    total = sum(weights)
+    if not weights or total <= 0:
         raise ValueError("no arm has a positive weight")
-    u = np.random.default_rng(rng).random() * cumulative[-1]
-    index = int(np.searchsorted(cumulative, u, side="right"))
-    # u can round up to the total; fall back to the last arm that has weight.
-    return index if index < weights_array.size else int(np.flatnonzero(weights_array > 0)[-1])
+    u = (rng() if callable(rng) else np.random.default_rng(rng).random()) * total
+    cumulative = 0.0
+    for index, weight in enumerate(weights):
+        cumulative += weight
+        if u < cumulative:
+            return index
+    # u can round up to the total: the last arm that has weight.
+    return max(index for index, weight in enumerate(weights) if weight > 0)

@@ -113,7 +113,9 @@ def _always_valid_lower(winner: VariantSummary, control: VariantSummary, alpha: 
     return float(lower)
 
 
-def _roll_out(variants, control, win_probability, alpha) -> list[dict[str, Any]]:
+def _roll_out(
+    variants: Sequence[VariantSummary], control: VariantSummary | None, win_probability: float, alpha: float
+) -> list[dict[str, Any]]:
     """Roll out the leader only when it is best with ``win_probability`` *and* its
     always-valid bound on the gap to control is above 0 (alpha split over the
     variants): the dashboard is watched continuously, so the fixed-horizon posterior
@@ -153,7 +155,14 @@ def _roll_out(variants, control, win_probability, alpha) -> list[dict[str, Any]]
 
 
 def _extend_or_cut(
-    variants, control, cut_probability, target_uplift, alpha, power, min_samples, lower_is_better=False
+    variants: Sequence[VariantSummary],
+    control: VariantSummary | None,
+    cut_probability: float,
+    target_uplift: float,
+    alpha: float,
+    power: float,
+    min_samples: int,
+    lower_is_better: bool = False,
 ) -> list[dict[str, Any]]:
     """Sample-size advice on the metric's own rate.  Summaries are on the decision scale
     (success = the good outcome), so for a metric where fewer is better (churn) the
@@ -161,7 +170,9 @@ def _extend_or_cut(
     *reduction* of it."""
     parts = []
     required = additional = None
-    events = (lambda v: v.users - v.successes) if lower_is_better else (lambda v: v.successes)
+    def events(v: VariantSummary) -> int:
+        return v.users - v.successes if lower_is_better else v.successes
+
     base = control if control and events(control) else None
     base_rate = events(base) / base.users if base else (
         sum(events(v) for v in variants) / max(sum(v.users for v in variants), 1)
@@ -222,7 +233,13 @@ def _two_proportion_p_value(control: tuple[int, int], variant: tuple[int, int]) 
     return float(2.0 * special.ndtr(-abs(z)))
 
 
-def _segment_discoveries(counts, variants, control, min_samples, fdr) -> set[tuple[str, str, str]]:
+def _segment_discoveries(
+    counts: dict[tuple[str, str], dict[str, tuple[int, int]]],
+    variants: Sequence[VariantSummary],
+    control: VariantSummary,
+    min_samples: int,
+    fdr: float,
+) -> set[tuple[str, str, str]]:
     """(key, value, variant) where the variant beats control after Benjamini–Hochberg
     at ``fdr`` over every segment × variant comparison made."""
     tests = []
@@ -242,7 +259,15 @@ def _segment_discoveries(counts, variants, control, min_samples, fdr) -> set[tup
     return {name for (name, _, better), q in zip(tests, adjusted) if better and q <= fdr}
 
 
-def _targeted(variants, control, segments, min_samples, win_probability, lose_probability, fdr=0.05):
+def _targeted(
+    variants: Sequence[VariantSummary],
+    control: VariantSummary | None,
+    segments: Sequence[SegmentSummary],
+    min_samples: int,
+    win_probability: float,
+    lose_probability: float,
+    fdr: float = 0.05,
+) -> list[dict[str, Any]]:
     if control is None:
         return []
     # (key, value) -> variant name -> (users, successes)

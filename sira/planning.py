@@ -122,6 +122,7 @@ def _variance_sum(data: PlanInput) -> float:
         p1 = data.baseline
         p2 = data.baseline * (1.0 + data.mde_relative)
         return p1 * (1.0 - p1) + p2 * (1.0 - p2)
+    assert data.sd is not None  # checked by the input validation for means
     return 2.0 * data.sd**2
 
 

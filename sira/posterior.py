@@ -117,7 +117,7 @@ def prob_best_batch(alphas: np.ndarray, betas: np.ndarray) -> np.ndarray:
     return out
 
 
-def prob_best(alphas: Sequence[float], betas: Sequence[float]) -> np.ndarray:
+def prob_best(alphas: Sequence[float] | np.ndarray, betas: Sequence[float] | np.ndarray) -> np.ndarray:
     """P(arm i has the largest rate) for independent Beta(alphas[i], betas[i]) arms.
 
     P_i = integral over x of f_i(x) * prod_{j != i} F_j(x), computed by composite

@@ -18,10 +18,11 @@ import celeryconfig
 from core import db
 from core.config import Settings, load_settings
 from core.redis import reset_clients
+from services.experiments import audit
 
 # Imported for their Celery signal handlers: logging set-up, the metrics exporters.
-from . import logs as _logs  # noqa: F401
-from . import metrics as _metrics  # noqa: F401
+from . import logs as _logs  # noqa: F401 - imported for its signal handlers
+from . import metrics as _metrics  # noqa: F401 - imported for its signal handlers
 
 #: Connections per worker process (prefork children each get their own pool).
 WORKER_POOL = {"pool_size": 5, "max_overflow": 5}
@@ -32,7 +33,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
     app = Celery("molam_experiments", set_as_current=True)
     app.config_from_object(celeryconfig)
     if settings is not None:
-        app.molam_settings = settings  # type: ignore[attr-defined]
+        app.molam_settings = settings
     app.add_defaults(lambda: celeryconfig.from_settings(settings_of(app)))
     return app
 
@@ -40,7 +41,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
 def settings_of(app: Celery) -> Settings:
     settings = getattr(app, "molam_settings", None)
     if settings is None:
-        settings = app.molam_settings = load_settings()  # type: ignore[attr-defined]
+        settings = app.molam_settings = load_settings()
     return settings
 
 
@@ -52,7 +53,9 @@ def current_settings() -> Settings:
 def _start_engine(**_: Any) -> None:
     db.dispose_engine()
     reset_clients()
-    db.init_engine(current_settings().database_url, **WORKER_POOL)
+    settings = current_settings()
+    db.init_engine(settings.database_url, **WORKER_POOL)
+    audit.configure_keys(audit.keys_from_settings(settings))
 
 
 worker_init.connect(_start_engine, weak=False, dispatch_uid="molam.worker_init")

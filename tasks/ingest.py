@@ -16,7 +16,7 @@ from core.redis import get_redis
 from services.cache import DRAIN_BACKOFF_KEY as BACKOFF_KEY
 from services.cache import DRAIN_FAILURES_KEY as FAILURES_KEY
 from services.cache import DRAIN_SUCCESSOR_FLAG as SUCCESSOR_FLAG
-from services.ingestion import writer as ingestion_writer
+from services.ingestion import drain as ingestion_drain
 
 from .celery_app import current_settings
 
@@ -35,8 +35,8 @@ def drain_events() -> dict[str, Any]:
     if client.exists(BACKOFF_KEY):
         return {"skipped": "backing off after database errors"}
     try:
-        report = ingestion_writer.drain(client, budget_s=DRAIN_BUDGET_S)
-    except ingestion_writer.DatabaseUnavailable as exc:
+        report = ingestion_drain.drain(client, budget_s=DRAIN_BUDGET_S)
+    except ingestion_drain.DatabaseUnavailable as exc:
         # Each run already retried with backoff; the batch stays pending under this
         # consumer (or, after CLAIM_IDLE_MS, any other one) and later runs write it.
         failures = client.incr(FAILURES_KEY)
@@ -57,4 +57,4 @@ def drain_events() -> dict[str, Any]:
 @shared_task(name="ingest.prune_consumers", ignore_result=True)
 def prune_consumers() -> dict[str, int]:
     """Forget stream consumers left by worker processes that are gone (nothing pending)."""
-    return {"removed": ingestion_writer.prune_consumers(get_redis(current_settings().redis_url))}
+    return {"removed": ingestion_drain.prune_consumers(get_redis(current_settings().redis_url))}

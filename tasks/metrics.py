@@ -97,7 +97,7 @@ def prepare_multiprocess_dir() -> Path | None:
     return directory
 
 
-def exporter_registry(*, with_stream: bool):  # noqa: ANN201
+def exporter_registry(*, with_stream: bool):
     """The registry a Celery service serves: its processes' samples, plus the stream state."""
     from prometheus_client import REGISTRY, CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -118,19 +118,19 @@ class StreamCollector:
     def __init__(self, redis_url: str) -> None:
         self.redis_url = redis_url
 
-    def describe(self):  # noqa: ANN201 - nothing to declare ahead: keeps registration free of I/O
+    def describe(self):  # nothing to declare ahead: keeps registration free of I/O
         return []
 
-    def collect(self):  # noqa: ANN201
+    def collect(self):
         from prometheus_client.metrics_core import GaugeMetricFamily
 
         from core.redis import get_redis
-        from services.ingestion import writer
+        from services.ingestion import drain
 
         up = GaugeMetricFamily("ingest_stream_up", "1 when the worker could read the ingestion stream's state")
         try:
-            state = writer.backlog(get_redis(self.redis_url))
-        except Exception as exc:  # noqa: BLE001 - a scrape must not fail because Redis is down
+            state = drain.backlog(get_redis(self.redis_url))
+        except Exception as exc:  # a scrape must not fail because Redis is down
             log.warning("ingestion stream state unavailable: %s", exc)
             up.add_metric([], 0)
             yield up

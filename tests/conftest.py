@@ -23,12 +23,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from core.config import PROJECT_ROOT, Settings, libpq_url, normalise_database_url, redis_url_with_db
+from scripts.db_roles import provision, url_for_role
 from scripts.embedded import postgres_answers, redis_answers, start_postgres, start_redis
 from tests.support.api import TEST_AUDIENCE, TEST_ISSUER, experiment_body
-from tests.support.database import create_database
+from tests.support.database import create_database, roles_for
 
 DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/molam_experiments_test"
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
+#: The tests' audit HMAC key (processes the tests start get it through their environment).
+TEST_AUDIT_HMAC_KEY = "test-audit-hmac-key-0123456789abcdef0123456789abcdef"
+TEST_AUDIT_HMAC_KEY_ID = "test"
 
 
 @pytest.fixture(scope="session")
@@ -62,11 +66,22 @@ def key_pair() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="session")
+def admin_database_url(service_urls: tuple[str, str]) -> str:
+    """The test database as the superuser of ``TEST_DATABASE_URL``: creates it and its roles."""
+    return service_urls[0]
+
+
+@pytest.fixture(scope="session")
 def settings(service_urls: tuple[str, str], key_pair: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    database_url, redis_url = service_urls
+    """The application connects as the least-privilege role; migrations run as the owner."""
+    admin_url, redis_url = service_urls
+    owner, app_role = roles_for(admin_url)
     return Settings(
         app_env="test",
-        database_url=database_url,
+        database_url=url_for_role(admin_url, app_role),
+        migration_database_url=url_for_role(admin_url, owner),
+        audit_hmac_key=TEST_AUDIT_HMAC_KEY,
+        audit_hmac_key_id=TEST_AUDIT_HMAC_KEY_ID,
         redis_url=redis_url,
         celery_broker_url=redis_url_with_db(redis_url, 14),
         molam_id_public_key=key_pair[1],
@@ -77,16 +92,20 @@ def settings(service_urls: tuple[str, str], key_pair: tuple[str, str], tmp_path_
 
 
 @pytest.fixture(scope="session")
-def migrated_database(settings: Settings) -> str:
+def migrated_database(settings: Settings, admin_database_url: str) -> str:
+    """Create the database and its roles, migrate as the owner; returns the superuser's URL
+    (for tests that set up or inspect rows beyond what the application role may do)."""
     from alembic import command
     from alembic.config import Config
 
-    create_database(settings.database_url)
+    create_database(admin_database_url)
+    owner, app_role = roles_for(admin_database_url)
+    provision(admin_database_url, owner=owner, app=app_role)
     config = Config(str(PROJECT_ROOT / "alembic.ini"))
-    config.attributes["url"] = settings.database_url
+    config.attributes["url"] = settings.migration_database_url
     config.attributes["configure_logging"] = False
     command.upgrade(config, "head")
-    return settings.database_url
+    return admin_database_url
 
 
 @pytest.fixture(scope="session")

@@ -52,10 +52,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
-import redis  # noqa: E402
+import psycopg
+import redis
 
-from bench.bench_assign import ephemeral_signer, require_wrk  # noqa: E402
+from bench.bench_assign import BENCH_IDENTITY, ephemeral_signer, require_wrk
 
 LUA = HERE / "lua"
 SIXPACK = HERE / "sixpack"
@@ -153,7 +153,7 @@ class Project:
         self.env = {
             "APP_ENV": "production", "DATABASE_URL": self._url(), "REDIS_URL": self.redis_app,
             "CELERY_BROKER_URL": self.redis_broker, "MOLAM_ID_PUBLIC_KEY": public_pem, "MOLAM_VAR_DIR": str(self.var),
-            "PORT": str(self.port),
+            "PORT": str(self.port), **BENCH_IDENTITY,
         }
 
     def _url(self) -> str:
@@ -207,7 +207,7 @@ class Project:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
 
 
-def profiled(project: Project, out: Path | None, name: str, seconds: int):  # noqa: ANN201
+def profiled(project: Project, out: Path | None, name: str, seconds: int):
     """Run py-spy on one gunicorn worker of ``project`` for ``seconds`` (in the background) when ``out`` is set."""
     if out is None:
         return None

@@ -4,7 +4,8 @@
 # POSTGRES_USER owns the database and runs the migrations; the application connects
 # as APP_DB_USER, which can read and write rows but not change the schema, truncate,
 # disable triggers or own anything. Tables and sequences the migrations create later
-# are granted to it through default privileges.
+# are granted to it through default privileges; on the audit tables migration 20261202_0015
+# takes UPDATE, DELETE and TRUNCATE back, leaving SELECT and INSERT.
 set -eu
 : "${APP_DB_USER:?}" "${APP_DB_PASSWORD:?}"
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \

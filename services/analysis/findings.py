@@ -64,7 +64,7 @@ def fail_fast_findings(experiment: ExperimentInput) -> list[Finding]:
         message = (
             f"Variant '{loser.name}' is losing on {experiment.primary_metric} "
             f"({raw[flag.arm].rate:.2%} vs {raw[flag.against].rate:.2%} for '{winner.name}'; {evidence})"
-            if winner is not None
+            if winner is not None and flag.against is not None
             else f"Variant '{loser.name}' is losing on {experiment.primary_metric} ({evidence})"
         )
         findings.append(

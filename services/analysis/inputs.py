@@ -10,14 +10,9 @@ raw events:
   user who never comes back counts as a failure;
 * the experiment and variant rows themselves.
 
-When an experiment's split changed during its life (a bandit republishing its
-weights, a pause, a restart: each opens an *allocation period*, recorded on every
-assignment row) or when its metrics have attribution windows, SIRA needs counts
-per period and per window, which the rollups do not hold: two more reads then give
-users per (variant, period) from the assignments index and successes per (variant,
-period, event type) from the per-user rollups joined to the assignments (cost
-linear in the users with events, never in the events).  A fixed split that never
-changed and has no windows is served from the rollups alone, exactly as before.
+Counts per allocation period and attribution window come from
+:mod:`services.analysis.periods`; a fixed split that never changed and has no
+windows is served from the rollups alone.
 
 The rollups are read **before** the assignment counts.  A user can only be tracked
 after their assignment committed, so every user counted in the rollups snapshot is
@@ -36,7 +31,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Double, String, bindparam, literal, select, text
+from sqlalchemy import bindparam, literal, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Session
 
@@ -46,6 +41,8 @@ from sira.bandit import BanditConfig
 from sira.failfast import DEFAULT_FAIL_FAST_ACTION, DEFAULT_GUARDRAIL_ACTION, DEFAULT_GUARDRAIL_MARGIN, FailFastConfig
 from sira.stats import ProportionStats, SampleStats
 from sira.strata import PeriodTable
+
+from .periods import PeriodCounts, load_period_counts
 
 #: Attribution window of every event type of a bandit experiment unless configured
 #: (seconds): a user informs the bandit and fail-fast once this long has passed since
@@ -110,24 +107,6 @@ class ArmInput:
 
 
 @dataclass(frozen=True)
-class PeriodCounts:
-    """Per (allocation period, arm) counts, periods in chronological order.
-
-    ``users`` all users so far; ``matured`` per event type the users whose attribution
-    window has closed; ``successes`` / ``matured_successes`` per event type the users
-    among them with an event inside the window; ``probability`` the logged probability
-    of the arm in the period (NaN where no row says, e.g. the arm got nobody).
-    """
-
-    ids: tuple[int, ...]
-    users: np.ndarray
-    probability: np.ndarray
-    matured: dict[str, np.ndarray]
-    successes: dict[str, np.ndarray]
-    matured_successes: dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
 class ExperimentInput:
     id: uuid.UUID
     name: str
@@ -154,9 +133,6 @@ class ExperimentInput:
 
     def proportions(self, event_type: str) -> list[ProportionStats]:
         return [arm.proportion(event_type) for arm in self.arms]
-
-    def value_samples(self, event_type: str) -> list[SampleStats]:
-        return [arm.value_sample(event_type) for arm in self.arms]
 
     @property
     def windows(self) -> dict[str, int | None]:
@@ -265,140 +241,43 @@ _ASSIGNED = text(
 ).bindparams(bindparam("variant_ids", type_=ARRAY(UUID(as_uuid=True))))
 
 
-# Users per (variant, period) from the assignments index alone, and for each window
-# the users assigned long enough ago for it to have closed (NULL seconds: all users).
-_PERIOD_USERS = text(
-    """
-    SELECT a.variant_id, a.period, w.seconds, min(a.probability) AS probability,
-           count(*) FILTER (WHERE w.seconds IS NULL
-                            OR a.assigned_at <= CAST(:now AS timestamptz) - make_interval(secs => w.seconds)) AS users
-    FROM unnest(:w_variants, :w_seconds) AS w(variant_id, seconds)
-    JOIN experiment_assignments a ON a.variant_id = w.variant_id
-    GROUP BY a.variant_id, a.period, w.seconds
-    """
-).bindparams(
-    bindparam("w_variants", type_=ARRAY(UUID(as_uuid=True))),
-    bindparam("w_seconds", type_=ARRAY(Double)),
-)
-
-# Successes per (variant, period, event type): users with an event of the type inside
-# their window, among all users and among users whose window has closed.
-_PERIOD_SUCCESSES = text(
-    """
-    SELECT a.variant_id, a.period, u.event_type,
-           count(*) FILTER (WHERE w.seconds IS NULL
-                            OR u.first_event_at <= a.assigned_at + make_interval(secs => w.seconds)) AS successes,
-           count(*) FILTER (WHERE w.seconds IS NULL
-                            OR (u.first_event_at <= a.assigned_at + make_interval(secs => w.seconds)
-                                AND a.assigned_at <= CAST(:now AS timestamptz) - make_interval(secs => w.seconds))
-           ) AS matured_successes
-    FROM experiment_user_rollups u
-    JOIN experiment_assignments a ON a.experiment_id = u.experiment_id AND a.molam_id = u.molam_id
-    LEFT JOIN unnest(:w_experiments, :w_types, :w_seconds) AS w(experiment_id, event_type, seconds)
-           ON w.experiment_id = u.experiment_id AND w.event_type = u.event_type
-    WHERE u.experiment_id = ANY(:experiment_ids)
-    GROUP BY a.variant_id, a.period, u.event_type
-    """
-).bindparams(
-    bindparam("experiment_ids", type_=ARRAY(UUID(as_uuid=True))),
-    bindparam("w_experiments", type_=ARRAY(UUID(as_uuid=True))),
-    bindparam("w_types", type_=ARRAY(String)),
-    bindparam("w_seconds", type_=ARRAY(Double)),
-)
-
-
-def _load_period_counts(
-    session: Session, experiments: list[ExperimentInput], now: datetime
-) -> dict[uuid.UUID, dict[str, Any]]:
-    """Period ids, users and probabilities of every experiment, and per-period successes
-    where they are needed (several periods or an attribution window)."""
-    result: dict[uuid.UUID, dict[str, Any]] = {}
-    if not experiments:
-        return result
-    w_variants, w_seconds = [], []
-    for experiment in experiments:
-        windows = sorted({w for w in experiment.windows.values() if w is not None})
-        for arm in experiment.arms:
-            for seconds in [None, *windows]:
-                w_variants.append(arm.variant_id)
-                w_seconds.append(None if seconds is None else float(seconds))
-    # (variant, period) -> {seconds: users}, probability
-    users: dict[tuple[uuid.UUID, int], dict[float | None, int]] = {}
-    probability: dict[tuple[uuid.UUID, int], float | None] = {}
-    if w_variants:
-        rows = session.execute(_PERIOD_USERS, {"w_variants": w_variants, "w_seconds": w_seconds, "now": now})
-        for row in rows:
-            key = (row.variant_id, int(row.period))
-            users.setdefault(key, {})[row.seconds] = int(row.users)
-            if row.probability is not None:
-                probability[key] = float(row.probability)
-    stratified = []
-    for experiment in experiments:
-        variant_ids = {arm.variant_id for arm in experiment.arms}
-        ids = tuple(sorted({period for variant, period in users if variant in variant_ids}))
-        shape = (len(ids), len(experiment.arms))
-        period_users = np.zeros(shape)
-        period_probability = np.full(shape, np.nan)
-        for k, period in enumerate(ids):
-            for a, arm in enumerate(experiment.arms):
-                period_users[k, a] = users.get((arm.variant_id, period), {}).get(None, 0)
-                period_probability[k, a] = probability.get((arm.variant_id, period), np.nan)
-        result[experiment.id] = {
-            "period_ids": ids,
-            "period_users": period_users,
-            "period_probability": period_probability,
-            "period_counts": None,
-        }
-        if len(ids) > 1 or any(w is not None for w in experiment.windows.values()):
-            stratified.append(experiment)
-    if not stratified:
-        return result
-
-    w_experiments, w_types, w_type_seconds = [], [], []
-    for experiment in stratified:
-        for event_type, seconds in experiment.windows.items():
-            if seconds is not None:
-                w_experiments.append(experiment.id)
-                w_types.append(event_type)
-                w_type_seconds.append(float(seconds))
-    successes: dict[tuple[uuid.UUID, int, str], tuple[int, int]] = {}
-    rows = session.execute(
-        _PERIOD_SUCCESSES,
-        {
-            "experiment_ids": [e.id for e in stratified],
-            "w_experiments": w_experiments,
-            "w_types": w_types,
-            "w_seconds": w_type_seconds,
-            "now": now,
-        },
-    )
-    for row in rows:
-        successes[(row.variant_id, int(row.period), row.event_type)] = (int(row.successes), int(row.matured_successes))
-
-    for experiment in stratified:
-        ids = result[experiment.id]["period_ids"] or (0,)
-        shape = (len(ids), len(experiment.arms))
-        all_users = np.zeros(shape)
-        arm_probability = np.full(shape, np.nan)
-        matured = {event_type: np.zeros(shape) for event_type in EVENT_TYPES}
-        wins = {event_type: np.zeros(shape) for event_type in EVENT_TYPES}
-        matured_wins = {event_type: np.zeros(shape) for event_type in EVENT_TYPES}
-        for k, period in enumerate(ids):
-            for a, arm in enumerate(experiment.arms):
-                by_window = users.get((arm.variant_id, period), {})
-                all_users[k, a] = by_window.get(None, 0)
-                arm_probability[k, a] = probability.get((arm.variant_id, period), np.nan)
-                for event_type, seconds in experiment.windows.items():
-                    matured[event_type][k, a] = by_window.get(None if seconds is None else float(seconds), 0)
-                    s, m = successes.get((arm.variant_id, period, event_type), (0, 0))
-                    # Assignments committed between the two reads can make a cell's
-                    # successes exceed its users by a few; the later table is clamped.
-                    wins[event_type][k, a] = min(s, all_users[k, a])
-                    matured_wins[event_type][k, a] = min(m, matured[event_type][k, a])
-        result[experiment.id]["period_counts"] = PeriodCounts(
-            ids, all_users, arm_probability, matured, wins, matured_wins
+def _read_rollups(session: Session, experiment_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, RollupCounts]]:
+    rollups: dict[uuid.UUID, dict[str, RollupCounts]] = {}
+    for row in session.execute(_ROLLUPS, {"experiment_ids": experiment_ids}):
+        rollups.setdefault(row.variant_id, {})[row.event_type] = RollupCounts(
+            events=int(row.events),
+            users=int(row.users),
+            value_count=int(row.value_count),
+            value_sum=float(row.value_sum),
+            value_sum_squares=float(row.value_sum_squares),
+            user_value_sum_squares=float(row.user_value_sum_squares),
         )
-    return result
+    return rollups
+
+
+def _arms(session: Session, variants: Sequence[Any], experiment_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[ArmInput]]:
+    """Each experiment's arms with their rollups and assigned users (rollups read first)."""
+    rollups = _read_rollups(session, experiment_ids)
+    variant_ids = [row.id for row in variants]
+    assigned = {
+        row.variant_id: int(row.users)
+        for row in session.execute(_ASSIGNED, {"variant_ids": variant_ids})
+    } if variant_ids else {}
+    arms_by_experiment: dict[uuid.UUID, list[ArmInput]] = {}
+    for row in variants:
+        arms_by_experiment.setdefault(row.experiment_id, []).append(
+            ArmInput(
+                variant_id=row.id,
+                name=row.name,
+                config=row.config or {},
+                is_control=row.is_control,
+                traffic_share=float(row.traffic_share),
+                paused=row.paused,
+                assigned_users=assigned.get(row.id, 0),
+                rollups=rollups.get(row.id, {}),
+            )
+        )
+    return arms_by_experiment
 
 
 def load_inputs(
@@ -431,37 +310,7 @@ def load_inputs(
         .where(Variant.experiment_id.in_(list(experiment_ids)))
         .order_by(Variant.experiment_id, Variant.position, Variant.created_at)
     ).all()
-    variant_ids = [row.id for row in variants]
-
-    rollups: dict[uuid.UUID, dict[str, RollupCounts]] = {}
-    for row in session.execute(_ROLLUPS, {"experiment_ids": list(experiment_ids)}):
-        rollups.setdefault(row.variant_id, {})[row.event_type] = RollupCounts(
-            events=int(row.events),
-            users=int(row.users),
-            value_count=int(row.value_count),
-            value_sum=float(row.value_sum),
-            value_sum_squares=float(row.value_sum_squares),
-            user_value_sum_squares=float(row.user_value_sum_squares),
-        )
-    assigned = {
-        row.variant_id: int(row.users)
-        for row in session.execute(_ASSIGNED, {"variant_ids": variant_ids})
-    } if variant_ids else {}
-
-    arms_by_experiment: dict[uuid.UUID, list[ArmInput]] = {}
-    for row in variants:
-        arms_by_experiment.setdefault(row.experiment_id, []).append(
-            ArmInput(
-                variant_id=row.id,
-                name=row.name,
-                config=row.config or {},
-                is_control=row.is_control,
-                traffic_share=float(row.traffic_share),
-                paused=row.paused,
-                assigned_users=assigned.get(row.id, 0),
-                rollups=rollups.get(row.id, {}),
-            )
-        )
+    arms_by_experiment = _arms(session, variants, list(experiment_ids))
     by_id = {
         row.id: ExperimentInput(
             id=row.id,
@@ -479,7 +328,7 @@ def load_inputs(
         )
         for row in experiments
     }
-    periods = _load_period_counts(session, list(by_id.values()), now or datetime.now(timezone.utc))
+    periods = load_period_counts(session, list(by_id.values()), now or datetime.now(timezone.utc))
     by_id = {
         experiment_id: dataclasses.replace(experiment, **periods[experiment_id])
         for experiment_id, experiment in by_id.items()

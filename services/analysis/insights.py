@@ -12,6 +12,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
@@ -138,7 +139,7 @@ def posterior_summary(experiment: ExperimentInput) -> list[dict[str, Any]]:
     raw = experiment.proportions(experiment.primary_metric)
     decision = decision_proportions(experiment)
     alphas, betas = posteriors(decision)
-    best = prob_best(alphas, betas) if experiment.arms else []
+    best: np.ndarray | list[float] = prob_best(alphas, betas) if experiment.arms else []
     summary = []
     for i, arm in enumerate(experiment.arms):
         interval = wilson_interval(raw[i].successes, raw[i].users)

@@ -16,7 +16,7 @@ import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -58,6 +58,7 @@ LOCK_KEYS = {
     "sira.fail_fast_scan": 147_005_002,
     "sira.daily_report": 147_005_003,
     "experiments.run_schedules": 147_005_014,
+    "audit.write_checkpoint": 147_005_015,
 }
 
 
@@ -93,14 +94,7 @@ class RecomputeSummary:
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "experiments": self.experiments,
-            "arms": self.arms,
-            "history_rows": self.history_rows,
-            "published": self.published,
-            "d7_refreshed": self.d7_refreshed,
-            "errors": self.errors,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -151,10 +145,11 @@ def arm_states(experiment: ExperimentInput, previous: dict[uuid.UUID, PublishedS
         weights, burn_in = [float(w) for w in result.weights], result.burn_in
         before = [previous.get(arm.variant_id) for arm in experiment.arms] if previous else []
         if not burn_in:
-            known = bool(before) and all(b is not None for b in before)
-            last_period = max((b.period for b in before if b is not None), default=0)
-            if known and last_period > 0 and not weights_moved([b.weight for b in before], weights):
-                weights, period = [b.weight for b in before], last_period
+            present = [b for b in before if b is not None]
+            known = bool(before) and len(present) == len(before)
+            last_period = max((b.period for b in present), default=0)
+            if known and last_period > 0 and not weights_moved([b.weight for b in present], weights):
+                weights, period = [b.weight for b in present], last_period
             else:
                 period = last_period + 1
     else:
@@ -308,7 +303,7 @@ def refresh_d7(session: Session, client: redis.Redis, experiment_ids: list[uuid.
     due = []
     for experiment_id in experiment_ids:
         try:
-            fresh = datetime.fromisoformat(cached[experiment_id]["computed_at"]) > now - D7_REFRESH_AFTER
+            fresh = datetime.fromisoformat((cached.get(experiment_id) or {})["computed_at"]) > now - D7_REFRESH_AFTER
         except (TypeError, KeyError, ValueError):
             fresh = False  # missing or unreadable: recompute
         if not fresh:
@@ -372,12 +367,7 @@ class ScanSummary:
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "experiments": self.experiments,
-            "recommendations": self.recommendations,
-            "actions_applied": self.actions_applied,
-            "errors": self.errors,
-        }
+        return asdict(self)
 
 
 _EXISTING = text(
@@ -406,11 +396,17 @@ def _apply_action(session: Session, experiment: ExperimentInput, finding: Findin
 
 
 def _record_findings(session: Session, client: redis.Redis | None, experiment: ExperimentInput, findings: list[Finding]) -> tuple[int, int]:
-    """Record new findings once, audit them, apply their actions; commit. Returns (new, applied)."""
+    """Record new findings once, audit them, apply their actions; commit. Returns (new, applied).
+
+    Lock order, as for every mutation: the experiment row first (``FOR UPDATE``), the audit
+    chain last (taken at COMMIT by :mod:`services.experiments.audit`). Taking the chain lock
+    before the row, while an API mutation holds the row and waits for the chain, deadlocks.
+    """
     recorded = applied = 0
     changed = False
     kinds: list[str] = []
     outcomes: list[str] = []
+    experiment_service.get_experiment(session, experiment.id, for_update=True)
     for finding in findings:
         variant = experiment.arms[finding.variant_index]
         inserted = session.execute(
@@ -493,7 +489,7 @@ def fail_fast_scan(
                 recorded, applied = _record_findings(session, client, experiment, findings)
                 summary.recommendations += recorded
                 summary.actions_applied += applied
-            except Exception as exc:  # noqa: BLE001 - one experiment must not stop the scan
+            except Exception as exc:  # one experiment must not stop the scan
                 session.rollback()
                 log.exception("fail-fast scan failed for experiment %s", experiment.id)
                 summary.errors.append(f"{experiment.id}: {exc}")

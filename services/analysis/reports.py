@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
@@ -75,6 +75,8 @@ def build_report(session: Session, client: redis.Redis | None, experiment_id: uu
 
 
 def render_markdown(content: dict[str, Any]) -> str:
+    """The report as Markdown, written top to bottom in the order it reads (one function:
+    split up, the layout of the page would be scattered over helpers)."""
     experiment = content["experiment"]
     results = content["results"]
     metric = experiment["primary_metric"]
@@ -171,7 +173,7 @@ class ReportSummary:
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"report_date": self.report_date, "experiments": self.experiments, "created": self.created, "errors": self.errors}
+        return asdict(self)
 
 
 def daily_reports(client: redis.Redis | None, *, report_date: date | None = None, now: datetime | None = None) -> ReportSummary:
@@ -200,7 +202,7 @@ def daily_reports(client: redis.Redis | None, *, report_date: date | None = None
                 ).scalar_one_or_none()
                 session.commit()
                 summary.created += inserted is not None
-            except Exception as exc:  # noqa: BLE001 - one experiment must not stop the others
+            except Exception as exc:  # one experiment must not stop the others
                 session.rollback()
                 log.exception("daily report failed for experiment %s", experiment_id)
                 summary.errors.append(f"{experiment_id}: {exc}")

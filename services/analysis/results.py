@@ -34,6 +34,7 @@ from models.enums import EVENT_TYPES, LOWER_IS_BETTER, ExperimentMode
 from sira.bandit import live_effective, posteriors
 from sira.compare import compare_rates
 from sira.posterior import prob_beat_control, prob_best
+from sira.srm import srm_test, srm_test_periods
 from sira.stats import (
     Comparison,
     Interval,
@@ -42,8 +43,6 @@ from sira.stats import (
     d7_retention,
     mean_interval,
     relative_uplift,
-    srm_test,
-    srm_test_periods,
     wilson_interval,
 )
 
@@ -168,10 +167,11 @@ def current_weights(experiment: ExperimentInput, states: dict[uuid.UUID, StoredS
 def srm_block(experiment: ExperimentInput) -> dict[str, Any]:
     """SRM against the probabilities logged per allocation period (bandits and pauses
     included); without logged probabilities, against the configured shares."""
-    if experiment.period_users is not None and experiment.periods and (
-        experiment.periods > 1 or not np.isnan(experiment.period_probability).all()
+    users, probability = experiment.period_users, experiment.period_probability
+    if users is not None and probability is not None and experiment.periods and (
+        experiment.periods > 1 or not np.isnan(probability).all()
     ):
-        result = srm_test_periods(experiment.period_users, experiment.period_probability, experiment.traffic_shares)
+        result = srm_test_periods(users, probability, experiment.traffic_shares)
         return {
             "chi2": float(result.chi2),
             "p_value": float(result.p_value),
@@ -325,7 +325,7 @@ def build_results(
     """
     decision = decision_proportions(experiment)
     alphas, betas = posteriors(decision)
-    best = prob_best(alphas, betas) if experiment.arms else []
+    best: np.ndarray | list[float] = prob_best(alphas, betas) if experiment.arms else []
     weights = current_weights(experiment, states)
     variants = []
     for index, arm in enumerate(experiment.arms):

@@ -286,7 +286,7 @@ def _by_currency(native: dict[str, dict[str, int]], n: int, confidence: float) -
     return out
 
 
-def _net_revenue(experiment, arms, counts, variants, currency, n_of, confidence) -> None:  # noqa: ANN001
+def _net_revenue(experiment, arms, counts, variants, currency, n_of, confidence) -> None:
     estimates = []
     for i, arm in enumerate(arms):
         revenue = arm.users.get(CONVERSION, {})
@@ -324,7 +324,7 @@ def _ratio_block(stats: list[PairStats], control: int, confidence: float) -> lis
     ]
 
 
-def _ratios(experiment, arms, counts, variants, n_of, confidence) -> None:  # noqa: ANN001
+def _ratios(experiment, arms, counts, variants, n_of, confidence) -> None:
     """Revenue per converter, refunds per converter, refunded amount per revenue (delta method)."""
     per_converter, refunds_per_converter, refunded_share = [], [], []
     for i, arm in enumerate(arms):
@@ -351,7 +351,7 @@ def _ratios(experiment, arms, counts, variants, n_of, confidence) -> None:  # no
         variants[str(arm.variant_id)]["ratios"] = {name: values[i] for name, values in blocks.items()}
 
 
-def _conversion_cuped(experiment, counts, variants, n_of, confidence) -> None:  # noqa: ANN001
+def _conversion_cuped(experiment, counts, variants, n_of, confidence) -> None:
     """CUPED on the conversion indicator (a = converted, b = the covariate)."""
     stats = [
         PairStats(n_of(i), c.converters, c.converters, c.sum_x, c.sum_x2, c.sum_x_converted)

@@ -22,13 +22,11 @@ import logging
 import math
 import random
 import threading
-import time
 import uuid
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import psycopg
 import redis
@@ -36,9 +34,11 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from core import db
-from core.errors import Conflict, NotFound, Unavailable
+from core import redis as redis_state
+from core.errors import Conflict, Forbidden, NotFound, Unavailable
 from core.metrics import EXPERIMENT_ASSIGNMENTS, SIRA_DECISION_LATENCY
 from models.enums import TARGETING_LIST_KEYS, ExperimentMode, ExperimentStatus
+from sira.bandit import draw_arm
 
 from ..cache import assignment_key, definition_key, weights_key
 from ..ratelimit import Budget, read_with_budget
@@ -156,19 +156,15 @@ def split_probability(definition: Definition, variant: VariantDefinition) -> flo
     return probabilities[variant.id]
 
 
-def bandit_weights(definition: Definition, published: dict[str, Any] | None) -> list[tuple[VariantDefinition, float]]:
-    """Draw weights for active arms: SIRA's published P(best), else the traffic shares.
-
-    SIRA's weights are used only once it has left burn-in; arms paused in the
-    definition get nothing whatever SIRA published.
-    """
-    return _bandit_allocation(definition, published)[0]
-
-
-def _bandit_allocation(
+def draw_weights(
     definition: Definition, published: dict[str, Any] | None
 ) -> tuple[list[tuple[VariantDefinition, float]], int]:
-    """(draw weights, weights period): the published period, or 0 for the configured shares."""
+    """(draw weight per active arm, weights period) for a bandit's next draw.
+
+    SIRA's published P(best) once it has left burn-in (the published period), else the
+    traffic shares (period 0); arms paused in the definition get nothing whatever SIRA
+    published.
+    """
     active = definition.active_variants
     if published and not published.get("burn_in"):
         weights = published.get("weights") or {}
@@ -186,18 +182,6 @@ def _bandit_allocation(
     if sum(w for _, w in shares) <= 0:
         return [(v, 1.0) for v in active], 0
     return shares, 0
-
-
-def draw_variant(weights: list[tuple[VariantDefinition, float]], rng: Callable[[], float] = random.random) -> VariantDefinition:
-    """Probability matching: P(arm) = weight / total. ``random`` reseeds itself after fork."""
-    total = sum(w for _, w in weights)
-    point = rng() * total
-    cumulative = 0.0
-    for variant, weight in weights:
-        cumulative += weight
-        if point < cumulative:
-            return variant
-    return next(v for v, w in reversed(weights) if w > 0)
 
 
 # --- eligibility -----------------------------------------------------------------------
@@ -276,42 +260,17 @@ def _not_eligible(definition: Definition, molam_id: str, reason: str) -> dict[st
 
 
 def _stored(definition: Definition, molam_id: str, variant: VariantDefinition, assigned_at: str) -> dict[str, Any]:
-    return {
-        "experiment_id": definition.id,
-        "molam_id": molam_id,
-        "variant_id": variant.id,
-        "variant_name": variant.name,
-        "is_control": variant.is_control,
-        "config": variant.config,
-        "assigned_at": assigned_at,
-    }
+    """The recorded assignment (``GET``): the assign answer without ``eligible`` and ``new``."""
+    answer = _assigned(definition, molam_id, variant, assigned_at, new=False)
+    del answer["eligible"], answer["new"]
+    return answer
 
 
 # --- Redis access that degrades instead of failing --------------------------------------
 
-# Keyed by the client object itself (weakly): an id() could be reused by a new client
-# once an old one is collected, which would then inherit the old one's outage.
-_redis_down_until: weakref.WeakKeyDictionary[redis.Redis, float] = weakref.WeakKeyDictionary()
-_redis_lock = threading.Lock()
-
-
-def _usable(client: redis.Redis | None) -> redis.Redis | None:
-    if client is None:
-        return None
-    if not _redis_down_until:  # the usual case: no outage, no weak-reference lookup
-        return client
-    until = _redis_down_until.get(client)
-    if until is not None:
-        if time.monotonic() < until:
-            return None
-        _redis_down_until.pop(client, None)
-    return client
-
-
-def _mark_down(client: redis.Redis, exc: Exception) -> None:
+def mark_redis_down(client: redis.Redis, exc: Exception) -> None:
     log.warning("Redis unavailable, answering from PostgreSQL for %.0f s: %s", REDIS_RETRY_AFTER_S, exc)
-    with _redis_lock:
-        _redis_down_until[client] = time.monotonic() + REDIS_RETRY_AFTER_S
+    redis_state.mark_down(client, REDIS_RETRY_AFTER_S)
 
 
 def _cache_assignment(client: redis.Redis | None, experiment_id: str, molam_id: str, variant_id: str, assigned_at: str) -> None:
@@ -322,7 +281,7 @@ def _cache_assignment(client: redis.Redis | None, experiment_id: str, molam_id: 
         # execute_command: redis-py's set() inspects its keyword arguments on every call.
         client.execute_command("SET", assignment_key(experiment_id, molam_id), payload, "EX", ASSIGNMENT_TTL_S)
     except redis.RedisError as exc:
-        _mark_down(client, exc)
+        mark_redis_down(client, exc)
 
 
 class Cached(NamedTuple):
@@ -343,13 +302,13 @@ def _read_cached(client: redis.Redis | None, experiment_id: str, molam_id: str, 
     Raises :class:`RateLimited` when the budget is spent; when Redis is down the
     budget is spent in this process instead and nothing is cached.
     """
-    client = _usable(client)
+    client = redis_state.usable(client)
     if client is not None:
         keys = [definition_key(experiment_id), assignment_key(experiment_id, molam_id), weights_key(experiment_id)]
         try:
             raw_definition, raw_assignment, raw_weights = read_with_budget(client, budget, keys)
         except redis.RedisError as exc:
-            _mark_down(client, exc)
+            mark_redis_down(client, exc)
         else:
             return Cached(client, raw_definition, raw_assignment, raw_weights)
     if budget is not None:
@@ -394,19 +353,37 @@ def _cached_variant(definition: Definition, raw: bytes | None) -> tuple[VariantD
 # --- the service -----------------------------------------------------------------------
 
 
+def require_permitted(definition: Definition, caller_roles: tuple[str, ...] | None) -> None:
+    """Forbidden (403) when the experiment's ``allowed_services`` leave the caller out.
+
+    ``caller_roles=None`` is an internal call (no caller to scope).
+    """
+    if caller_roles is not None and not definition.permits(caller_roles):
+        raise Forbidden(
+            f"experiment {definition.id} does not allow the service role(s) {', '.join(caller_roles)}",
+            errors={"json": {"experiment_id": ["this service may not assign or track on the experiment"]}},
+        )
+
+
 def assign(
-    client: redis.Redis | None, experiment_id: uuid.UUID | str, user: UserContext, budget: Budget | None = None
+    client: redis.Redis | None,
+    experiment_id: uuid.UUID | str,
+    user: UserContext,
+    budget: Budget | None = None,
+    caller_roles: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Return the user's variant, deciding and recording it on the first call.
 
     A returning user with a warm cache costs one Redis round trip (which also spends
-    the caller's ``budget``) and no database connection. Raises RateLimited, NotFound
+    the caller's ``budget``) and no database connection. Raises RateLimited, Forbidden
+    (the experiment's ``allowed_services`` leave ``caller_roles`` out), NotFound
     (unknown experiment), Conflict (not running) and Unavailable (PostgreSQL down and
     the answer is not cached).
     """
     experiment_id = str(experiment_id)
     cached = _read_cached(client, experiment_id, user.molam_id, budget)
     definition = _definition(cached.client, experiment_id, cached.definition)
+    require_permitted(definition, caller_roles)
     if not definition.is_running:
         raise Conflict(f"experiment {experiment_id} is {definition.status}; users are assigned only while it is running")
     # The layer range is the truth even for a returning user: after a stop and restart
@@ -501,7 +478,7 @@ def _release_held(invalidate: bool = False) -> None:
         if invalidate:
             connection.invalidate()
         connection.close()
-    except Exception as exc:  # noqa: BLE001 - it is being thrown away
+    except Exception as exc:  # it is being thrown away
         log.debug("discarding a held connection: %s", exc)
 
 
@@ -527,8 +504,8 @@ def _on_held(statement: Callable[..., Any], *args: Any) -> Any:
 def _choose(definition: Definition, molam_id: str, raw_weights: bytes | None) -> tuple[VariantDefinition, float, int]:
     """(variant, probability it had of being chosen, allocation period)."""
     if definition.mode == ExperimentMode.BANDIT.value:
-        weights, weights_period = _bandit_allocation(definition, _published_weights(raw_weights, definition.id))
-        variant = draw_variant(weights)
+        weights, weights_period = draw_weights(definition, _published_weights(raw_weights, definition.id))
+        variant = weights[draw_arm([w for _, w in weights], random.random)][0]
         total = sum(w for _, w in weights)
         probability = next(w for v, w in weights if v is variant) / total
         return variant, probability, period_id(definition.version, weights_period)
@@ -547,13 +524,18 @@ def _published_weights(raw: bytes | None, experiment_id: str) -> dict[str, Any] 
     return published if isinstance(published, dict) else None
 
 
+def _driver(connection: Connection) -> psycopg.Connection[Any]:
+    """The psycopg connection under SQLAlchemy's (its cursors are context managers)."""
+    return cast("psycopg.Connection[Any]", connection.connection.driver_connection)
+
+
 def _insert(
     connection: Connection, experiment_id: str, variant_id: str, user: UserContext, period: int, probability: float
 ) -> tuple[Any, datetime] | None:
     # Run on the driver's cursor (SQLAlchemy's result machinery costs more than the statement).
     # In autocommit the row is committed when the statement returns, so Redis never
     # holds an assignment that PostgreSQL could still roll back.
-    with connection.connection.cursor() as cursor:
+    with _driver(connection).cursor() as cursor:
         row = cursor.execute(
             _INSERT_ASSIGNMENT,
             {
@@ -577,7 +559,7 @@ def _insert(
 
 def _record_holdout_member(connection: Connection, experiment_id: str, molam_id: str, holdout_ids: list[str]) -> None:
     """Record the user in each holdout (first asker wins; safe to repeat)."""
-    with connection.connection.cursor() as cursor:
+    with _driver(connection).cursor() as cursor:
         cursor.execute(
             _INSERT_HOLDOUT_MEMBERS, {"holdout_ids": holdout_ids, "molam_id": molam_id, "experiment_id": experiment_id}
         )
@@ -591,16 +573,19 @@ def _cache_holdout_member(client: redis.Redis | None, experiment_id: str, molam_
     try:
         client.execute_command("SET", assignment_key(experiment_id, molam_id), payload, "EX", ASSIGNMENT_TTL_S)
     except redis.RedisError as exc:
-        _mark_down(client, exc)
+        mark_redis_down(client, exc)
 
 
 def _existing(connection: Connection, experiment_id: str, molam_id: str) -> tuple[Any, datetime] | None:
-    with connection.connection.cursor() as cursor:
+    with _driver(connection).cursor() as cursor:
         row = cursor.execute(_SELECT_ASSIGNMENT, {"experiment_id": experiment_id, "molam_id": molam_id}).fetchone()
     return None if row is None else (row[0], row[1])
 
 
-def _finish(client: redis.Redis | None, definition: Definition, molam_id: str, row: tuple[Any, datetime], *, new: bool) -> dict[str, Any]:
+def _resolve_row(
+    client: redis.Redis | None, definition: Definition, molam_id: str, row: tuple[Any, datetime]
+) -> tuple[Definition, VariantDefinition, str]:
+    """The stored row's variant (re-reading a definition that lacks it), cached for next time."""
     variant_id, assigned_at = str(row[0]), _iso(row[1])
     variant = definition.by_id.get(variant_id)
     if variant is None:
@@ -608,17 +593,27 @@ def _finish(client: redis.Redis | None, definition: Definition, molam_id: str, r
         definition = load_definition(definition.id, client)
         variant = definition.by_id[variant_id]
     _cache_assignment(client, definition.id, molam_id, variant_id, assigned_at)
+    return definition, variant, assigned_at
+
+
+def _finish(client: redis.Redis | None, definition: Definition, molam_id: str, row: tuple[Any, datetime], *, new: bool) -> dict[str, Any]:
+    definition, variant, assigned_at = _resolve_row(client, definition, molam_id, row)
     return _assigned(definition, molam_id, variant, assigned_at, new=new)
 
 
 def stored_assignment(
-    client: redis.Redis | None, experiment_id: uuid.UUID | str, molam_id: str, budget: Budget | None = None
+    client: redis.Redis | None,
+    experiment_id: uuid.UUID | str,
+    molam_id: str,
+    budget: Budget | None = None,
+    caller_roles: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """The user's recorded assignment (any experiment status); NotFound when there is none."""
     experiment_id = str(experiment_id)
     cached = _read_cached(client, experiment_id, molam_id, budget)
     client = cached.client
     definition = _definition(client, experiment_id, cached.definition)
+    require_permitted(definition, caller_roles)
     held = _cached_variant(definition, cached.assignment)
     if held is not None:
         return _stored(definition, molam_id, held[0], held[1])
@@ -628,10 +623,5 @@ def stored_assignment(
         raise Unavailable("PostgreSQL is unreachable and this assignment is not cached; retry shortly", retry_after=DATABASE_RETRY_AFTER_S) from exc
     if row is None:
         raise NotFound(f"{molam_id!r} has no assignment in experiment {experiment_id}")
-    variant_id, assigned_at = str(row[0]), _iso(row[1])
-    variant = definition.by_id.get(variant_id)
-    if variant is None:
-        definition = load_definition(experiment_id, client)
-        variant = definition.by_id[variant_id]
-    _cache_assignment(client, experiment_id, molam_id, variant_id, assigned_at)
+    definition, variant, assigned_at = _resolve_row(client, definition, molam_id, row)
     return _stored(definition, molam_id, variant, assigned_at)

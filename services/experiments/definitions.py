@@ -21,7 +21,7 @@ from typing import Any
 import redis
 from sqlalchemy import select
 
-from core import db
+from core import db, rbac
 from core.errors import NotFound
 from models import Experiment
 from models.enums import ExperimentStatus
@@ -65,6 +65,11 @@ class Definition:
     layer_range: tuple[int, int] | None = None
     # Long-term holdouts: (holdout id, percent) pairs.
     holdouts: tuple[tuple[str, float], ...] = ()
+    # Service roles that may assign and track (None: every one); see core.rbac.service_permitted.
+    allowed_services: frozenset[str] | None = None
+
+    def permits(self, roles: tuple[str, ...]) -> bool:
+        return rbac.service_permitted(self.allowed_services, roles)
 
     @property
     def is_running(self) -> bool:
@@ -106,6 +111,7 @@ def definition_document(experiment: Experiment) -> dict[str, Any]:
             else None
         ),
         "holdouts": [{"id": str(h.id), "percent": float(h.percent)} for h in experiment.holdouts],
+        "allowed_services": sorted(experiment.allowed_services) if experiment.allowed_services is not None else None,
     }
 
 
@@ -145,7 +151,14 @@ def _design_fields(document: dict[str, Any]) -> dict[str, Any]:
         "layer_id": layer["id"] if layer else None,
         "layer_range": layer_range,
         "holdouts": tuple((h["id"], float(h["percent"])) for h in document.get("holdouts") or ()),
+        "allowed_services": allowed_services_of(document),
     }
+
+
+def allowed_services_of(document: dict[str, Any]) -> frozenset[str] | None:
+    """The document's ``allowed_services`` (absent or null: every service)."""
+    allowed = document.get("allowed_services")
+    return None if allowed is None else frozenset(allowed)
 
 
 _parsed: dict[bytes, Definition] = {}

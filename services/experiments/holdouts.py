@@ -162,7 +162,7 @@ _POPULATIONS = text(
 )
 
 
-def _interval(interval) -> dict[str, float] | None:  # noqa: ANN001
+def _interval(interval) -> dict[str, float] | None:
     return None if interval is None else {"lower": interval.lower, "upper": interval.upper}
 
 
@@ -184,7 +184,7 @@ def _group_block(users: int, counts: tuple | None) -> tuple[dict[str, Any], Prop
     return block, proportion, sample
 
 
-def _uplift(control, treatment) -> dict[str, Any]:  # noqa: ANN001
+def _uplift(control, treatment) -> dict[str, Any]:
     result = relative_uplift(control, treatment)
     return {
         "estimate": result.estimate,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
@@ -87,6 +88,16 @@ def _owned(session: Session, layer_id: uuid.UUID, *, exclude: uuid.UUID | None =
     return list(session.execute(query).scalars())
 
 
+def _owned_ranges(owners: list[Experiment]) -> list[tuple[int, int]]:
+    """The bucket ranges of experiments returned by :func:`_owned` (both ends are set)."""
+    return [(e.layer_range_start, e.layer_range_end) for e in owners
+            if e.layer_range_start is not None and e.layer_range_end is not None]
+
+
+def _percent(value: Decimal | None) -> float:
+    return float(value) if value is not None else 0.0
+
+
 def free_gaps(ranges: list[tuple[int, int]]) -> list[Gap]:
     """The free stretches of the layer between sorted, disjoint owned ranges."""
     gaps, cursor = [], 0
@@ -102,7 +113,7 @@ def free_gaps(ranges: list[tuple[int, int]]) -> list[Gap]:
 def usage(session: Session, layer: Layer) -> dict[str, Any]:
     """What the dashboard and ``GET /api/layers/{id}`` show: who owns which buckets, and what is free."""
     owners = _owned(session, layer.id)
-    gaps = free_gaps([(e.layer_range_start, e.layer_range_end) for e in owners])
+    gaps = free_gaps(_owned_ranges(owners))
     free = sum(g.size for g in gaps)
     members = list(
         session.execute(
@@ -118,7 +129,7 @@ def usage(session: Session, layer: Layer) -> dict[str, Any]:
                 "experiment_name": e.name,
                 "start": e.layer_range_start,
                 "end": e.layer_range_end,
-                "allocation": float(e.layer_allocation),
+                "allocation": _percent(e.layer_allocation),
             }
             for e in owners
         ],
@@ -126,7 +137,7 @@ def usage(session: Session, layer: Layer) -> dict[str, Any]:
         "largest_free_percent": max((g.size for g in gaps), default=0) / 100,
         "free_ranges": [{"start": g.start, "end": g.end} for g in gaps],
         "experiments": [
-            {"id": row.id, "name": row.name, "status": row.status, "allocation": float(row.layer_allocation)}
+            {"id": row.id, "name": row.name, "status": row.status, "allocation": _percent(row.layer_allocation)}
             for row in members
         ],
     }
@@ -137,9 +148,9 @@ def allocate(session: Session, experiment: Experiment) -> None:
     if experiment.layer_id is None:
         return
     layer = get_layer(session, experiment.layer_id, for_update=True)
-    needed = percent_to_buckets(float(experiment.layer_allocation))
+    needed = percent_to_buckets(_percent(experiment.layer_allocation))
     owners = _owned(session, layer.id, exclude=experiment.id)
-    gaps = free_gaps([(e.layer_range_start, e.layer_range_end) for e in owners])
+    gaps = free_gaps(_owned_ranges(owners))
     fitting = next((g for g in gaps if g.size >= needed), None)
     if fitting is None:
         free = sum(g.size for g in gaps) / 100

@@ -27,7 +27,7 @@ TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
 EDITABLE_AFTER_DRAFT = frozenset({"name", "description", "reporting_currency", "value_cap_percentile"})
 # A running experiment may still have its scheduled stop moved (or cleared).
 EDITABLE_WHILE_RUNNING = EDITABLE_AFTER_DRAFT | {"end_at"}
-DESIGN_COLUMNS = ("category", "requires_approval", "layer_id", "layer_allocation", "start_at", "end_at")
+DESIGN_COLUMNS = ("category", "requires_approval", "layer_id", "layer_allocation", "start_at", "end_at", "allowed_services")
 
 
 def snapshot(experiment: Experiment) -> dict[str, Any]:
@@ -58,6 +58,7 @@ def snapshot(experiment: Experiment) -> dict[str, Any]:
         "holdout_ids": [str(h.id) for h in experiment.holdouts],
         "start_at": experiment.start_at.isoformat() if experiment.start_at else None,
         "end_at": experiment.end_at.isoformat() if experiment.end_at else None,
+        "allowed_services": list(experiment.allowed_services) if experiment.allowed_services is not None else None,
         "variants": [
             {
                 "id": str(v.id),
@@ -128,12 +129,11 @@ def _build_variants(specs: list[dict[str, Any]]) -> list[Variant]:
 
 def _settings_columns(data: dict[str, Any]) -> dict[str, Any]:
     """Map API fields onto columns (guardrails + guardrail_action share one JSONB column)."""
-    columns = {
-        k: data[k]
-        for k in ("name", "description", "targeting", "mode", "coverage", "primary_metric", "fail_fast", "bandit",
-                  "attribution_window_s", "reporting_currency", "value_cap_percentile")
-        if k in data
-    }
+    settings: tuple[str, ...] = (
+        "name", "description", "targeting", "mode", "coverage", "primary_metric", "fail_fast", "bandit",
+        "attribution_window_s", "reporting_currency", "value_cap_percentile",
+    )
+    columns = {k: data[k] for k in settings if k in data}
     columns.update({k: data[k] for k in DESIGN_COLUMNS if k in data})
     return columns
 

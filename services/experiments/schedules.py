@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -43,12 +43,7 @@ class ScheduleSummary:
     waiting_to_retry: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "started": self.started,
-            "stopped": self.stopped,
-            "failed": self.failed,
-            "waiting_to_retry": self.waiting_to_retry,
-        }
+        return asdict(self)
 
 
 def due(session: Session, now: datetime) -> list[tuple[uuid.UUID, str, datetime]]:
@@ -82,7 +77,7 @@ def _recently_failed(session: Session, experiment_id: uuid.UUID, action: str, sc
 
 def _attempt(
     client: redis.Redis, experiment_id: uuid.UUID, action: str, scheduled_for: datetime, *, approvals_required: bool
-) -> str | None:
+) -> str:
     """Run one scheduled transition in its own transaction: DONE, SKIPPED or the error message."""
     session = db.new_session()
     try:
@@ -172,4 +167,9 @@ def upcoming(session: Session, limit: int = 200) -> list[Experiment]:
         .limit(limit)
     )
     experiments = list(session.execute(query).scalars())
-    return sorted(experiments, key=lambda e: e.start_at if e.status == S.DRAFT.value else e.end_at)
+    def due_at(e: Experiment) -> datetime:
+        due = e.start_at if e.status == S.DRAFT.value else e.end_at
+        assert due is not None  # selected for having it
+        return due
+
+    return sorted(experiments, key=due_at)

@@ -1,7 +1,7 @@
 """Ingestion: tracked events from the API to PostgreSQL, exactly once.
 
 :mod:`.staging` validates an event on the API side and appends it to the Redis stream;
-:mod:`.writer` drains the stream in batches into raw events plus rollups in one transaction
-and acknowledges after the commit; :mod:`.rollups` rebuilds rollups from raw events and
+:mod:`.drain` reads the stream in batches and acknowledges after the commit, which
+:mod:`.writer` makes: raw events plus rollups in one transaction; :mod:`.rollups` rebuilds rollups from raw events and
 reconciles drift.
 """

@@ -19,21 +19,24 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from core.errors import Conflict, Invalid, NotFound, Unavailable
+from core import rbac
+from core import redis as redis_state
+from core.errors import BacklogShareExceeded, Conflict, Forbidden, Invalid, NotFound, Unavailable
 from core.metrics import EXPERIMENT_METRICS_ACCEPTED
 from models.enums import ExperimentStatus
 
+from ..cache import STREAM_CALLER_ENTRIES_KEY, STREAM_KEY, assignment_key, definition_key
 from ..cache import STREAM_GROUP as GROUP  # noqa: F401 - GROUP re-exported
-from ..cache import STREAM_KEY, assignment_key, definition_key
 from ..experiments import definitions, holdouts
+from ..ratelimit import Budget, read_with_budget
 from .records import (  # noqa: F401 - re-exported: the API side's view of the record contract
     BATCH_FIELDS,
     MAX_BATCH_REQUEST,
@@ -57,21 +60,49 @@ ASSIGNMENT_CACHE_TTL_S = 7 * 24 * 3600  # as services.experiments.assignment cac
 # --------------------------------------------------------------------------- assignment lookup
 
 
-_status_by_definition: dict[bytes, str | None] = {}
+class Caller(NamedTuple):
+    """Who stages events: the counter of their backlog share and the scope of their roles.
+
+    ``roles=None`` is an internal call (not scoped by ``allowed_services``);
+    ``backlog_share`` is the fraction of ``MAX_BACKLOG_ENTRIES`` the caller's entries may
+    occupy; ``budget`` is the request budget the staging call spends (None: none).
+    """
+
+    sub: str
+    roles: tuple[str, ...] | None = None
+    backlog_share: float = 1.0
+    budget: Budget | None = None
+
+    def backlog_entries(self) -> int:
+        """The most stream entries this caller may have waiting (at least one)."""
+        return max(1, int(MAX_BACKLOG_ENTRIES * self.backlog_share))
 
 
-def _status_from_definition(raw: bytes) -> str | None:
-    """The ``status`` of a cached definition document, memoised on its bytes."""
-    status = _status_by_definition.get(raw, "")
-    if status == "":
+INTERNAL = Caller("")
+
+
+class _DefinitionFacts(NamedTuple):
+    status: str | None
+    allowed_services: frozenset[str] | None
+
+
+_facts_by_definition: dict[bytes, _DefinitionFacts] = {}
+_NO_FACTS = _DefinitionFacts(None, None)
+
+
+def _facts_from_definition(raw: bytes) -> _DefinitionFacts:
+    """The ``status`` and ``allowed_services`` of a cached definition document, memoised on its bytes."""
+    facts = _facts_by_definition.get(raw)
+    if facts is None:
         try:
-            status = json.loads(raw).get("status")
-        except (ValueError, AttributeError):
-            status = None
-        if len(_status_by_definition) > 512:
-            _status_by_definition.clear()
-        _status_by_definition[raw] = status
-    return status
+            document = json.loads(raw)
+            facts = _DefinitionFacts(document.get("status"), definitions.allowed_services_of(document))
+        except (ValueError, AttributeError, TypeError):
+            facts = _NO_FACTS
+        if len(_facts_by_definition) > 512:
+            _facts_by_definition.clear()
+        _facts_by_definition[raw] = facts
+    return facts
 
 
 def _variant_from_assignment(raw: bytes) -> str | None:
@@ -84,33 +115,46 @@ def _variant_from_assignment(raw: bytes) -> str | None:
 
 @dataclass
 class Lookup:
-    """Experiment statuses (``None`` = unknown experiment) and held variants (``None`` = unassigned)."""
+    """Experiment statuses (``None`` = unknown experiment) and held variants (``None`` = unassigned).
+
+    ``allowed`` holds each known experiment's ``allowed_services`` (absent or None: every service).
+    """
 
     statuses: dict[str, str | None]
     variants: dict[tuple[str, str], str | None]
+    allowed: dict[str, frozenset[str] | None] = field(default_factory=dict)
 
 
-def lookup(client: redis.Redis, session_factory: Callable[[], Session], pairs: Iterable[tuple[str, str]]) -> Lookup:
+def lookup(
+    client: redis.Redis,
+    session_factory: Callable[[], Session],
+    pairs: Iterable[tuple[str, str]],
+    budget: Budget | None = None,
+) -> Lookup:
     """Resolve statuses and assignments with one MGET; PostgreSQL only for what Redis lacks.
 
-    Raises :class:`core.errors.Unavailable` when Redis cannot be reached: the event
-    could not be staged anyway, so there is no point in going to PostgreSQL.
+    The same round trip spends ``budget`` (:func:`services.ratelimit.read_with_budget`;
+    :class:`RateLimited` past it, nothing read). Raises :class:`core.errors.Unavailable`
+    when Redis cannot be reached: the event could not be staged anyway, so there is no
+    point in going to PostgreSQL.
     """
     pairs = list(dict.fromkeys(pairs))
     experiments = list(dict.fromkeys(experiment_id for experiment_id, _ in pairs))
     keys = [definition_key(e) for e in experiments] + [assignment_key(e, m) for e, m in pairs]
     try:
-        values = client.mget(keys)
+        values = read_with_budget(client, budget, keys)
     except redis.RedisError as exc:
         raise Unavailable(f"Redis is unreachable; the event was not accepted ({exc})", retry_after=2) from exc
     statuses: dict[str, str | None] = {}
+    allowed: dict[str, frozenset[str] | None] = {}
     missing_experiments: list[str] = []
     for experiment_id, raw in zip(experiments, values):
-        status = _status_from_definition(raw) if raw is not None else None
-        if status is None:
+        facts = _facts_from_definition(raw) if raw is not None else _NO_FACTS
+        if facts.status is None:
             missing_experiments.append(experiment_id)
         else:
-            statuses[experiment_id] = status
+            statuses[experiment_id] = facts.status
+            allowed[experiment_id] = facts.allowed_services
     variants: dict[tuple[str, str], str | None] = {}
     missing_pairs: list[tuple[str, str]] = []
     for pair, raw in zip(pairs, values[len(experiments):]):
@@ -120,8 +164,8 @@ def lookup(client: redis.Redis, session_factory: Callable[[], Session], pairs: I
         else:
             variants[pair] = variant
     if missing_experiments or missing_pairs:
-        _lookup_postgres(client, session_factory(), missing_experiments, missing_pairs, statuses, variants)
-    return Lookup(statuses, variants)
+        _lookup_postgres(client, session_factory(), missing_experiments, missing_pairs, statuses, variants, allowed)
+    return Lookup(statuses, variants, allowed)
 
 
 def _lookup_postgres(
@@ -131,14 +175,18 @@ def _lookup_postgres(
     pairs: list[tuple[str, str]],
     statuses: dict[str, str | None],
     variants: dict[tuple[str, str], str | None],
+    allowed: dict[str, frozenset[str] | None],
 ) -> None:
     # A definition miss goes through the assignment path's loader, which also re-caches
     # ``exp:def:{id}`` (safely against concurrent mutations): track traffic alone keeps it warm.
     for experiment_id in experiments:
         try:
-            statuses[experiment_id] = definitions.load_definition(experiment_id, client).status
+            definition = definitions.load_definition(experiment_id, client)
         except NotFound:
             statuses[experiment_id] = None
+        else:
+            statuses[experiment_id] = definition.status
+            allowed[experiment_id] = definition.allowed_services
     if not pairs:
         return
     rows = session.execute(
@@ -168,17 +216,23 @@ def _lookup_postgres(
             log.warning("could not cache assignments: %s", exc)
 
 
-def check_assignment(record: StagedEvent, found: Lookup) -> StagedEvent:
+def check_assignment(record: StagedEvent, found: Lookup, caller_roles: tuple[str, ...] | None = None) -> StagedEvent:
     """The record with its ``variant_id`` filled in from the assignment, if the event may be staged.
 
-    Raises the refusing :class:`DomainError` otherwise: 404 (unknown experiment), 409
-    (archived) or 422 naming the field (no assignment, or another variant than the user's).
+    Raises the refusing :class:`DomainError` otherwise: 404 (unknown experiment), 403
+    (the experiment's ``allowed_services`` leave ``caller_roles`` out), 409 (archived) or
+    422 naming the field (no assignment, or another variant than the user's).
     """
     experiment_id, molam_id = record.experiment_id, record.molam_id
     status = found.statuses.get(experiment_id)
     if status is None:
         raise NotFound(
             f"experiment {experiment_id} not found", errors={"json": {"experiment_id": ["experiment not found"]}}
+        )
+    if caller_roles is not None and not rbac.service_permitted(found.allowed.get(experiment_id), caller_roles):
+        raise Forbidden(
+            f"experiment {experiment_id} does not allow the service role(s) {', '.join(caller_roles)}",
+            errors={"json": {"experiment_id": ["this service may not track on the experiment"]}},
         )
     if status == ExperimentStatus.ARCHIVED.value:
         raise Conflict(
@@ -206,39 +260,64 @@ def check_assignment(record: StagedEvent, found: Lookup) -> StagedEvent:
 # and a stream that nobody drains refuses new events instead of eating Redis's memory.
 # Each entry carries the request id of the API call that accepted it (field ``r``), so a
 # batch the drain cannot write names the requests its events came from.
+#
+# Each caller's entries are counted in the hash KEYS[2] (field: the caller, ARGV[3]) and
+# the entry names its caller (field ``c``), so the drain gives the share back when it
+# deletes the entry (``writer._acknowledge``); past ARGV[4] entries the caller is refused.
 _ENQUEUE_LUA = """
-local entries = (#ARGV - 2) / 2
-if redis.call('XLEN', KEYS[1]) + entries > tonumber(ARGV[1]) then
+local entries = (#ARGV - 4) / 2
+local backlog = redis.call('XLEN', KEYS[1])
+if backlog + entries > tonumber(ARGV[1]) then
   return -1  -- ENQUEUE_BACKLOG_FULL
 end
-for i = 3, #ARGV, 2 do
-  redis.call('XADD', KEYS[1], '*', 'n', ARGV[i], 'e', ARGV[i + 1], 'r', ARGV[2])
+if ARGV[3] ~= '' then
+  -- No caller holds more than the stream holds (a trimmed or deleted stream must not refuse forever).
+  local held = math.min(tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0'), backlog)
+  if held + entries > tonumber(ARGV[4]) then return -2 end  -- ENQUEUE_SHARE_FULL
+  if backlog == 0 then redis.call('DEL', KEYS[2]) end
+  redis.call('HINCRBY', KEYS[2], ARGV[3], entries)
+end
+for i = 5, #ARGV, 2 do
+  redis.call('XADD', KEYS[1], '*', 'n', ARGV[i], 'e', ARGV[i + 1], 'r', ARGV[2], 'c', ARGV[3])
 end
 return entries
 """
-_enqueue_scripts: dict[int, Any] = {}
-#: The enqueue script's reply when the backlog cannot take the request's entries.
-ENQUEUE_BACKLOG_FULL = -1
+#: The enqueue script's replies when the backlog, or the caller's share of it, cannot take the request's entries.
+ENQUEUE_BACKLOG_FULL, ENQUEUE_SHARE_FULL = -1, -2
+#: Retry-After (seconds) of a refusal for a full backlog or a full share of it.
+BACKLOG_RETRY_AFTER_S = 5
 
 
-def stage(client: redis.Redis, records: Sequence[StagedEvent], request_id: str = "") -> None:
-    """Append the records to the stream, ``ENTRY_EVENTS`` per entry, in one atomic call."""
+def share_exceeded(caller: Caller) -> BacklogShareExceeded:
+    return BacklogShareExceeded(
+        f"this caller's share of the ingestion backlog ({caller.backlog_entries()} entries, "
+        f"INGEST_SERVICE_SHARE={caller.backlog_share:g}) is full; retry once it drains",
+        retry_after=BACKLOG_RETRY_AFTER_S,
+    )
+
+
+def stage(client: redis.Redis, records: Sequence[StagedEvent], request_id: str = "", caller: Caller = INTERNAL) -> None:
+    """Append the records to the stream, ``ENTRY_EVENTS`` per entry, in one atomic call.
+
+    Raises :class:`Unavailable` (503) when the backlog is full and
+    :class:`BacklogShareExceeded` (429) when the caller's share of it is.
+    """
     if not records:
         return
-    script = _enqueue_scripts.get(id(client))
-    if script is None:
-        script = _enqueue_scripts[id(client)] = client.register_script(_ENQUEUE_LUA)
-    args: list[Any] = [MAX_BACKLOG_ENTRIES, request_id]
+    script = redis_state.script(client, _ENQUEUE_LUA)
+    args: list[Any] = [MAX_BACKLOG_ENTRIES, request_id, caller.sub, caller.backlog_entries()]
     for start in range(0, len(records), ENTRY_EVENTS):
         chunk = records[start : start + ENTRY_EVENTS]
         args.append(len(chunk))
         args.append(json.dumps(chunk, separators=(",", ":"), ensure_ascii=False))
     try:
-        appended = script(keys=[STREAM_KEY], args=args)
+        appended = script(keys=[STREAM_KEY, STREAM_CALLER_ENTRIES_KEY], args=args)
     except redis.RedisError as exc:
         raise Unavailable(f"Redis is unreachable; the event was not accepted ({exc})", retry_after=2) from exc
     if appended == ENQUEUE_BACKLOG_FULL:
-        raise Unavailable("the ingestion backlog is full; retry shortly", retry_after=5)
+        raise Unavailable("the ingestion backlog is full; retry shortly", retry_after=BACKLOG_RETRY_AFTER_S)
+    if appended == ENQUEUE_SHARE_FULL:
+        raise share_exceeded(caller)
 
 
 # --------------------------------------------------------------------------- single-event hot path
@@ -249,11 +328,34 @@ def stage(client: redis.Redis, records: Sequence[StagedEvent], request_id: str =
 # the general path (:func:`lookup` with its PostgreSQL fallback, then :func:`stage`),
 # so the rules live in :func:`check_assignment`; this script only short-cuts them.
 _TRACK_LUA = """
+local limit = tonumber(ARGV[8])
+if limit > 0 then
+  local spent = redis.call('INCR', KEYS[4])
+  if spent == 1 then redis.call('EXPIRE', KEYS[4], ARGV[9]) end
+  if spent > limit then
+    local ttl = redis.call('PTTL', KEYS[4])
+    if ttl < 0 then
+      redis.call('EXPIRE', KEYS[4], ARGV[9])
+      ttl = tonumber(ARGV[9]) * 1000
+    end
+    return {5, ttl}
+  end
+end
 local definition = redis.call('GET', KEYS[1])
 local assignment = redis.call('GET', KEYS[2])
 if not definition or not assignment then return {0} end
 local ok, d = pcall(cjson.decode, definition)
 if not ok or type(d) ~= 'table' or type(d['status']) ~= 'string' then return {0} end
+local allowed = d['allowed_services']
+if ARGV[10] ~= '*' and type(allowed) == 'table' then
+  local permitted = false
+  for role in string.gmatch(ARGV[10], '[^,]+') do
+    for _, name in ipairs(allowed) do
+      if name == role then permitted = true end
+    end
+  end
+  if not permitted then return {4} end
+end
 local ok2, a = pcall(cjson.decode, assignment)
 if not ok2 or type(a) ~= 'table' or type(a['variant_id']) ~= 'string' then return {0} end
 local variant = a['variant_id']
@@ -261,59 +363,95 @@ if not string.match(variant, '^[0-9a-f-]+$') then return {0} end
 if d['status'] == 'archived' or (ARGV[2] ~= '' and ARGV[2] ~= variant) then
   return {2, d['status'], variant}
 end
-if redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[1]) then return {3} end
-redis.call('XADD', KEYS[3], '*', 'n', 1, 'e', ARGV[3] .. variant .. ARGV[4], 'r', ARGV[5])
+local backlog = redis.call('XLEN', KEYS[3])
+if backlog >= tonumber(ARGV[1]) then return {3} end
+if ARGV[6] ~= '' then
+  if math.min(tonumber(redis.call('HGET', KEYS[5], ARGV[6]) or '0'), backlog) >= tonumber(ARGV[7]) then return {6} end
+  if backlog == 0 then redis.call('DEL', KEYS[5]) end
+  redis.call('HINCRBY', KEYS[5], ARGV[6], 1)
+end
+redis.call('XADD', KEYS[3], '*', 'n', 1, 'e', ARGV[3] .. variant .. ARGV[4], 'r', ARGV[5], 'c', ARGV[6])
 return {1, variant}
 """
-_track_scripts: dict[int, Any] = {}
 #: Outcome codes of the track script (its reply's first element).
 TRACK_CACHE_MISS, TRACK_STAGED, TRACK_REFUSED, TRACK_BACKLOG_FULL = 0, 1, 2, 3
+TRACK_FORBIDDEN, TRACK_RATE_LIMITED, TRACK_SHARE_FULL = 4, 5, 6
 _VARIANT = StagedEvent._fields.index("variant_id")
 
 
+def _role_scope(roles: tuple[str, ...] | None) -> str:
+    """The track script's view of the caller: ``*`` (not scoped) or its service roles, comma-separated."""
+    if roles is None or any(not rbac.is_service_role(r) for r in roles):
+        return "*"
+    return ",".join(roles)
+
+
 def accept_one(
-    client: redis.Redis, session_factory: Callable[[], Session], record: StagedEvent, request_id: str = ""
+    client: redis.Redis,
+    session_factory: Callable[[], Session],
+    record: StagedEvent,
+    request_id: str = "",
+    caller: Caller = INTERNAL,
 ) -> StagedEvent:
     """Check and stage one validated ``track`` event (usually one Redis round trip).
 
-    Returns the staged record (its ``variant_id`` filled in), or the record with no
-    ``variant_id`` when the user is a holdout member and the event was kept against the
-    holdout instead. Raises the refusing :class:`DomainError` (404, 409, 422) or
+    The same script spends the caller's budget, checks the experiment's
+    ``allowed_services`` and the caller's share of the backlog. Returns the staged
+    record (its ``variant_id`` filled in), or the record with no ``variant_id`` when
+    the user is a holdout member and the event was kept against the holdout instead.
+    Raises the refusing :class:`DomainError` (403, 404, 409, 422, 429) or
     :class:`Unavailable`.
     """
-    script = _track_scripts.get(id(client))
-    if script is None:
-        script = _track_scripts[id(client)] = client.register_script(_TRACK_LUA)
+    script = redis_state.script(client, _TRACK_LUA)
     experiment_id, molam_id = record.experiment_id, record.molam_id
     # The staged entry is ``[[event_id, experiment_id, "<variant>", ...]]``; the script
     # splices in the variant it read, so the record is serialised before it is known.
     head = "[" + json.dumps(record[:_VARIANT], separators=(",", ":"), ensure_ascii=False)[:-1] + ',"'
     tail = '",' + json.dumps(record[_VARIANT + 1 :], separators=(",", ":"), ensure_ascii=False)[1:] + "]"
+    budget = caller.budget
     try:
         outcome = script(
-            keys=[definition_key(experiment_id), assignment_key(experiment_id, molam_id), STREAM_KEY],
-            args=[MAX_BACKLOG_ENTRIES, record.variant_id or "", head, tail, request_id],
+            keys=[
+                definition_key(experiment_id), assignment_key(experiment_id, molam_id), STREAM_KEY,
+                budget.key if budget is not None else definition_key(experiment_id), STREAM_CALLER_ENTRIES_KEY,
+            ],
+            args=[
+                MAX_BACKLOG_ENTRIES, record.variant_id or "", head, tail, request_id,
+                caller.sub, caller.backlog_entries(),
+                budget.policy.limit if budget is not None else 0, budget.policy.window_s if budget is not None else 0,
+                _role_scope(caller.roles),
+            ],
         )
     except redis.RedisError as exc:
         raise Unavailable(f"Redis is unreachable; the event was not accepted ({exc})", retry_after=2) from exc
     code = outcome[0]
     if code == TRACK_STAGED:
         return record._replace(variant_id=outcome[1].decode())
+    if code == TRACK_RATE_LIMITED:
+        raise budget.refuse(int(outcome[1]))  # type: ignore[union-attr]
+    if code == TRACK_FORBIDDEN:
+        raise Forbidden(
+            f"experiment {experiment_id} does not allow the service role(s) {', '.join(caller.roles or ())}",
+            errors={"json": {"experiment_id": ["this service may not track on the experiment"]}},
+        )
     if code == TRACK_REFUSED:
         # Raises: the cached status or variant refuses the event.
         check_assignment(
             record, Lookup({experiment_id: outcome[1].decode()}, {(experiment_id, molam_id): outcome[2].decode()})
         )
     if code == TRACK_BACKLOG_FULL:
-        raise Unavailable("the ingestion backlog is full; retry shortly", retry_after=5)
+        raise Unavailable("the ingestion backlog is full; retry shortly", retry_after=BACKLOG_RETRY_AFTER_S)
+    if code == TRACK_SHARE_FULL:
+        raise share_exceeded(caller)
+    # A cache miss: the budget is already spent, the general path must not spend it again.
     found = lookup(client, session_factory, [(experiment_id, molam_id)])
     try:
-        record = check_assignment(record, found)
+        record = check_assignment(record, found, caller.roles)
     except Invalid:
         if accept_for_holdout(session_factory, record, found):
             return record
         raise
-    stage(client, [record], request_id)
+    stage(client, [record], request_id, caller)
     return record
 
 

@@ -1,48 +1,36 @@
-"""The write side of ingestion: drain the stream, write raw events and rollups in one transaction.
+"""The PostgreSQL side of ingestion: write raw events and rollups in one transaction.
 
-A drain reads the ``ingest:events`` stream through the ``ingest-writers`` consumer
-group, about ``BATCH_EVENTS`` events at a time, and writes each batch with one COPY
-into a temporary staging table plus one set-based statement (raw insert with
-duplicates skipped, dead letters, per-user then per-variant rollup upserts). Stream
-entries are acknowledged and deleted only after the commit; a crash before that
-leaves them pending, and the next drain (or any other consumer, once they have been
-idle for ``CLAIM_IDLE_MS``) writes them again, the unique ``event_id`` making the
-second write a no-op.
+Each batch (about ``BATCH_EVENTS`` events, read from the stream by
+:mod:`services.ingestion.drain`) is written with one COPY into a temporary staging
+table plus one set-based statement: raw insert with duplicates skipped, dead letters,
+per-user then per-variant rollup upserts. Transient connection failures are retried
+on a fresh connection (:func:`with_retry`); the unique ``event_id`` makes a repeated
+write a no-op.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
-import redis
 from psycopg import errors as pg_errors
 from sqlalchemy.exc import DBAPIError
 
-from core import db, metrics
+from core import db
 
-from ..cache import STREAM_GROUP as GROUP
-from ..cache import STREAM_KEY
-from .records import RECORD_FIELDS, StagedEvent, coerce_record
-from .staging import ENTRY_EVENTS
+from .records import RECORD_FIELDS, StagedEvent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Events written per PostgreSQL transaction (a drain reads until it has about this many).
 BATCH_EVENTS = 5000
-#: How long a drain that has caught up waits for new entries before it ends (ms, < socket timeout).
-IDLE_WAIT_MS = 200
-#: Pending entries idle this long belong to a dead consumer and are claimed.
-CLAIM_IDLE_MS = 10_000
 #: Advisory lock class shared by drains (shared) and reconcile (exclusive) per experiment.
 ROLLUP_LOCK_CLASS = 147
 
@@ -220,7 +208,9 @@ def _write_once(pg: psycopg.Connection, records: Sequence[StagedEvent], *, clear
         with cursor.copy(_COPY_STAGING) as copy:
             for record in records:
                 copy.write_row(record)
-        inserted, dead, _, by_type = cursor.execute(_WRITE_BATCH).fetchone()
+        row = cursor.execute(_WRITE_BATCH).fetchone()
+        assert row is not None  # the statement always returns one row
+        inserted, dead, _, by_type = row
     return WriteResult(
         received=len(records),
         inserted=inserted,
@@ -300,7 +290,7 @@ def with_retry(
                 connection = db.get_engine().raw_connection()
             except DBAPIError as exc:  # SQLAlchemy wraps connect failures
                 raise (exc.orig if isinstance(exc.orig, TRANSIENT_ERRORS) else exc) from None
-            return work(connection.driver_connection)
+            return work(cast("psycopg.Connection[Any]", connection.driver_connection))
         except TRANSIENT_ERRORS as exc:
             if connection is not None:
                 connection.invalidate()
@@ -320,168 +310,8 @@ def write_with_retry(records: Sequence[StagedEvent], **retry: Any) -> WriteResul
     return with_retry(lambda pg: write_records(pg, records), f"a batch of {len(records)} events", **retry)
 
 
-# --------------------------------------------------------------------------- draining
-
-
-@dataclass
-class DrainReport:
-    entries: int = 0
-    written: WriteResult = field(default_factory=WriteResult)
-    malformed: int = 0
-    batches: int = 0
-    claimed: int = 0
-    #: True when the run stopped on its time budget with entries still waiting.
-    backlog: bool = False
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "entries": self.entries,
-            "received": self.written.received + self.malformed,
-            "inserted": self.written.inserted,
-            "duplicates": self.written.duplicates,
-            "dead_lettered": self.written.dead_lettered + self.malformed,
-            "batches": self.batches,
-            "claimed": self.claimed,
-            "backlog": self.backlog,
-            "seconds": round(self.seconds, 3),
-        }
-
-
-def default_consumer() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def ensure_group(client: redis.Redis) -> None:
-    try:
-        client.xgroup_create(STREAM_KEY, GROUP, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
-def _read(
-    client: redis.Redis, consumer: str, stream_id: str, count: int, block_ms: int | None = None
-) -> list[tuple[bytes, dict]]:
-    response = client.xreadgroup(GROUP, consumer, {STREAM_KEY: stream_id}, count=count, block=block_ms)
-    if not response:
-        return []
-    entries = response[0][1]
-    vanished = [entry_id for entry_id, fields in entries if not fields]
-    if vanished:  # pending but deleted from the stream: nothing left to write
-        client.xack(STREAM_KEY, GROUP, *vanished)
-    return [(entry_id, fields) for entry_id, fields in entries if fields]
-
-
-def _read_batch(
-    client: redis.Redis, consumer: str, block_ms: int | None = None
-) -> tuple[list[tuple[bytes, dict]], bool]:
-    """New entries holding about ``BATCH_EVENTS`` events; second value: the stream ran dry.
-
-    With ``block_ms`` the first read waits that long for an entry to arrive.
-    """
-    entries: list[tuple[bytes, dict]] = []
-    events = 0
-    while events < BATCH_EVENTS:
-        # Entries hold 1 to ENTRY_EVENTS events: never ask for more than could fit.
-        wanted = max(1, (BATCH_EVENTS - events) // ENTRY_EVENTS)
-        got = _read(client, consumer, ">", wanted, block_ms if not entries else None)
-        entries.extend(got)
-        for _, fields in got:
-            events += _events_in(fields)
-        if len(got) < wanted:
-            return entries, True
-    return entries, False
-
-
-def _events_in(fields: dict) -> int:
-    try:
-        return max(1, int(fields.get(b"n", 1)))
-    except ValueError:
-        return 1
-
-
-def _decode(entries: list[tuple[bytes, dict]]) -> tuple[list[StagedEvent], list[tuple[str | None, object, str]]]:
-    records: list[StagedEvent] = []
-    poison: list[tuple[str | None, object, str]] = []
-    for entry_id, fields in entries:
-        payload = fields.get(b"e")
-        try:
-            batch = json.loads(payload) if payload is not None else None
-        except ValueError as exc:
-            poison.append((None, {"stream_entry": entry_id.decode(), "raw": payload.decode(errors="replace")}, f"undecodable entry: {exc}"))
-            continue
-        if not isinstance(batch, list):
-            poison.append((None, {"stream_entry": entry_id.decode(), "raw": str(fields)[:4000]}, "entry holds no event list"))
-            continue
-        for raw in batch:
-            try:
-                records.append(coerce_record(raw))
-            except (ValueError, TypeError, OverflowError) as exc:
-                event_id = raw[0] if isinstance(raw, list) and raw and isinstance(raw[0], str) else None
-                poison.append((event_id, raw, str(exc)))
-    return records, poison
-
-
-def _acknowledge(client: redis.Redis, entry_ids: list[bytes]) -> None:
-    """XACK then XDEL, atomically: the stream's length is the backlog."""
-    with client.pipeline(transaction=True) as pipe:
-        pipe.xack(STREAM_KEY, GROUP, *entry_ids)
-        pipe.xdel(STREAM_KEY, *entry_ids)
-        pipe.execute()
-
-
-def request_ids(entries: list[tuple[bytes, dict]]) -> list[str]:
-    """The API request ids the entries came from (field ``r``), in order, without repeats."""
-    return list(dict.fromkeys(fields[b"r"].decode(errors="replace") for _, fields in entries if fields.get(b"r")))
-
-
-def process_entries(client: redis.Redis, entries: list[tuple[bytes, dict]], report: DrainReport) -> None:
-    """Write the entries' events in one transaction, then acknowledge them and count them."""
-    if not entries:
-        return
-    started = time.perf_counter()
-    records, poison = _decode(entries)
-    written = WriteResult()
-    try:
-        if poison:
-            _write_poison(poison)
-        if records:
-            written = write_with_retry(records)
-    except DatabaseUnavailable:
-        metrics.INGEST_DRAIN_FAILURES.inc()
-        log.error(
-            "a batch of %d events could not be written and stays queued; request ids: %s",
-            len(records) + len(poison), ", ".join(request_ids(entries)) or "none recorded",
-        )
-        raise
-    # Counted once committed: should the acknowledgement fail, the redelivered batch is
-    # counted again only as duplicates.
-    _count(written, len(poison), time.perf_counter() - started)
-    dead = written.dead_lettered + len(poison)
-    if dead:
-        log.warning(
-            "%d of %d events went to the dead-letter table; request ids of the batch: %s",
-            dead, written.received + len(poison), ", ".join(request_ids(entries)) or "none recorded",
-        )
-    _acknowledge(client, [entry_id for entry_id, _ in entries])
-    report.malformed += len(poison)
-    report.written.add(written)
-    report.batches += 1
-    report.entries += len(entries)
-
-
-def _count(written: WriteResult, malformed: int, seconds: float) -> None:
-    metrics.INGEST_BATCH_SECONDS.observe(seconds)
-    metrics.INGEST_DRAINED.inc(written.received + malformed)
-    metrics.INGEST_INSERTED.inc(written.inserted)
-    metrics.INGEST_DUPLICATES.inc(written.duplicates)
-    metrics.INGEST_DEAD_LETTERS.inc(written.dead_lettered + malformed)
-    for (experiment_id, event_type), n in written.inserted_by.items():
-        metrics.EXPERIMENT_METRICS.labels(experiment_id=experiment_id, event_type=event_type).inc(n)
-
-
-def _write_poison(poison: list[tuple[str | None, object, str]]) -> None:
+def write_dead_letters(poison: list[tuple[str | None, object, str]]) -> None:
+    """Keep undecodable stream entries as dead letters, (event id, payload, error) each."""
     def work(pg: psycopg.Connection) -> None:
         try:
             for event_id, payload, error in poison:
@@ -492,108 +322,3 @@ def _write_poison(poison: list[tuple[str | None, object, str]]) -> None:
             raise
 
     with_retry(work, f"{len(poison)} dead letters")
-
-
-def drain(
-    client: redis.Redis,
-    *,
-    consumer: str | None = None,
-    budget_s: float = 2.0,
-    claim_idle_ms: int = CLAIM_IDLE_MS,
-) -> DrainReport:
-    """Drain the stream for up to ``budget_s`` seconds.
-
-    Order: this consumer's own pending entries (a previous run that failed before
-    acknowledging), then entries left pending by dead consumers (idle longer than
-    ``claim_idle_ms``, e.g. a worker killed with SIGKILL), then new entries.
-    """
-    started = time.monotonic()
-    consumer = consumer or default_consumer()
-    report = DrainReport()
-    ensure_group(client)
-
-    # Own pending entries first: "0" re-reads what this consumer was given but never acked.
-    while True:
-        entries = _read(client, consumer, "0", max(1, BATCH_EVENTS // ENTRY_EVENTS))
-        if not entries:
-            break
-        process_entries(client, entries, report)
-
-    cursor = "0-0"
-    while True:
-        cursor, claimed, *_ = client.xautoclaim(
-            STREAM_KEY, GROUP, consumer, min_idle_time=claim_idle_ms, start_id=cursor,
-            count=max(1, BATCH_EVENTS // ENTRY_EVENTS),
-        )
-        claimed = [(entry_id, fields) for entry_id, fields in claimed if fields is not None]
-        if claimed:
-            report.claimed += len(claimed)
-            process_entries(client, claimed, report)
-        if cursor in (b"0-0", "0-0"):
-            break
-
-    block_ms: int | None = None
-    while True:
-        entries, dry = _read_batch(client, consumer, block_ms)
-        if not entries:
-            break  # idle: nothing new, even after waiting a moment
-        process_entries(client, entries, report)
-        if time.monotonic() - started >= budget_s:
-            report.backlog = True  # events are still flowing: a successor run takes over
-            break
-        # Caught up: wait briefly for more instead of leaving them to the next beat tick,
-        # so under steady traffic events are written within a batch's time, not a tick's.
-        block_ms = IDLE_WAIT_MS if dry else None
-    report.seconds = time.monotonic() - started
-    return report
-
-
-@dataclass
-class Backlog:
-    length: int
-    pending: int
-    lag: int | None
-    consumers: int
-    #: Unix time (ms) the oldest entry still in the stream was queued; None when empty.
-    oldest_ms: int | None = None
-
-    def oldest_age_s(self, now_s: float | None = None) -> float:
-        """Seconds the oldest unwritten entry has waited (0 when the stream is empty)."""
-        if self.oldest_ms is None:
-            return 0.0
-        return max(0.0, (time.time() if now_s is None else now_s) - self.oldest_ms / 1000)
-
-
-def backlog(client: redis.Redis) -> Backlog:
-    """Stream length (entries not yet written), pending (delivered, not acknowledged), lag
-    and the oldest entry's time (entries are deleted once written, so the first one left is
-    the oldest unwritten; its id is the Redis server's clock when it was queued)."""
-    with client.pipeline(transaction=False) as pipe:
-        pipe.xlen(STREAM_KEY)
-        pipe.xrange(STREAM_KEY, "-", "+", count=1)
-        length, first = pipe.execute()
-    oldest_ms = int(first[0][0].split(b"-")[0]) if first else None
-    try:
-        groups = client.xinfo_groups(STREAM_KEY)
-    except redis.ResponseError:
-        groups = []
-    for group in groups:
-        if group.get("name") in (GROUP, GROUP.encode()):
-            return Backlog(
-                length, int(group.get("pending", 0)), group.get("lag"), int(group.get("consumers", 0)), oldest_ms
-            )
-    return Backlog(length, 0, None, 0, oldest_ms)
-
-
-def prune_consumers(client: redis.Redis, idle_ms: int = 3600_000) -> int:
-    """Forget consumers (dead worker processes) with nothing pending and idle for an hour."""
-    removed = 0
-    try:
-        consumers = client.xinfo_consumers(STREAM_KEY, GROUP)
-    except redis.ResponseError:
-        return 0
-    for consumer in consumers:
-        if int(consumer.get("pending", 0)) == 0 and int(consumer.get("idle", 0)) >= idle_ms:
-            client.xgroup_delconsumer(STREAM_KEY, GROUP, consumer["name"])
-            removed += 1
-    return removed

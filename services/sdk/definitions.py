@@ -42,7 +42,8 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Session
 
-from core import db
+from core import db, rbac
+from core import redis as redis_state
 from models.enums import ExperimentMode, ExperimentStatus
 
 from .. import cache
@@ -179,6 +180,9 @@ def experiment_document(
         "bandit_weights": weights,
         "layer": {"id": layer["id"]} if layer else None,
         "holdouts": [{"id": h["id"]} for h in holdouts],
+        # Null: every service. The server already leaves out what the caller may not use
+        # (caller_view); the field says why an experiment is missing from another's view.
+        "allowed_services": cached.get("allowed_services"),
     }
 
 
@@ -221,7 +225,7 @@ def _published_weights(client: redis.Redis | None, experiment_ids: list[str]) ->
 _RUNNING = text(
     """
     SELECT e.id::text, e.status, e.mode, e.coverage, e.targeting, e.version,
-           e.layer_id::text AS layer_id,
+           e.layer_id::text AS layer_id, e.allowed_services,
            ARRAY(SELECT h.holdout_id::text FROM experiment_holdout_links h
                  WHERE h.experiment_id = e.id ORDER BY h.holdout_id) AS holdout_ids,
            json_agg(json_build_object(
@@ -245,8 +249,9 @@ def running_definition_documents(session: Session) -> list[dict[str, Any]]:
             "variants": [{**v, "config": v["config"] or {}, "traffic_share": float(v["traffic_share"])} for v in variants],
             "layer": {"id": layer_id} if layer_id else None,
             "holdouts": [{"id": h} for h in holdout_ids or []],
+            "allowed_services": sorted(allowed) if allowed is not None else None,
         }
-        for experiment_id, status, mode, coverage, targeting, version, layer_id, holdout_ids, variants in rows
+        for experiment_id, status, mode, coverage, targeting, version, layer_id, allowed, holdout_ids, variants in rows
     ]
 
 
@@ -288,7 +293,7 @@ def _read_version(client: redis.Redis | None) -> tuple[str | None, bool]:
     restarted) is replaced by a new one, agreed on by every process through SET NX."""
     # The assignment path's circuit breaker: after a failure, skip Redis for a while
     # instead of paying a connection timeout on every request.
-    client = assignment._usable(client)
+    client = redis_state.usable(client)
     if client is None:
         return None, False
     try:
@@ -297,7 +302,7 @@ def _read_version(client: redis.Redis | None) -> tuple[str | None, bool]:
             client.set(cache.SDK_DEFINITIONS_VERSION_KEY, cache.new_definitions_version(), nx=True)
             raw = client.get(cache.SDK_DEFINITIONS_VERSION_KEY)
     except redis.RedisError as exc:
-        assignment._mark_down(client, exc)
+        assignment.mark_redis_down(client, exc)
         return None, False
     if raw is None:
         return None, False
@@ -367,6 +372,60 @@ def current_snapshot(client: redis.Redis | None) -> Snapshot:
         # Without a version (Redis down) the copy is kept for UNVERSIONED_MAX_AGE_S only.
         _local = snapshot
         return snapshot
+
+
+# --- per-caller views: the snapshot without what the caller may not assign -------------
+
+_VIEW_CACHE_LIMIT = 256
+_views: dict[tuple[str, tuple[str, ...]], Snapshot] = {}
+_restricted: dict[str, bool] = {}
+_views_lock = threading.Lock()
+
+
+def caller_scope(roles: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The service roles a view is filtered for; None when the caller is not scoped (ops_admin)."""
+    if any(not rbac.is_service_role(role) for role in roles):
+        return None
+    return tuple(sorted(set(roles)))
+
+
+def caller_view(snapshot: Snapshot, roles: tuple[str, ...]) -> Snapshot:
+    """The snapshot as the caller may see it: experiments whose ``allowed_services`` leave it out are dropped.
+
+    The shared snapshot is built once per change; a filtered view is derived from it
+    once per (snapshot, set of service roles) and memoised, with its own strong ETag
+    (the hash of its own bytes). So a service's ETag changes exactly when what *it* may
+    evaluate changes, two processes agree on it, and a caller never receives (nor can
+    probe by ETag) another service's experiments. When no running experiment is
+    restricted, every caller gets the shared snapshot itself.
+    """
+    scope = caller_scope(roles)
+    if scope is None:
+        return snapshot
+    restricted = _restricted.get(snapshot.etag)
+    if restricted is False:
+        return snapshot
+    key = (snapshot.etag, scope)
+    view = _views.get(key)
+    if view is not None:
+        return view
+    document = json.loads(snapshot.body)
+    experiments = document.get("experiments") or []
+    restricted = any(e.get("allowed_services") is not None for e in experiments)
+    with _views_lock:
+        if len(_restricted) >= _VIEW_CACHE_LIMIT:
+            _restricted.clear()
+        _restricted[snapshot.etag] = restricted
+    if not restricted:
+        return snapshot
+    document["experiments"] = [e for e in experiments if rbac.service_permitted(e.get("allowed_services"), scope)]
+    body = encode(document)
+    view = Snapshot(snapshot.version, etag_of(body), body, snapshot.built_at)
+    with _views_lock:
+        if len(_views) >= _VIEW_CACHE_LIMIT:
+            _views.clear()
+        _views[key] = view
+    return view
 
 
 def forget_local_snapshot() -> None:

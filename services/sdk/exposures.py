@@ -24,6 +24,7 @@ import psycopg.errors
 import redis
 
 from core import db
+from core import redis as redis_state
 from core.errors import NotFound
 from core.metrics import EXPERIMENT_ASSIGNMENTS
 from models.enums import ExperimentMode
@@ -98,9 +99,18 @@ def _expected(definition: Definition, user: UserContext) -> tuple[str | None, st
     return variant.id, None
 
 
-def record_exposures(client: redis.Redis | None, exposures: list[Exposure], first_index: int = 0) -> list[Verdict]:
-    """Recompute, store the matches, reject the rest; verdicts in request order."""
-    client = assignment._usable(client)
+def record_exposures(
+    client: redis.Redis | None,
+    exposures: list[Exposure],
+    first_index: int = 0,
+    caller_roles: tuple[str, ...] | None = None,
+) -> list[Verdict]:
+    """Recompute, store the matches, reject the rest; verdicts in request order.
+
+    An exposure of an experiment whose ``allowed_services`` leave ``caller_roles`` out
+    is rejected with ``service_not_allowed`` (``None``: an internal call, not scoped).
+    """
+    client = redis_state.usable(client)
     definitions = _definitions(client, {e.experiment_id for e in exposures})
     verdicts: dict[int, Verdict] = {}
     # (experiment, molam_id) -> indexes: a user sent twice is stored once.
@@ -109,6 +119,8 @@ def record_exposures(client: redis.Redis | None, exposures: list[Exposure], firs
         definition = definitions[exposure.experiment_id]
         if definition is None:
             verdicts[index] = Verdict(index, exposure, False, "unknown_experiment")
+        elif caller_roles is not None and not definition.permits(caller_roles):
+            verdicts[index] = Verdict(index, exposure, False, "service_not_allowed")
         elif not definition.is_running:
             verdicts[index] = Verdict(index, exposure, False, "not_running")
         elif definition.mode != ExperimentMode.AB.value:

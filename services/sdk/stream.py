@@ -75,7 +75,7 @@ class ChangeWatcher:
                 self._condition.wait_for(lambda: self._listeners > 0)
             try:
                 snapshot = current_snapshot(self._client_factory())
-            except Exception as exc:  # noqa: BLE001 - the watcher must outlive outages
+            except Exception as exc:  # the watcher must outlive outages
                 log.warning("SDK change watcher could not read the snapshot: %s", exc)
                 time.sleep(FAILURE_BACKOFF_S)
                 continue
@@ -149,7 +149,7 @@ def events(
         sequence, etag = watcher.wait_for_change(-1, 0)
         try:
             etag = current_etag()
-        except Exception as exc:  # noqa: BLE001 - fall back to the watcher's copy
+        except Exception as exc:  # fall back to the watcher's copy
             log.warning("could not read the current definitions ETag: %s", exc)
         last_sent = known_etag
         while True:

@@ -287,6 +287,7 @@ def test_cached_definition_is_the_shared_contract(client, auth, create_experimen
         ],
         "layer": None,
         "holdouts": [],
+        "allowed_services": None,
     }
     cached = json.loads(redis_client.get(assignment_key(experiment["id"], molam_id)))
     assert set(cached) == {"variant_id", "assigned_at"}

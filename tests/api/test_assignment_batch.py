@@ -144,7 +144,7 @@ def test_concurrent_batches_and_assigns_store_one_row_each(app, auth, settings, 
     def batch(items):
         try:
             results.append(app.test_client().post("/api/assignments/batch", json={"exposures": items}, headers=headers))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(exc)
 
     def assign_all():

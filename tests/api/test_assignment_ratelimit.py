@@ -153,6 +153,7 @@ def gunicorn_server(settings, migrated_database, tmp_path, key_pair):
         MOLAM_ID_PUBLIC_KEY=key_pair[1],
         MOLAM_ID_ISSUER=settings.molam_id_issuer,
         MOLAM_ID_AUDIENCE=settings.molam_id_audience,
+        AUDIT_HMAC_KEY=settings.audit_hmac_key,
         ASSIGN_RATE_LIMIT="400/hour",
         WEB_CONCURRENCY=str(WORKERS),
         MOLAM_VAR_DIR=str(tmp_path),

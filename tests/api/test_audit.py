@@ -9,8 +9,8 @@ import pytest
 from core.config import libpq_url
 
 
-def _conn(settings):
-    return psycopg.connect(libpq_url(settings.database_url), autocommit=True)
+def _conn(url):
+    return psycopg.connect(libpq_url(url), autocommit=True)
 
 
 def _entries(client, auth, experiment_id=None):
@@ -43,7 +43,9 @@ def test_every_mutation_is_audited_with_context(client, auth, create_experiment)
     assert deleted[0]["after"] is None and deleted[0]["before"]["id"] == draft["id"]
 
     verify = client.get("/api/audit/verify", headers=auth()).get_json()
-    assert verify == {"ok": True, "entries": 7, "first_bad_id": None, "reason": None}
+    assert {k: verify[k] for k in ("ok", "entries", "first_bad_id", "reason")} == {
+        "ok": True, "entries": 7, "first_bad_id": None, "reason": None
+    }
 
 
 def test_refused_mutation_writes_nothing(client, auth, create_experiment):
@@ -61,27 +63,37 @@ def test_entries_are_chained(client, auth, create_experiment):
         assert entry["prev_hash"] == previous["hash"]
 
 
-@pytest.mark.parametrize(
-    "statement",
-    [
-        "UPDATE experiment_audit_logs SET actor = 'mallory'",
-        "DELETE FROM experiment_audit_logs",
-        "TRUNCATE experiment_audit_logs",
-    ],
-)
-def test_raw_sql_cannot_rewrite_history(settings, client, create_experiment, statement):
+REWRITES = [
+    "UPDATE experiment_audit_logs SET actor = 'mallory'",
+    "DELETE FROM experiment_audit_logs",
+    "TRUNCATE experiment_audit_logs",
+]
+
+
+@pytest.mark.parametrize("statement", REWRITES)
+def test_the_application_role_cannot_rewrite_history(settings, migrated_database, client, create_experiment, statement):
     create_experiment()
-    with _conn(settings) as conn:
+    with _conn(settings.database_url) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+            conn.execute(statement)
+    with _conn(migrated_database) as conn:
+        assert conn.execute("SELECT count(*) FROM experiment_audit_logs").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("statement", REWRITES)
+def test_the_trigger_stops_the_owner_too(migrated_database, client, create_experiment, statement):
+    create_experiment()
+    with _conn(migrated_database) as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
             conn.execute(statement)
         assert conn.execute("SELECT count(*) FROM experiment_audit_logs").fetchone()[0] == 1
 
 
 @pytest.mark.parametrize("column,value", [("actor", "'mallory'"), ("after", """'{"status": "running"}'::jsonb"""), ("prev_hash", "repeat('a', 64)")])
-def test_verify_reports_the_first_tampered_entry(settings, client, auth, create_experiment, column, value):
+def test_verify_reports_the_first_tampered_entry(migrated_database, client, auth, create_experiment, column, value):
     for _ in range(3):
         create_experiment()
-    with _conn(settings) as conn:
+    with _conn(migrated_database) as conn:
         ids = [r[0] for r in conn.execute("SELECT id FROM experiment_audit_logs ORDER BY id")]
         # A superuser with the trigger disabled: what verify exists to catch.
         conn.execute("ALTER TABLE experiment_audit_logs DISABLE TRIGGER experiment_audit_logs_no_update_delete")
@@ -93,10 +105,10 @@ def test_verify_reports_the_first_tampered_entry(settings, client, auth, create_
     assert verify["ok"] is False and verify["first_bad_id"] == ids[1]
 
 
-def test_deleting_an_entry_breaks_the_chain(settings, client, auth, create_experiment):
+def test_deleting_an_entry_breaks_the_chain(migrated_database, client, auth, create_experiment):
     for _ in range(3):
         create_experiment()
-    with _conn(settings) as conn:
+    with _conn(migrated_database) as conn:
         ids = [r[0] for r in conn.execute("SELECT id FROM experiment_audit_logs ORDER BY id")]
         conn.execute("ALTER TABLE experiment_audit_logs DISABLE TRIGGER experiment_audit_logs_no_update_delete")
         try:

@@ -31,6 +31,7 @@ EXPECTED = {
     "reports": {"ops_admin", "marketing", "data_science"},
     "insights": {"ops_admin", "data_science"},
     "audit": {"ops_admin", "data_science"},
+    "audit_checkpoints": {"ops_admin", "data_science"},
     "export": {"ops_admin", "data_science"},
     "fx_rates": {"ops_admin", "data_science"},
     "assign": {"ops_admin", "pay_module", "connect_module"},
@@ -71,6 +72,7 @@ def _request(client, action, experiment, headers, setup=None):
         "reports": lambda: client.get("/api/reports", headers=headers),
         "insights": lambda: client.get(f"/api/experiments/{eid}/insights", headers=headers),
         "audit": lambda: client.get("/api/audit", headers=headers),
+        "audit_checkpoints": lambda: client.get("/api/audit/checkpoints", headers=headers),
         "export": lambda: client.get(f"/api/experiments/{eid}/export", headers=headers),
         "fx_rates": lambda: client.put(
             "/api/fx-rates", json={"base": "EUR", "valid_from": "2026-12-01", "rates": {"XOF": 655.957}}, headers=headers

@@ -153,7 +153,7 @@ def test_list_searches_names_and_filters_mode_and_owner(client, auth, create_exp
         "/api/experiments", json={**experiment_body(name="Pricing page"), "mode": "ab"}, headers=auth("marketing", sub="amina")
     )
     assert made_by_marketing.status_code == 201
-    names = lambda query: sorted(e["name"] for e in client.get("/api/experiments", query_string=query, headers=auth()).get_json())  # noqa: E731
+    names = lambda query: sorted(e["name"] for e in client.get("/api/experiments", query_string=query, headers=auth()).get_json())
     assert names({"q": "CHECKOUT"}) == ["Checkout 100% copy", "Checkout button colour"]
     assert names({"q": "checkout", "mode": "bandit"}) == ["Checkout 100% copy"]
     # LIKE wildcards in the search are literal characters.

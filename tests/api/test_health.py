@@ -57,3 +57,19 @@ def test_openapi_numeric_bounds_are_numbers(client):
             for key in ("minimum", "maximum", "default"):
                 if definition.get("type") == "number" and key in definition:
                     assert isinstance(definition[key], (int, float)), (name, prop, key)
+
+
+def test_metrics_token_guards_the_scrape(settings, migrated_database, client):
+    from api import create_app
+
+    guarded = create_app(settings.with_overrides(metrics_token="s3cret-scrape-token")).test_client()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-scrape-token"}):
+        refused = guarded.get("/metrics", headers=headers)
+        assert refused.status_code == 401, headers
+        body = refused.get_json()
+        assert body["code"] == 401 and body["message"] in {"missing bearer token", "invalid token"}
+        assert "experiments" not in refused.get_data(as_text=True).split("message")[0]
+    scraped = guarded.get("/metrics", headers={"Authorization": "Bearer s3cret-scrape-token"})
+    assert scraped.status_code == 200 and "experiments_total" in scraped.get_data(as_text=True)
+    # Without METRICS_TOKEN the endpoint stays open (the default).
+    assert client.get("/metrics").status_code == 200

@@ -276,7 +276,7 @@ def test_results_and_insights_never_read_raw_events(client, auth, running):
 
     statements = []
 
-    def capture(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+    def capture(conn, cursor, statement, parameters, context, executemany):
         statements.append(statement)
 
     event.listen(db.get_engine(), "before_cursor_execute", capture)

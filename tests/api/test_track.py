@@ -334,9 +334,13 @@ def test_redis_down_is_503_with_retry_after_and_the_retry_counts_once(client, au
 def test_full_backlog_refuses_with_503(client, auth, running, settings, monkeypatch):
     experiment, _ = running
     monkeypatch.setattr(ingestion, "MAX_BACKLOG_ENTRIES", 2)
-    for _ in range(2):
-        assert track(client, auth, experiment["id"], {"molam_id": "u1", "event_type": "click"}).status_code == 202
-    refused = track(client, auth, experiment["id"], {"molam_id": "u1", "event_type": "click"})
+    # Two callers, each within its share (INGEST_SERVICE_SHARE=0.5: one entry each), fill it.
+    for sub in ("svc-a", "svc-b"):
+        response = client.post(f"/api/experiments/{experiment['id']}/track", json={"molam_id": "u1", "event_type": "click"},
+                               headers=auth(SERVICE, sub))
+        assert response.status_code == 202
+    refused = client.post(f"/api/experiments/{experiment['id']}/track", json={"molam_id": "u1", "event_type": "click"},
+                          headers=auth(SERVICE, "svc-c"))
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
     assert get_redis(settings.redis_url).xlen(ingestion.STREAM_KEY) == 2
 

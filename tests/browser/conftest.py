@@ -30,8 +30,9 @@ import pytest
 
 from core.config import PROJECT_ROOT, libpq_url, redis_url_with_db
 from core.redis import get_redis
+from scripts.db_roles import provision, url_for_role
 from tests.support.api import TEST_AUDIENCE, TEST_ISSUER
-from tests.support.database import create_database
+from tests.support.database import create_database, roles_for
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -93,9 +94,9 @@ class Platform:
                 raise AssertionError(f"{name} exited with {process.returncode}:\n{tail}")
 
 
-def _browser_database_url(settings) -> str:
-    name = psycopg.conninfo.conninfo_to_dict(libpq_url(settings.database_url))["dbname"]
-    return settings.database_url.rsplit("/", 1)[0] + f"/{name}_browser"
+def _browser_database_url(admin_url: str) -> str:
+    name = psycopg.conninfo.conninfo_to_dict(libpq_url(admin_url))["dbname"]
+    return admin_url.rsplit("/", 1)[0] + f"/{name}_browser"
 
 
 def _migrate(database_url: str) -> None:
@@ -138,11 +139,15 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="package")
-def platform(settings, key_pair, tmp_path_factory) -> Iterator[Platform]:
-    """API (gunicorn), worker and beat on a database of their own, SIRA on short intervals."""
-    database_url = _browser_database_url(settings)
-    create_database(database_url)
-    _migrate(database_url)
+def platform(settings, admin_database_url, key_pair, tmp_path_factory) -> Iterator[Platform]:
+    """API (gunicorn), worker and beat on a database of their own, SIRA on short intervals; they
+    connect as that database's application role, the migrations ran as its owner."""
+    admin_url = _browser_database_url(admin_database_url)
+    create_database(admin_url)
+    owner, app_role = roles_for(admin_url)
+    provision(admin_url, owner=owner, app=app_role)
+    _migrate(url_for_role(admin_url, owner))
+    database_url = url_for_role(admin_url, app_role)
     cache_url = redis_url_with_db(settings.redis_url, CACHE_DB)
     broker_url = redis_url_with_db(settings.redis_url, BROKER_DB)
     get_redis(cache_url).flushdb()
@@ -159,6 +164,8 @@ def platform(settings, key_pair, tmp_path_factory) -> Iterator[Platform]:
         "MOLAM_ID_PUBLIC_KEY": key_pair[1],
         "MOLAM_ID_ISSUER": TEST_ISSUER,
         "MOLAM_ID_AUDIENCE": TEST_AUDIENCE,
+        "AUDIT_HMAC_KEY": settings.audit_hmac_key,
+        "AUDIT_HMAC_KEY_ID": settings.audit_hmac_key_id,
         "MOLAM_VAR_DIR": str(var_dir),
         "PORT": str(port),
         "WEB_CONCURRENCY": "2",

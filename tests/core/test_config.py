@@ -11,7 +11,8 @@ from core.config import PROJECT_ROOT, ConfigError, load_settings
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for name in ("APP_ENV", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "PORT", "MOLAM_ID_PUBLIC_KEY", "MOLAM_ID_ISSUER", "MOLAM_ID_AUDIENCE"):
+    for name in ("APP_ENV", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "PORT", "MOLAM_ID_PUBLIC_KEY", "MOLAM_ID_ISSUER", "MOLAM_ID_AUDIENCE",
+                 "AUDIT_HMAC_KEY", "AUDIT_HMAC_KEY_ID", "AUDIT_HMAC_PREVIOUS_KEYS", "MIGRATION_DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -36,6 +37,23 @@ def test_production_requires_a_public_key(clean_env):
     clean_env.setenv("APP_ENV", "production")
     with pytest.raises(ConfigError, match="MOLAM_ID_PUBLIC_KEY"):
         load_settings()
+
+
+@pytest.mark.parametrize("key", [None, "too-short"])
+def test_production_requires_an_audit_hmac_key(clean_env, key):
+    clean_env.setenv("APP_ENV", "production")
+    clean_env.setenv("MOLAM_ID_PUBLIC_KEY", "-----BEGIN PUBLIC KEY-----")
+    clean_env.setenv("MOLAM_ID_ISSUER", "https://id.molam.example")
+    clean_env.setenv("MOLAM_ID_AUDIENCE", "molam-experiments")
+    if key:
+        clean_env.setenv("AUDIT_HMAC_KEY", key)
+    with pytest.raises(ConfigError, match="AUDIT_HMAC_KEY"):
+        load_settings()
+    clean_env.setenv("AUDIT_HMAC_KEY", "f" * 64)
+    clean_env.setenv("MIGRATION_DATABASE_URL", "postgresql://owner@db/molam")
+    settings = load_settings()
+    assert settings.audit_hmac_key == "f" * 64 and settings.audit_hmac_key_id == "k1"
+    assert settings.migration_database_url == "postgresql+psycopg://owner@db/molam"
 
 
 @pytest.mark.parametrize("name,value", [("APP_ENV", "staging"), ("PORT", "eighty")])

@@ -86,7 +86,7 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path):
     env_file.write_text("PORT=4321\nLOG_FORMAT=text\nSIRA_RECOMPUTE_INTERVAL=7\n")
     program = "from core.config import load_settings; s = load_settings(); print(s.port, s.log_format, s.recompute_interval_s)"
     base = {"PATH": "/usr/bin:/bin", "MOLAM_ENV_FILE": str(env_file), "MOLAM_VAR_DIR": str(tmp_path)}
-    run = lambda env: subprocess.run(  # noqa: E731
+    run = lambda env: subprocess.run(
         [sys.executable, "-c", program], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=True
     ).stdout.split()
     assert run(base) == ["4321", "text", "7.0"]

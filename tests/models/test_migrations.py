@@ -12,8 +12,8 @@ from core.config import PROJECT_ROOT, libpq_url
 
 
 @pytest.fixture
-def scratch_database(settings):
-    base = libpq_url(settings.database_url)
+def scratch_database(admin_database_url):
+    base = libpq_url(admin_database_url)
     info = psycopg.conninfo.conninfo_to_dict(base)
     name = f"{info['dbname']}_migrations"
     with psycopg.connect(base, dbname="postgres", autocommit=True) as conn:
@@ -68,3 +68,46 @@ def test_upgrade_matches_models_and_downgrade_unwinds(scratch_database):
     command.downgrade(config, "base")
     assert _tables(conninfo) <= {"alembic_version"}
     command.upgrade(config, "head")
+
+
+def test_the_hmac_migration_records_the_legacy_switch_over(scratch_database):
+    """Entries written before 0015 are plain SHA-256: the migration records the last of them,
+    and verification accepts them as ``legacy`` while entries after it need the HMAC."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from services.experiments.audit import GENESIS_HASH, AuditKeys, canonical_payload, legacy_hash
+    from services.experiments.audit_checks import verify_chain
+
+    sa_url, conninfo = scratch_database
+    config = _config(sa_url)
+    command.upgrade(config, "20261202_0015_allowed_services")
+    prev_hash = GENESIS_HASH
+    with psycopg.connect(conninfo) as conn:
+        for n in range(3):  # what the SHA-256 code wrote
+            created_at = datetime(2026, 11, 30, 12, n, tzinfo=timezone.utc)
+            digest = legacy_hash(canonical_payload(
+                experiment_id=None, actor=f"ops-{n}", actor_roles=["ops_admin"], action="fx_rates", before=None,
+                after={"n": n}, request_id=None, client_ip=None, created_at=created_at, prev_hash=prev_hash,
+            ))
+            conn.execute(
+                "INSERT INTO experiment_audit_logs (actor, actor_roles, action, after, created_at, prev_hash, hash) "
+                "VALUES (%s, %s, 'fx_rates', %s, %s, %s, %s)",
+                (f"ops-{n}", ["ops_admin"], f'{{"n": {n}}}', created_at, prev_hash, digest),
+            )
+            prev_hash = digest
+    command.upgrade(config, "head")
+    with psycopg.connect(conninfo) as conn:
+        boundary = conn.execute(
+            "SELECT last_legacy_id, last_legacy_hash, entries FROM experiment_audit_legacy_boundary"
+        ).fetchall()
+    assert boundary == [(3, prev_hash, 3)]
+    engine = create_engine(sa_url)
+    try:
+        with Session(engine) as session:
+            result = verify_chain(session, AuditKeys("k1", {"k1": b"k" * 32}), full=True)
+    finally:
+        engine.dispose()
+    assert result.ok and result.entries == 3 and result.legacy_entries == 3 and result.legacy_through_id == 3

@@ -77,6 +77,17 @@ def test_the_app_role_gets_rows_not_schema(role_database):
             )
         }
         assert granted == {"SELECT", "INSERT", "UPDATE", "DELETE"}
+        # The audit tables: read and append only, whatever the default privileges gave.
+        for table in ("experiment_audit_logs", "experiment_audit_checkpoints", "experiment_audit_legacy_boundary"):
+            audit_grants = {
+                row[0] for row in conn.execute(
+                    "SELECT privilege_type FROM information_schema.role_table_grants "
+                    "WHERE grantee = %s AND table_name = %s", (role, table)
+                )
+            }
+            assert audit_grants == {"SELECT", "INSERT"}, table
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                conn.execute(f"DELETE FROM {table}")
     with psycopg.connect(libpq_url(url)) as conn:
         superuser, = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
         assert superuser is False

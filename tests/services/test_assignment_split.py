@@ -7,6 +7,7 @@ import pytest
 
 from services.experiments import assignment as service
 from services.experiments.definitions import definition_from_document
+from sira.bandit import draw_arm
 
 EXPERIMENT_ID = "6f1c2a7e-0000-4000-8000-000000000001"
 
@@ -77,9 +78,9 @@ def test_coverage_threshold():
 def test_bandit_weights_prefer_published_after_burn_in():
     d = definition([50, 50], mode="bandit")
     published = {"weights": {"v0": 0.2, "v1": 0.8}, "burn_in": False}
-    assert [(v.id, w) for v, w in service.bandit_weights(d, published)] == [("v0", 0.2), ("v1", 0.8)]
-    assert [w for _, w in service.bandit_weights(d, {**published, "burn_in": True})] == [5000.0, 5000.0]
-    assert [w for _, w in service.bandit_weights(d, None)] == [5000.0, 5000.0]
+    assert [(v.id, w) for v, w in service.draw_weights(d, published)[0]] == [("v0", 0.2), ("v1", 0.8)]
+    assert [w for _, w in service.draw_weights(d, {**published, "burn_in": True})[0]] == [5000.0, 5000.0]
+    assert [w for _, w in service.draw_weights(d, None)[0]] == [5000.0, 5000.0]
 
 
 @pytest.mark.parametrize(
@@ -87,20 +88,20 @@ def test_bandit_weights_prefer_published_after_burn_in():
 )
 def test_bandit_weights_ignore_garbage(weights):
     d = definition([30, 70], mode="bandit")
-    assert [w for _, w in service.bandit_weights(d, {"weights": weights, "burn_in": False})] == [3000.0, 7000.0]
+    assert [w for _, w in service.draw_weights(d, {"weights": weights, "burn_in": False})[0]] == [3000.0, 7000.0]
 
 
 def test_paused_arm_gets_no_bandit_draws():
     d = definition([50, 50], paused={0}, mode="bandit")
-    weighted = service.bandit_weights(d, {"weights": {"v0": 0.99, "v1": 0.01}, "burn_in": False})
+    weighted = service.draw_weights(d, {"weights": {"v0": 0.99, "v1": 0.01}, "burn_in": False})[0]
     assert [v.id for v, _ in weighted] == ["v1"]
 
 
-def test_draw_variant_maps_the_unit_interval_onto_weights():
+def test_draw_arm_maps_the_unit_interval_onto_weights():
     d = definition([50, 50, 0])
-    weights = [(v, w) for v, w in zip(d.variants, (1.0, 3.0, 0.0))]
+    weights = (1.0, 3.0, 0.0)
     points = iter([0.0, 0.2499, 0.25, 0.9999999])
-    assert [service.draw_variant(weights, lambda: next(points)).id for _ in range(4)] == ["v0", "v0", "v1", "v1"]
+    assert [d.variants[draw_arm(weights, lambda: next(points))].id for _ in range(4)] == ["v0", "v0", "v1", "v1"]
 
 
 @pytest.mark.parametrize(

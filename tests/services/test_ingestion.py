@@ -13,9 +13,11 @@ import pytest
 from core import db
 from core.config import libpq_url
 from core.redis import get_redis
+from services.ingestion import drain as ingestion_drain
 from services.ingestion import rollups
 from services.ingestion import staging as ingestion
 from services.ingestion import writer as ingestion_writer
+from services.ingestion.records import coerce_record
 from tests.support.ingestion import assign_users, count_rows, drain_all, rollup_mismatches
 
 
@@ -87,7 +89,7 @@ def stage_in_random_chunks(client, records: list[list], rng: random.Random) -> N
 def test_randomised_stream_with_duplicates_matches_a_from_scratch_aggregation(population, redis_client, settings,
                                                                               monkeypatch):
     rng = random.Random(147)
-    monkeypatch.setattr(ingestion_writer, "BATCH_EVENTS", 700)  # many transactions, users spanning them
+    monkeypatch.setattr(ingestion_drain, "BATCH_EVENTS", 700)  # many transactions, users spanning them
     records, distinct = random_stream(population, rng, 6000)
     stage_in_random_chunks(redis_client, records, rng)
     totals = drain_all(redis_client)
@@ -95,23 +97,23 @@ def test_randomised_stream_with_duplicates_matches_a_from_scratch_aggregation(po
     assert totals["inserted"] == len(distinct) and totals["duplicates"] == len(records) - len(distinct)
     assert rollup_mismatches(settings) == []
     # The stream is empty and nothing is left pending.
-    backlog = ingestion_writer.backlog(redis_client)
+    backlog = ingestion_drain.backlog(redis_client)
     assert (backlog.length, backlog.pending) == (0, 0)
 
 
 @pytest.mark.slow
 def test_concurrent_drains_on_overlapping_users_stay_exact(population, redis_client, settings, monkeypatch):
     rng = random.Random(7)
-    monkeypatch.setattr(ingestion_writer, "BATCH_EVENTS", 300)
+    monkeypatch.setattr(ingestion_drain, "BATCH_EVENTS", 300)
     records, distinct = random_stream(population, rng, 8000, duplicate_share=0.3)
     stage_in_random_chunks(redis_client, records, rng)
     failures: list[BaseException] = []
 
     def worker(name: str) -> None:
         try:
-            while ingestion_writer.drain(redis_client, consumer=name, budget_s=60).entries:
+            while ingestion_drain.drain(redis_client, consumer=name, budget_s=60).entries:
                 pass
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             failures.append(exc)
 
     threads = [threading.Thread(target=worker, args=(f"drainer-{i}",)) for i in range(3)]
@@ -126,7 +128,7 @@ def test_concurrent_drains_on_overlapping_users_stay_exact(population, redis_cli
 
 def test_a_redelivered_batch_is_counted_once(population, redis_client, settings):
     records, distinct = random_stream(population, random.Random(3), 500, duplicate_share=0)
-    coerced = [ingestion_writer.coerce_record(r) for r in records]
+    coerced = [coerce_record(r) for r in records]
     first = ingestion_writer.write_with_retry(coerced)
     # The worker died after COMMIT but before XACK: the same entries come back.
     again = ingestion_writer.write_with_retry(coerced)
@@ -138,14 +140,14 @@ def test_a_redelivered_batch_is_counted_once(population, redis_client, settings)
 def test_entries_of_a_dead_consumer_are_claimed_and_written(population, redis_client, settings):
     records, distinct = random_stream(population, random.Random(5), 300, duplicate_share=0)
     ingestion.stage(redis_client, records)
-    ingestion_writer.ensure_group(redis_client)
+    ingestion_drain.ensure_group(redis_client)
     # A consumer reads everything and dies without acknowledging.
     redis_client.xreadgroup(ingestion.GROUP, "dead-worker", {ingestion.STREAM_KEY: ">"}, count=100)
-    assert ingestion_writer.backlog(redis_client).pending == 3
-    report = ingestion_writer.drain(redis_client, consumer="survivor", claim_idle_ms=0)
+    assert ingestion_drain.backlog(redis_client).pending == 3
+    report = ingestion_drain.drain(redis_client, consumer="survivor", claim_idle_ms=0)
     assert report.claimed == 3
     assert count_rows(settings, "experiment_metrics") == 300
-    assert ingestion_writer.backlog(redis_client).length == 0
+    assert ingestion_drain.backlog(redis_client).length == 0
     assert rollup_mismatches(settings) == []
 
 
@@ -175,7 +177,7 @@ def test_poison_goes_to_dead_letters_and_neighbours_are_written(population, redi
     assert "is not a variant of experiment" in errors["poison-variant"]
     assert "poison-json" in errors and "json" in errors["poison-json"].lower()
     assert len(dead) == 6  # two poison events, one undecodable entry, three malformed records
-    assert ingestion_writer.backlog(redis_client).length == 0
+    assert ingestion_drain.backlog(redis_client).length == 0
     assert rollup_mismatches(settings) == []
 
 
@@ -189,15 +191,15 @@ def test_postgres_outage_keeps_the_batch_pending_until_it_returns(population, re
     db.init_engine("postgresql+psycopg://postgres@127.0.0.1:1/unreachable")
     try:
         with pytest.raises(ingestion_writer.DatabaseUnavailable):
-            ingestion_writer.drain(redis_client, consumer="unlucky")
+            ingestion_drain.drain(redis_client, consumer="unlucky")
     finally:
         db.init_engine(settings.database_url)
-    assert ingestion_writer.backlog(redis_client).pending == 2
+    assert ingestion_drain.backlog(redis_client).pending == 2
     assert count_rows(settings, "experiment_metrics") == 0
     # The same consumer's next run starts with its own pending entries.
-    ingestion_writer.drain(redis_client, consumer="unlucky")
+    ingestion_drain.drain(redis_client, consumer="unlucky")
     assert count_rows(settings, "experiment_metrics") == 200
-    assert ingestion_writer.backlog(redis_client).length == 0
+    assert ingestion_drain.backlog(redis_client).length == 0
     assert rollup_mismatches(settings) == []
 
 

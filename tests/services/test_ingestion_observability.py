@@ -9,6 +9,7 @@ import pytest
 
 from core import db, metrics
 from core.redis import get_redis
+from services.ingestion import drain as ingestion_drain
 from services.ingestion import staging as ingestion
 from services.ingestion import writer as ingestion_writer
 from tests.services.test_ingestion import make_record
@@ -38,18 +39,18 @@ def test_a_batch_that_cannot_be_written_is_logged_with_its_request_ids(staged, s
     _, client = staged
     failures = metrics.INGEST_DRAIN_FAILURES._value.get()
     # PostgreSQL unreachable; fewer, quicker retries than production's so the test is short.
-    monkeypatch.setattr(ingestion_writer, "write_with_retry", _quick_retry)
+    monkeypatch.setattr(ingestion_drain, "write_with_retry", _quick_retry)
     db.init_engine("postgresql+psycopg://postgres@127.0.0.1:1/nowhere", connect_args={"connect_timeout": 1})
     try:
         with caplog.at_level(logging.ERROR, logger="services.ingestion.writer"):
             with pytest.raises(ingestion_writer.DatabaseUnavailable):
-                ingestion_writer.drain(client, budget_s=5)
+                ingestion_drain.drain(client, budget_s=5)
     finally:
         db.init_engine(settings.database_url)
     assert metrics.INGEST_DRAIN_FAILURES._value.get() == failures + 1
     message = next(r.getMessage() for r in caplog.records if "stays queued" in r.getMessage())
     assert "req-first" in message and "req-second" in message
-    assert ingestion_writer.backlog(client).length == 2  # nothing was lost
+    assert ingestion_drain.backlog(client).length == 2  # nothing was lost
 
 
 def _quick_retry(records, **_):
@@ -64,7 +65,7 @@ def test_persisted_events_are_counted_once(staged):
     conversion = metrics.EXPERIMENT_METRICS.labels(experiment_id=experiment["id"], event_type="conversion")
     before = (click._value.get(), conversion._value.get(), metrics.INGEST_DUPLICATES._value.get(),
               metrics.INGEST_INSERTED._value.get(), metrics.INGEST_DRAINED._value.get())
-    report = ingestion_writer.drain(client, budget_s=5)
+    report = ingestion_drain.drain(client, budget_s=5)
     assert report.as_dict()["inserted"] == 2
     after = (click._value.get(), conversion._value.get(), metrics.INGEST_DUPLICATES._value.get(),
              metrics.INGEST_INSERTED._value.get(), metrics.INGEST_DRAINED._value.get())

@@ -12,6 +12,7 @@ from statsmodels.stats.proportion import (
     proportion_effectsize,
 )
 
+from sira.srm import srm_test
 from sira.stats import (
     Interval,
     ProportionStats,
@@ -21,7 +22,6 @@ from sira.stats import (
     mean_interval,
     relative_uplift,
     required_sample_size,
-    srm_test,
     wilson_interval,
 )
 

@@ -13,7 +13,8 @@ from sira.failfast import (
     sequential_flags,
     stratified_confidence_sequence,
 )
-from sira.stats import ProportionStats, srm_test, srm_test_periods
+from sira.srm import srm_test, srm_test_periods
+from sira.stats import ProportionStats
 from sira.strata import PeriodTable, arm_estimates, difference_estimates, shared_periods
 
 

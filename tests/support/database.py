@@ -1,4 +1,4 @@
-"""Test databases: created (and recreated) only under names the tests own."""
+"""Test databases: created (and recreated) only under names the tests own, with their two roles."""
 from __future__ import annotations
 
 import psycopg
@@ -20,3 +20,14 @@ def create_database(url: str) -> None:
         )
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def database_name(url: str) -> str:
+    return psycopg.conninfo.conninfo_to_dict(libpq_url(url))["dbname"]
+
+
+def roles_for(url: str) -> tuple[str, str]:
+    """(owner, application role) of a test database, named after it so that test databases
+    running side by side on one server never share a role."""
+    name = database_name(url)
+    return f"{name}_owner", f"{name}_app"

@@ -26,11 +26,11 @@ def assign_users(settings: Settings, experiment: dict[str, Any], molam_ids: list
 
 def drain_all(client, rounds: int = 1000) -> dict[str, int]:
     """Run in-process drains until the stream is empty; totals of their reports."""
-    from services.ingestion import writer as ingestion_writer
+    from services.ingestion import drain as ingestion_drain
 
     totals: dict[str, int] = {"inserted": 0, "duplicates": 0, "dead_lettered": 0}
     for _ in range(rounds):
-        report = ingestion_writer.drain(client, budget_s=30).as_dict()
+        report = ingestion_drain.drain(client, budget_s=30).as_dict()
         for key in totals:
             totals[key] += report[key]
         if not report["backlog"] and ingestion_writer_backlog(client) == 0:
@@ -39,9 +39,9 @@ def drain_all(client, rounds: int = 1000) -> dict[str, int]:
 
 
 def ingestion_writer_backlog(client) -> int:
-    from services.ingestion import writer as ingestion_writer
+    from services.ingestion import drain as ingestion_drain
 
-    return ingestion_writer.backlog(client).length
+    return ingestion_drain.backlog(client).length
 
 
 # Independent recomputation (deliberately not services.ingestion.rollups): raw events → rollups.

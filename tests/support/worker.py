@@ -26,6 +26,8 @@ def running_worker(
         "REDIS_URL": settings.redis_url,
         "CELERY_BROKER_URL": broker_url,
         "APP_ENV": "test",
+        "AUDIT_HMAC_KEY": settings.audit_hmac_key or "",
+        "AUDIT_HMAC_KEY_ID": settings.audit_hmac_key_id,
         **env,
     }
     log = open(directory / f"{name}.log", "wb")

@@ -16,7 +16,7 @@ import pytest
 from core import db
 from core.config import PROJECT_ROOT, redis_url_with_db
 from core.redis import get_redis
-from services.ingestion import writer as ingestion_writer
+from services.ingestion import drain as ingestion_drain
 from tests.support.ingestion import assign_users, count_rows, rollup_mismatches
 
 SERVICE = "pay_module"
@@ -145,9 +145,9 @@ def test_kill_9_mid_stream_loses_nothing_and_counts_nothing_twice(client, auth, 
     wait_for(lambda: count_rows(settings, "experiment_metrics") > 0, 30, "the first worker to write")
     # Kill while a drain holds delivered, unacknowledged entries (it does for the ~0.3 s of each
     # batch's transaction): SIGKILL to the worker, its pool and its beat, no chance to acknowledge.
-    wait_for(lambda: ingestion_writer.backlog(redis_client).pending > 0, 30, "a drain in flight")
+    wait_for(lambda: ingestion_drain.backlog(redis_client).pending > 0, 30, "a drain in flight")
     kill_hard(first)
-    orphaned = ingestion_writer.backlog(redis_client).pending
+    orphaned = ingestion_drain.backlog(redis_client).pending
     assert orphaned > 0, "the kill did not catch a drain mid-batch"
     written_by_first = count_rows(settings, "experiment_metrics")
     for events in batches[12:]:  # the API keeps accepting while no worker runs
@@ -155,8 +155,8 @@ def test_kill_9_mid_stream_loses_nothing_and_counts_nothing_twice(client, auth, 
     assert written_by_first < len(set(sent)), "the first worker finished everything before it was killed"
 
     start_worker("second")
-    wait_for(lambda: ingestion_writer.backlog(redis_client).length == 0, 50, "the second worker to drain")
-    assert ingestion_writer.backlog(redis_client).pending == 0  # the orphaned entries were claimed
+    wait_for(lambda: ingestion_drain.backlog(redis_client).length == 0, 50, "the second worker to drain")
+    assert ingestion_drain.backlog(redis_client).pending == 0  # the orphaned entries were claimed
     assert count_rows(settings, "experiment_metrics") == len(set(sent))
     assert count_rows(settings, "experiment_metric_dead_letters") == 0
     assert rollup_mismatches(settings) == []
@@ -185,7 +185,7 @@ def test_database_outage_backs_off_and_loses_nothing(client, auth, create_experi
     assert skipped == {"skipped": "backing off after database errors"}
     assert recovered["inserted"] == 1 and recovered["backlog"] is False
     redis_client = get_redis(settings.redis_url)
-    assert ingestion_writer.backlog(redis_client).pending == 0
+    assert ingestion_drain.backlog(redis_client).pending == 0
     assert redis_client.get("ingest:drain:failures") is None
     assert count_rows(settings, "experiment_metrics") == 1
     assert rollup_mismatches(settings) == []

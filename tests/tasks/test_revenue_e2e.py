@@ -88,7 +88,7 @@ def _check(results, expected, assigned, cap_percentile=None):
 
 
 def test_mixed_xof_eur_revenue_equals_a_from_scratch_computation(client, auth, create_experiment, settings,
-                                                                 start_worker):  # noqa: F811
+                                                                 start_worker):  # noqa: F811 - the imported fixture
     experiment = create_experiment(start=True, targeting={}, value_cap_percentile=None)
     assert experiment["reporting_currency"] == "EUR" and experiment["value_cap_percentile"] is None
     rng = random.Random(10)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .client import Assignment, Client, ClientError  # noqa: E402
-from .evaluation import DefinitionError  # noqa: E402
+from .client import Assignment, Client, ClientError
+from .evaluation import DefinitionError
 
 __all__ = ["Assignment", "Client", "ClientError", "DefinitionError", "__version__"]

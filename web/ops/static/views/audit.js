@@ -65,7 +65,11 @@ export function auditView(root, { params, navigate }) {
     try {
       const result = await api.verifyAudit();
       replace(verifyResult, result.ok
-        ? h("div", { class: "callout callout-ok", role: "status" }, h("strong", {}, "Chain intact. "), `${result.entries} entries checked; every hash and link matches.`)
+        ? h("div", { class: "callout callout-ok", role: "status" }, h("strong", {}, "Chain intact. "),
+          result.from_checkpoint
+            ? `${result.entries} entries checked: up to #${result.from_checkpoint.entry_id} by signed checkpoint ${result.from_checkpoint.id}, ` +
+              `${result.verified_entries} after it re-hashed; every hash and link matches.`
+            : `${result.entries} entries checked; every hash and link matches.`)
         : h("div", { class: "callout callout-danger", role: "alert" }, h("strong", {}, "Chain broken. "),
           `${result.entries} entries checked; first bad entry #${result.first_bad_id}: ${result.reason}`));
     } catch (error) {
