@@ -14,10 +14,9 @@ from core.config import Settings, load_settings
 from core.errors import DomainError, error_body
 from services.experiments import audit as audit_service
 
-from . import context, openapi_ui
+from . import context, input_guard, openapi_ui
 from .auth import TokenVerifier, key_ring, mint_dev_token
 from .headers import init_security_headers
-from .input_guard import init_input_guard
 from .ratelimit import init_rate_limiting
 
 log = logging.getLogger(__name__)
@@ -56,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_REDOC_PATH="/redoc",
         OPENAPI_REDOC_URL=openapi_ui.REDOC_URL,
         API_SPEC_OPTIONS={
+            "info": {"description": input_guard.OPENAPI_DESCRIPTION},
             "components": {
                 "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
             },
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["settings"] = settings
     init_request_logging(app, access_log_enabled=settings.access_log)
-    init_input_guard(app)
+    input_guard.init_input_guard(app)
     init_security_headers(app)
     app.extensions["token_verifier"] = TokenVerifier(
         key_ring(settings), settings.molam_id_issuer, settings.molam_id_audience

@@ -28,6 +28,14 @@ from core.errors import DomainError, Invalid
 
 _UNSET = object()
 
+#: The guarantees, as the OpenAPI document's description states them.
+OPENAPI_DESCRIPTION = (
+    "Input limits, on every operation: a body that is not UTF-8 JSON is a 400. A JSON body is a 422 naming "
+    f"the path when it nests deeper than {jsonsafe.MAX_DEPTH} levels, holds NaN, Infinity or a number too "
+    "large for a double, or a key or string with NUL (U+0000) or an unpaired surrogate. NUL in a path or "
+    "query parameter is a 422 naming it. Errors: {code, status, message, errors}."
+)
+
 
 class MalformedBody(DomainError):
     """The body is not a JSON document at all."""

@@ -7,10 +7,10 @@ and recurses once per nesting level until ``RecursionError``. :func:`loads` is t
 parser for client bodies: it refuses all of this and says *where*, as a path of keys
 and list indexes, so the API can name the field.
 
-The happy path is a single ``json`` decode plus three substring searches and two
-byte counts over the raw body; the tree is walked only when those say it might hold
-something to refuse (a ``\\u0000`` or ``\\uD8xx``-``\\uDFxx`` escape, or more
-brackets than the depth limit).
+The happy path is a single ``json`` decode plus a substring search and two byte
+counts over the raw body. Only a body with a ``\\u0000`` or surrogate escape, or with
+more brackets than the depth limit, gets a closer look at its bytes (still C-speed
+scans); the tree is walked only when that look finds something, to say where.
 """
 from __future__ import annotations
 
@@ -79,37 +79,77 @@ def find_problems(value: Any, *, strings: bool = True, max_depth: int = MAX_DEPT
     deeper than ``max_depth`` + 1, so it cannot recurse without bound.
     """
     problems: list[tuple[Path, str]] = []
+    path: list[str | int] = []
 
-    def walk(node: Any, path: Path, depth: int) -> None:
-        if len(problems) >= MAX_PROBLEMS:
-            return
-        if isinstance(node, dict):
-            if depth > max_depth:
-                problems.append((path[:DEPTH_PATH_STEPS], DEPTH_MESSAGE))
-                return
-            for key, child in node.items():
-                if strings and isinstance(key, str):
-                    problem = text_problem(key)
-                    if problem:
-                        problems.append(((*path, key), f"has a key that {problem}"))
-                        continue
-                walk(child, (*path, key), depth + 1)
-        elif isinstance(node, list):
-            if depth > max_depth:
-                problems.append((path[:DEPTH_PATH_STEPS], DEPTH_MESSAGE))
-                return
-            for index, child in enumerate(node):
-                walk(child, (*path, index), depth + 1)
-        elif isinstance(node, str):
+    def leaf(node: Any) -> None:
+        if isinstance(node, str):
             if strings:
                 problem = text_problem(node)
                 if problem:
-                    problems.append((path, problem))
+                    problems.append((tuple(path), problem))
         elif isinstance(node, float) and not math.isfinite(node):
-            problems.append((path, NON_FINITE_MESSAGE))
+            problems.append((tuple(path), NON_FINITE_MESSAGE))
 
-    walk(value, (), 1)
+    def walk(node: dict | list, depth: int) -> None:
+        if depth > max_depth:
+            problems.append((tuple(path[:DEPTH_PATH_STEPS]), DEPTH_MESSAGE))
+            return
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, child in items:
+            if len(problems) >= MAX_PROBLEMS:
+                return
+            path.append(key)
+            if strings and isinstance(key, str) and text_problem(key):
+                problems.append((tuple(path), f"has a key that {text_problem(key)}"))
+            elif isinstance(child, (dict, list)):
+                walk(child, depth + 1)
+            else:
+                leaf(child)
+            path.pop()
+
+    if isinstance(value, (dict, list)):
+        walk(value, 1)
+    else:
+        leaf(value)
     return problems
+
+
+# Prefilters on the raw bytes, so that a body holding nothing to refuse is never walked.
+# Escaped backslashes go first: "\\\\u0000" is the six characters \u0000, not NUL.
+_LONE_SURROGATE_ESCAPE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+_TO_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_NOT_STRUCTURE = bytes(set(range(256)) - set(b'"[]{}'))
+
+
+def _may_hold_bad_text(raw: bytes) -> bool:
+    """Whether the JSON text has a ``\\u0000`` escape or an unpaired surrogate escape (exact but for false positives)."""
+    if b"\\u" not in raw:
+        return False
+    if b"\\\\" in raw:  # replaced, not removed: removing could join two escapes into a pair
+        raw = raw.replace(b"\\\\", b"__")
+    if b"\\u0000" in raw:
+        return True
+    return (b"\\ud" in raw or b"\\uD" in raw) and _LONE_SURROGATE_ESCAPE.search(raw) is not None
+
+
+def _deeper_than(raw: bytes, max_depth: int) -> bool:
+    """Whether valid JSON text nests deeper than ``max_depth``, from its brackets outside strings.
+
+    Escapes are dropped so every remaining quote delimits a string; string contents are
+    dropped; then each pass deletes the innermost ``[]`` pairs (objects mapped to arrays),
+    one level per pass. All at C speed: no tree walk for a large flat batch.
+    """
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    structure = b"".join(raw.translate(_TO_BRACKETS, _NOT_STRUCTURE).split(b'"')[::2])
+    for _ in range(max_depth):
+        if not structure:
+            return False
+        structure = structure.replace(b"[]", b"")
+    return bool(structure)
 
 
 class _NonFinite(Exception):
@@ -165,11 +205,14 @@ def loads(data: bytes | str, *, exact_decimals: bool = False) -> Any:
         raise Rejected([(path_beyond_depth(text), DEPTH_MESSAGE)]) from None
     except ValueError as exc:  # JSONDecodeError, or an integer with more digits than Python converts
         raise NotJSON(str(exc)) from None
-    escapes = b"\\u0000" in raw or b"\\ud" in raw or b"\\uD" in raw
-    if escapes or raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
-        problems = find_problems(value, strings=escapes)
-        if problems:
-            raise Rejected(problems)
+    if _may_hold_bad_text(raw):
+        problems = find_problems(value)
+    elif raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _deeper_than(raw, MAX_DEPTH):
+        problems = find_problems(value, strings=False)
+    else:
+        return value
+    if problems:
+        raise Rejected(problems)
     return value
 
 

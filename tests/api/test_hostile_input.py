@@ -288,3 +288,28 @@ def stored_variant(settings, experiment_id: str) -> str:
         return str(conn.execute(
             "SELECT variant_id FROM experiment_assignments WHERE experiment_id = %s AND molam_id = 'u1'", (experiment_id,)
         ).fetchone()[0])
+
+
+def test_escaped_backslashes_never_hide_or_invent_a_problem():
+    """``\\\\`` is one backslash: it must neither pair two surrogate escapes nor turn text into NUL."""
+    for raw, problem in [
+        (rb'{"a": "\ud800\\\udc00"}', True),  # high, backslash, low: two lone surrogates
+        (rb'{"a": "\\ud800\\u0000"}', False),  # the text \ud800\u0000, no escape at all
+        (rb'{"a": "\ud83d\ude00"}', False),  # a pair: one emoji
+        (rb'{"a": "\\\u0000"}', True),  # a backslash, then NUL
+    ]:
+        try:
+            jsonsafe.loads(raw)
+            refused = False
+        except jsonsafe.Rejected:
+            refused = True
+        assert refused is problem, raw
+
+
+def test_brackets_inside_strings_do_not_change_the_depth():
+    shallow = b'{"a": "' + b"[" * 200 + b'", "b": [' + b'"]]]]"' + b"]}"
+    assert jsonsafe.loads(shallow)["b"] == ["]]]]"]
+    deep = b'{"a": "' + b"]" * 70 + b'", "b": ' + b"[" * 70 + b"]" * 70 + b"}"
+    with pytest.raises(jsonsafe.Rejected) as caught:
+        jsonsafe.loads(deep)
+    assert jsonsafe.dotted(caught.value.problems[0][0]).startswith("b.0.0")
