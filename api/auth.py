@@ -9,13 +9,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import current_app, g, request
 from flask_smorest import abort
+from jwt.types import Options
 
 from core import rbac
 from core.config import Settings
@@ -193,7 +194,7 @@ class TokenVerifier:
         if REFUSED_HEADERS & header.keys():
             raise jwt.InvalidTokenError("key-bearing or critical headers are not accepted")
         required = ["exp", "sub"] + (["iss"] if self._issuer else []) + (["aud"] if self._audience else [])
-        options = {"require": required, "verify_aud": self._audience is not None}
+        options: Options = {"require": required, "verify_aud": self._audience is not None}
         claims = jwt.decode(
             token,
             self._keys.key_for(header),
@@ -222,15 +223,20 @@ def bearer_token() -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
+def _unauthorized(message: str, challenge: str) -> NoReturn:
+    abort(401, message=message, headers={"WWW-Authenticate": challenge})
+    raise AssertionError("abort() raises")
+
+
 def authenticate() -> Principal:
     token = bearer_token()
     if token is None:
-        abort(401, message="missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        _unauthorized("missing bearer token", "Bearer")
     verifier: TokenVerifier = current_app.extensions["token_verifier"]
     try:
         return verifier.verify(token)
     except TokenRefused as refused:
-        abort(401, message=refused.reason, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        _unauthorized(refused.reason, 'Bearer error="invalid_token"')
 
 
 def require(action: str) -> Callable[[F], F]:

@@ -114,7 +114,7 @@ def track(experiment_id: uuid.UUID):
     record, errors = ingestion.validate_event(
         json_body(), experiment_id=str(experiment_id), received_at=received_at, received_iso=received_iso
     )
-    if errors:
+    if errors or record is None:
         raise Invalid("invalid event", errors={"json": errors})
     record = ingestion.accept_one(context.redis_client(), context.session, record, context.request_id(), caller("track"))
     ingestion.count_accepted([record])
