@@ -41,6 +41,7 @@ from core.config import libpq_url, normalise_database_url
 from core.redis import get_redis
 from services.analysis import jobs as sira_jobs
 from services.analysis import results as sira_results
+from services.analysis import scan as sira_scan
 from services.experiments import audit
 
 
@@ -158,7 +159,7 @@ def timed(label: str, work):
 
 def cycle(client):
     recompute_s, recompute = timed("recompute", lambda: sira_jobs.recompute_posteriors(client))
-    scan_s, scan = timed("scan", lambda: sira_jobs.fail_fast_scan(client))
+    scan_s, scan = timed("scan", lambda: sira_scan.fail_fast_scan(client))
     return recompute_s, scan_s, recompute, scan
 
 

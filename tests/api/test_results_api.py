@@ -11,8 +11,8 @@ import pytest
 from core import rbac
 from core.config import libpq_url
 from core.redis import get_redis
-from services.analysis import jobs as sira_jobs
 from services.analysis import reports as sira_reports
+from services.analysis import scan as sira_scan
 from services.cache import definition_key
 from tests.support.api import new_id
 from tests.support.sira_data import set_arm, set_rollup, simulate
@@ -94,7 +94,7 @@ def test_insights_report_a_recorded_fail_fast(client, auth, create_experiment, s
     control, green = (v["id"] for v in experiment["variants"])
     set_arm(settings.database_url, experiment["id"], control, assigned=3000, successes=300)
     set_arm(settings.database_url, experiment["id"], green, assigned=3000, successes=150)
-    sira_jobs.fail_fast_scan(get_redis(settings.redis_url))
+    sira_scan.fail_fast_scan(get_redis(settings.redis_url))
     body = client.get(f"/api/experiments/{experiment['id']}/insights", headers=auth("ops_admin")).get_json()
     assert [f["variant_id"] for f in body["fail_fast"]["flags"]] == [green]
     recorded = body["fail_fast"]["recommendations"]
