@@ -17,7 +17,9 @@ as a client should. Meanwhile the phases, ``--phase`` seconds each, inject one f
 ``--lead`` seconds into the phase:
 
 0. ``baseline``: nothing;
-1. ``redis_restart``: SIGKILL redis-server, start it again on the same port and AOF;
+1. ``redis_restart``: freeze the worker (SIGSTOP) ``--freeze`` seconds so that the stream holds
+   accepted, undrained events, SIGKILL redis-server, start it again on the same port and AOF,
+   thaw the worker;
 1b. ``cache_flush``: delete every definition, assignment and weights key (``exp:*``, ``sira:*``),
    what a Redis restart without persistence does to the caches (the stream is kept: losing
    it is what ``appendonly`` is for, see docs/reliability.md);
@@ -361,8 +363,17 @@ def recovery_s(samples: list[Sample], fault_at: float | None) -> float | None:
 
 def run_phases(platform: Platform, load: Load, monitor: BacklogMonitor, args: argparse.Namespace) -> list[dict]:
     def fault_redis() -> dict:
-        platform.restart_redis()
-        return {}
+        # The worker is frozen first so that the stream holds accepted, undrained events (and
+        # delivered, unacknowledged ones) when Redis dies: what a restart must not lose.
+        assert platform.worker is not None
+        os.killpg(platform.worker.pid, signal.SIGSTOP)
+        try:
+            time.sleep(args.freeze)
+            at_kill = monitor.length()
+            platform.restart_redis()
+        finally:
+            os.killpg(platform.worker.pid, signal.SIGCONT)
+        return {"stream_at_kill": at_kill}
 
     def fault_cache_flush() -> dict:
         client = redis.Redis.from_url(platform.redis_url)
@@ -488,7 +499,7 @@ def report(load: Load, monitor: BacklogMonitor, timeline: list[dict], rows: Coun
             } if fault_at else None,
             "stream_max": max(lengths) if lengths else None,
             "stream_end": lengths[-1] if lengths else None,
-            **{key: phase[key] for key in ("stream_full_s", "keys_deleted") if key in phase},
+            **{key: phase[key] for key in ("stream_full_s", "keys_deleted", "stream_at_kill") if key in phase},
         })
     return out
 
@@ -523,6 +534,7 @@ def main() -> int:
     parser.add_argument("--phase", type=float, default=20.0, help="seconds per phase")
     parser.add_argument("--lead", type=float, default=3.0, help="seconds into a phase before its fault")
     parser.add_argument("--hold", type=float, default=3.0, help="seconds the backlog is kept full")
+    parser.add_argument("--freeze", type=float, default=2.0, help="seconds the worker is frozen before Redis is killed")
     parser.add_argument("--rate", type=float, default=40.0, help="load generator iterations/s in all (assign + track each)")
     parser.add_argument("--threads", type=int, default=6)
     parser.add_argument("--backlog", type=int, default=300, help="INGEST_MAX_BACKLOG_ENTRIES of the run")
@@ -542,7 +554,7 @@ def main() -> int:
     admin = mint("ops_admin", "chaos-admin")
     tokens = [mint("pay_module", sub) for sub in SERVICE_SUBS]
     results: dict = {
-        "settings": {k: getattr(args, k) for k in ("phase", "lead", "hold", "rate", "threads", "backlog",
+        "settings": {k: getattr(args, k) for k in ("phase", "lead", "hold", "freeze", "rate", "threads", "backlog",
                                                     "api_workers", "api_threads", "pg_mode", "seed")},
         "cpus": os.cpu_count(),
         "load_before": os.getloadavg(),
