@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: run migrate demo start stop logs test lint fuzz flower bench-compare bench-assign bench-ingest bench-sira bench-bandit bench-sim bench-validity bench-sdk vectors clean
+.PHONY: run migrate demo start stop logs test lint fuzz flower bench-compare bench-assign bench-ingest bench-sira bench-bandit bench-sim bench-validity bench-sdk chaos vectors clean
 
 # docker compose v2, or the older docker-compose
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
@@ -74,6 +74,12 @@ bench-bandit: $(STAMP)
 ## Python SDK: local assign vs the server's assign per core, definitions download for 1,000 experiments (needs wrk).
 bench-sdk: $(STAMP)
 	$(BIN)/python bench/bench_sdk.py
+
+## Faults under load (private embedded PostgreSQL and Redis, production mode): restart Redis, flush its caches,
+## SIGKILL the worker, restart PostgreSQL, fill the backlog; per phase status codes, p99, sticky violations,
+## lost/doubled events, recovery. CHAOS_ARGS e.g. "--phase 60 --rate 60". Not part of `make test`.
+chaos: $(STAMP)
+	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
 
 ## Regenerate the SDK's test vectors from the server's assignment code.
 vectors: $(STAMP)

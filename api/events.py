@@ -87,8 +87,11 @@ class BatchAcceptedSchema(ma.Schema):
 def caller(scope: str) -> ingestion.Caller:
     """The staging call's caller: backlog share, ``allowed_services`` scope and the ``scope`` budget."""
     principal = g.principal
-    share = current_app.extensions["settings"].ingest_service_share
-    return ingestion.Caller(principal.sub, principal.roles, share, ratelimit.budget(scope))
+    settings = current_app.extensions["settings"]
+    return ingestion.Caller(
+        principal.sub, principal.roles, settings.ingest_service_share, ratelimit.budget(scope),
+        settings.ingest_max_backlog_entries,
+    )
 
 
 def json_body() -> object:

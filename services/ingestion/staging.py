@@ -64,18 +64,25 @@ class Caller(NamedTuple):
     """Who stages events: the counter of their backlog share and the scope of their roles.
 
     ``roles=None`` is an internal call (not scoped by ``allowed_services``);
-    ``backlog_share`` is the fraction of ``MAX_BACKLOG_ENTRIES`` the caller's entries may
-    occupy; ``budget`` is the request budget the staging call spends (None: none).
+    ``backlog_share`` is the fraction of the backlog limit the caller's entries may
+    occupy; ``budget`` is the request budget the staging call spends (None: none);
+    ``backlog_limit`` is the backlog limit (``INGEST_MAX_BACKLOG_ENTRIES``; None:
+    ``MAX_BACKLOG_ENTRIES``).
     """
 
     sub: str
     roles: tuple[str, ...] | None = None
     backlog_share: float = 1.0
     budget: Budget | None = None
+    backlog_limit: int | None = None
+
+    def max_backlog(self) -> int:
+        """The stream entries the backlog may hold before everyone is refused (503)."""
+        return self.backlog_limit if self.backlog_limit is not None else MAX_BACKLOG_ENTRIES
 
     def backlog_entries(self) -> int:
         """The most stream entries this caller may have waiting (at least one)."""
-        return max(1, int(MAX_BACKLOG_ENTRIES * self.backlog_share))
+        return max(1, int(self.max_backlog() * self.backlog_share))
 
 
 INTERNAL = Caller("")
@@ -305,7 +312,7 @@ def stage(client: redis.Redis, records: Sequence[StagedEvent], request_id: str =
     if not records:
         return
     script = redis_state.script(client, _ENQUEUE_LUA)
-    args: list[Any] = [MAX_BACKLOG_ENTRIES, request_id, caller.sub, caller.backlog_entries()]
+    args: list[Any] = [caller.max_backlog(), request_id, caller.sub, caller.backlog_entries()]
     for start in range(0, len(records), ENTRY_EVENTS):
         chunk = records[start : start + ENTRY_EVENTS]
         args.append(len(chunk))
@@ -416,7 +423,7 @@ def accept_one(
                 budget.key if budget is not None else definition_key(experiment_id), STREAM_CALLER_ENTRIES_KEY,
             ],
             args=[
-                MAX_BACKLOG_ENTRIES, record.variant_id or "", head, tail, request_id,
+                caller.max_backlog(), record.variant_id or "", head, tail, request_id,
                 caller.sub, caller.backlog_entries(),
                 budget.policy.limit if budget is not None else 0, budget.policy.window_s if budget is not None else 0,
                 _role_scope(caller.roles),

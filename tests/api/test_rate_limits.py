@@ -136,6 +136,23 @@ def test_one_caller_cannot_fill_the_backlog(make_client, auth, running, settings
     assert _track(shared, auth, running, "noisy").status_code == 202
 
 
+
+def test_backlog_limit_is_a_setting(make_client, auth, running, settings):
+    """INGEST_MAX_BACKLOG_ENTRIES moves the point where track and batch answer 503, queueing nothing."""
+    limited = make_client(ingest_max_backlog_entries=4, ingest_service_share=0.5)
+    redis_client = get_redis(settings.redis_url)
+    for sub in ("svc-a", "svc-b"):  # each within its share (2 entries) of the 4
+        for n in range(2):
+            assert _track(limited, auth, running, sub, f"u{n + 1}").status_code == 202
+    refused = _track(limited, auth, running, "svc-c")
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+    batch = limited.post("/api/events/batch", json={"events": [
+        {"experiment_id": running["id"], "molam_id": "u3", "event_type": "click"}]}, headers=auth(SERVICE, "svc-c"))
+    assert batch.status_code == 503 and batch.headers["Retry-After"] == "5"
+    assert redis_client.xlen(ingestion.STREAM_KEY) == 4
+    drain_all(redis_client)
+    assert _track(limited, auth, running, "svc-c").status_code == 202
+
 def test_a_deleted_stream_does_not_leave_callers_refused(make_client, auth, running, settings, monkeypatch):
     monkeypatch.setattr(ingestion, "MAX_BACKLOG_ENTRIES", 2)
     shared = make_client(ingest_service_share=0.5)
