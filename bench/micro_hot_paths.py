@@ -217,6 +217,8 @@ def main() -> None:
         profiler.disable()
         stats = pstats.Stats(profiler)
         stats.sort_stats(os.environ.get("MICRO_SORT", "tottime")).print_stats(int(os.environ.get("MICRO_TOP", "45")))
+        if os.environ.get("MICRO_CALLEES"):  # e.g. MICRO_CALLEES=request_json: what that function spends its time in
+            stats.print_callees(os.environ["MICRO_CALLEES"])
         return
 
     figures: dict[str, dict[str, float]] = {}
