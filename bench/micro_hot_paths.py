@@ -11,7 +11,7 @@ machine's load, far more than a wrk run on a shared machine does. Cases:
 * ``track``: ``POST /track`` of a new event for an assigned user (one Redis round trip).
 
 It creates its own database (default ``molam_bench_test_micro``, dropped and recreated)
-and flushes the Redis database it is given.
+and flushes the Redis database it is given (its broker URL points at database 12 of the same server).
 
     .venv/bin/python bench/micro_hot_paths.py --redis-url redis://127.0.0.1:6379/13 [--calls 3000] [--repeat 5]
     .venv/bin/python bench/micro_hot_paths.py ... --profile returning     # cProfile of one case, top functions
@@ -138,7 +138,7 @@ def main() -> None:
         app_env="production",
         database_url=database_url,
         redis_url=args.redis_url,
-        celery_broker_url=redis_url_with_db(args.redis_url, 14),
+        celery_broker_url=redis_url_with_db(args.redis_url, 12),
         molam_id_public_key=public_pem,
         molam_id_issuer=ISSUER,
         molam_id_audience=AUDIENCE,
