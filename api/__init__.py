@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import click
 from flask import Flask, jsonify
@@ -40,9 +42,37 @@ class MolamApi(Api):
         return payload, status, headers
 
 
+class MolamFlask(Flask):
+    """Flask with :meth:`ensure_sync` answered once per callable instead of on every call.
+
+    Flask asks ``inspect.iscoroutinefunction`` of every hook, view and error handler it
+    calls, on every request (about twenty per request here); the answer for a given
+    callable never changes, so it is remembered.
+    """
+
+    #: Enough for every view, hook and handler of the app; past it, nothing more is remembered.
+    SYNC_CACHE_SIZE = 4096
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync_callables: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        try:
+            return self._sync_callables[func]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable callable
+            return super().ensure_sync(func)
+        sync = super().ensure_sync(func)
+        if len(self._sync_callables) < self.SYNC_CACHE_SIZE:
+            self._sync_callables[func] = sync
+        return sync
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
-    app = Flask(__name__)
+    app = MolamFlask(__name__)
     app.config.update(
         API_TITLE="Molam Experiments (Brique 147) with SIRA",
         API_VERSION="1.0",

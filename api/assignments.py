@@ -25,17 +25,23 @@ blp = Blueprint(
 )
 
 
+#: The assign body's limits, shared by the schema and its fast reader (:func:`read_assign_body`).
+MOLAM_ID_MAX, REGION_MAX, DEVICE_MAX = 200, 64, 32
+TXN_COUNT_MAX = 2**31 - 1
+PRE_EXPOSURE_LIMIT = 1e15
+
+
 class AssignRequestSchema(StrictSchema):
-    molam_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    molam_id = fields.String(required=True, validate=validate.Length(min=1, max=MOLAM_ID_MAX))
     country = fields.String(validate=_code_in(COUNTRIES, "ISO 3166-1 alpha-2 country code", upper=True))
     lang = fields.String(validate=_code_in(LANGUAGES, "ISO 639 language code", upper=False))
     currency = fields.String(validate=_code_in(CURRENCIES, "ISO 4217 currency code", upper=True))
-    region = fields.String(validate=validate.Length(min=1, max=64))
-    device = fields.String(validate=validate.Length(min=1, max=32))
-    txn_count = fields.Integer(strict=True, validate=validate.Range(min=0, max=2**31 - 1))
+    region = fields.String(validate=validate.Length(min=1, max=REGION_MAX))
+    device = fields.String(validate=validate.Length(min=1, max=DEVICE_MAX))
+    txn_count = fields.Integer(strict=True, validate=validate.Range(min=0, max=TXN_COUNT_MAX))
     pre_exposure_value = fields.Float(
         allow_nan=False,
-        validate=validate.Range(min=-1e15, max=1e15),
+        validate=validate.Range(min=-PRE_EXPOSURE_LIMIT, max=PRE_EXPOSURE_LIMIT),
         metadata={
             "description": "A number known before exposure (e.g. the user's spend over the last 30 days in the "
             "reporting currency), stored with the first assignment: the CUPED covariate (txn_count when absent)."
@@ -49,6 +55,60 @@ class AssignRequestSchema(StrictSchema):
 
 # One instance, not the class: webargs would build a schema per request from a class.
 ASSIGN_REQUEST = AssignRequestSchema()
+
+_ASSIGN_FIELDS = frozenset(AssignRequestSchema._declared_fields)
+_TEXT_LIMITS = (("molam_id", 1, MOLAM_ID_MAX), ("region", 1, REGION_MAX), ("device", 1, DEVICE_MAX))
+_CODES = (("country", COUNTRIES, True), ("lang", LANGUAGES, False), ("currency", CURRENCIES, True))
+
+
+def read_assign_body(body: object) -> service.UserContext | None:
+    """:data:`ASSIGN_REQUEST`'s ``load`` without marshmallow, for bodies it accepts as they are.
+
+    Returns the same :class:`~services.experiments.assignment.UserContext` the schema
+    would, or ``None`` for any body this does not accept outright: unknown or null
+    fields, wrong types, values out of range, and the values the schema converts (a
+    number given as a string). The schema then reads the body and, when it refuses it,
+    writes the 422 itself, so errors keep their field names and messages
+    (tests/api/test_assignment_body.py checks both agree on a matrix of bodies).
+    """
+    if type(body) is not dict or not _ASSIGN_FIELDS.issuperset(body) or None in body.values():
+        return None  # not an object, unknown fields, or "Field may not be null.": the schema says which
+    for name, shortest, longest in _TEXT_LIMITS:
+        if name in body:
+            value = body[name]
+            if type(value) is not str or not shortest <= len(value) <= longest:
+                return None
+        elif name == "molam_id":
+            return None
+    for name, codes, upper in _CODES:
+        if name in body:
+            value = body[name]
+            if type(value) is not str or value not in codes or value != (value.upper() if upper else value.lower()):
+                return None
+    txn_count = body.get("txn_count")
+    if txn_count is not None and (type(txn_count) is not int or not 0 <= txn_count <= TXN_COUNT_MAX):
+        return None
+    pre_exposure_value = body.get("pre_exposure_value")
+    if pre_exposure_value is not None:
+        if type(pre_exposure_value) is int:
+            if not -PRE_EXPOSURE_LIMIT <= pre_exposure_value <= PRE_EXPOSURE_LIMIT:
+                return None
+            pre_exposure_value = float(pre_exposure_value)
+        elif type(pre_exposure_value) is not float or not -PRE_EXPOSURE_LIMIT <= pre_exposure_value <= PRE_EXPOSURE_LIMIT:
+            return None
+    return service.UserContext(
+        molam_id=body["molam_id"],
+        country=body.get("country"),
+        lang=body.get("lang"),
+        currency=body.get("currency"),
+        region=body.get("region"),
+        device=body.get("device"),
+        txn_count=txn_count,
+        pre_exposure_value=pre_exposure_value,
+    )
+
+
+blp.ARGUMENTS_PARSER.register_fast_reader(ASSIGN_REQUEST, read_assign_body)
 
 
 class AssignmentOutSchema(ma.Schema):

@@ -207,18 +207,25 @@ def init_request_logging(app: Flask, *, access_log_enabled: bool) -> None:
     @app.after_request
     def _log_request(response):
         started = g.get("request_started")
-        if started is not None and access_log.isEnabledFor(logging.INFO) and request.path not in ("/healthz", "/readyz", "/metrics"):
-            access_log.info(
-                "%s %s %d",
-                request.method,
-                request.url_rule.rule if request.url_rule else request.path,
-                response.status_code,
-                extra={
-                    "method": request.method,
-                    "route": request.url_rule.rule if request.url_rule else None,
-                    "status": response.status_code,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "remote_addr": request.remote_addr,
-                },
-            )
+        if started is None or not access_log.isEnabledFor(logging.INFO):
+            return response
+        current = request._get_current_object()  # one context lookup, not one per attribute
+        path = current.path
+        if path in ("/healthz", "/readyz", "/metrics"):
+            return response
+        method, rule, status = current.method, current.url_rule, response.status_code
+        route = rule.rule if rule is not None else None
+        access_log.info(
+            "%s %s %d",
+            method,
+            route if route is not None else path,
+            status,
+            extra={
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "remote_addr": current.remote_addr,
+            },
+        )
         return response

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from models.enums import TARGETING_LIST_KEYS
 from services.experiments import assignment
+from services.experiments.buckets import split_bucket
 from services.experiments.definitions import Definition, definition_from_document
 from services.sdk.definitions import FORMAT, experiment_document
 
@@ -150,7 +151,7 @@ def _code(definition: Definition, served: dict[str, Any], molam_id: str, context
         reason = "outside_coverage"
     if reason is not None:
         return REASON_CODES[REASONS.index(reason)]
-    split = assignment.split_bucket(definition.id, molam_id)
+    split = split_bucket(definition.id, molam_id)
     variant = assignment.variant_for_bucket(definition, split)
     index = [v.id for v in definition.variants].index(variant.id)
     in_server_range = any(low <= split < high for low, high in served["server_buckets"])

@@ -193,10 +193,13 @@ class Project:
         return experiment["id"]
 
     def clicks_accepted(self) -> int:
-        """``experiment_metrics_total`` for clicks: what the API accepted (summed over its workers)."""
+        """``experiment_metrics_accepted_total`` for clicks: what the API accepted (summed over its workers).
+
+        (``experiment_metrics_total`` counts persisted events, in the worker's exporter, not the API's.)
+        """
         text = urllib.request.urlopen(f"{self.base}/metrics", timeout=30).read().decode()
         return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                       if line.startswith("experiment_metrics_total{") and 'event_type="click"' in line))
+                       if line.startswith("experiment_metrics_accepted_total{") and 'event_type="click"' in line))
 
     def clicks_persisted(self) -> int:
         with psycopg.connect(self._url()) as conn:
@@ -411,7 +414,7 @@ def report(results: dict, concs: list[int], labels: list[str], with_sixpack: boo
                 print(f"  {label:26s} c={conc:<3d} {statistics.median(runs):7.0f}")
     for label, counts in persisted.items():
         verdict = "exactly once" if counts["persisted"] == counts["accepted"] else "MISMATCH"
-        print(f"\n{label} track: {counts['accepted']} events accepted (experiment_metrics_total), "
+        print(f"\n{label} track: {counts['accepted']} events accepted (experiment_metrics_accepted_total), "
               f"{counts['persisted']} rows persisted: {verdict}")
 
 

@@ -48,7 +48,8 @@ from models.enums import ExperimentMode, ExperimentStatus
 
 from .. import cache
 from ..experiments import assignment
-from ..experiments.assignment import BUCKETS, split_boundaries
+from ..experiments.assignment import split_boundaries
+from ..experiments.buckets import BUCKETS
 from ..experiments.definitions import Definition, definition_from_document
 
 log = logging.getLogger(__name__)

@@ -31,6 +31,10 @@ from models.enums import ExperimentMode
 
 from ..experiments import assignment
 from ..experiments.assignment import UserContext
+from ..experiments.assignment.cache import cache_assignment
+from ..experiments.assignment.service import iso_timestamp
+from ..experiments.assignment.store import existing_assignment, insert_assignment
+from ..experiments.buckets import split_bucket
 from ..experiments.definitions import Definition, get_definition
 
 log = logging.getLogger(__name__)
@@ -95,7 +99,7 @@ def _expected(definition: Definition, user: UserContext) -> tuple[str | None, st
         return None, reason
     if not assignment.in_coverage(definition, user.molam_id):
         return None, "outside_coverage"
-    variant = assignment.variant_for_bucket(definition, assignment.split_bucket(definition.id, user.molam_id))
+    variant = assignment.variant_for_bucket(definition, split_bucket(definition.id, user.molam_id))
     return variant.id, None
 
 
@@ -146,7 +150,7 @@ def record_exposures(
             if cache_row is not None:
                 experiment_id, molam_id = key
                 variant_id, assigned_at = cache_row
-                assignment._cache_assignment(client, experiment_id, molam_id, variant_id, assigned_at)
+                cache_assignment(client, experiment_id, molam_id, variant_id, assigned_at)
     return [verdicts[i] for i in sorted(verdicts)]
 
 
@@ -172,13 +176,13 @@ def _store(
                 # A fixed split (bandits are refused above): the period is the definition's
                 # version and the probability the arm's bucket share, as ``assign`` records.
                 variant = definition.by_id[exposures[writer].variant_id]
-                row = assignment._insert(
+                row = insert_assignment(
                     connection, experiment_id, variant.id, exposures[writer].user,
                     assignment.period_id(definition.version, 0), assignment.split_probability(definition, variant),
                 )
             new = row is not None
             if row is None:
-                row = assignment._existing(connection, experiment_id, exposures[indexes[0]].user.molam_id)
+                row = existing_assignment(connection, experiment_id, exposures[indexes[0]].user.molam_id)
             stored_id = None if row is None else str(row[0])
             verdicts = {}
             for index in indexes:
@@ -198,7 +202,7 @@ def _store(
                     verdicts[index] = Verdict(index, exposure, False, "definition_changed")
             if new:
                 new_rows[experiment_id] = new_rows.get(experiment_id, 0) + 1
-            results[key] = (verdicts, None if row is None else (str(row[0]), assignment._iso(row[1])))
+            results[key] = (verdicts, None if row is None else (str(row[0]), iso_timestamp(row[1])))
     for experiment_id, count in new_rows.items():
         EXPERIMENT_ASSIGNMENTS.labels(experiment_id=experiment_id).inc(count)
     return results

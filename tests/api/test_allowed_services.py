@@ -165,11 +165,12 @@ def test_events_batch_rejects_only_the_items_of_experiments_left_out(client, aut
 
 def test_exposure_batch_rejects_items_of_experiments_left_out(client, auth, pay_only, settings):
     from services.experiments import assignment
+    from services.experiments.buckets import split_bucket
     from services.experiments.definitions import get_definition
 
     experiment, _ = pay_only
     definition = get_definition(get_redis(settings.redis_url), experiment["id"])
-    variant = assignment.variant_for_bucket(definition, assignment.split_bucket(experiment["id"], "sdk-user")).id
+    variant = assignment.variant_for_bucket(definition, split_bucket(experiment["id"], "sdk-user")).id
     exposure = {"experiment_id": experiment["id"], "molam_id": "sdk-user", "variant_id": variant,
                 "evaluated_at": datetime.now(timezone.utc).isoformat()}
     refused = client.post("/api/assignments/batch", json={"exposures": [exposure]}, headers=auth(CONNECT)).get_json()

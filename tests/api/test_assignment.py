@@ -11,8 +11,8 @@ from core import db
 from core.config import libpq_url
 from core.redis import get_redis
 from services.cache import assignment_key, definition_key, weights_key
-from services.experiments import assignment as service
 from services.experiments.audit import SIRA_ACTOR
+from services.experiments.buckets import coverage_bucket, split_bucket
 from services.experiments.lifecycle import set_variant_paused
 
 SERVICE = "pay_module"
@@ -137,7 +137,7 @@ def test_split_follows_the_documented_hash(client, auth, create_experiment):
     control, treatment = experiment["variants"]
     for n in range(40):
         molam_id = f"hash-{n}"
-        expected = control if service.split_bucket(experiment["id"], molam_id) < 5000 else treatment
+        expected = control if split_bucket(experiment["id"], molam_id) < 5000 else treatment
         assert _assign(client, auth, experiment["id"], molam_id=molam_id).get_json()["variant_id"] == expected["id"]
 
 
@@ -147,7 +147,7 @@ def test_coverage_excludes_by_an_independent_hash(client, auth, create_experimen
     for n in range(200):
         molam_id = f"cov-{n}"
         answer = _assign(client, auth, experiment["id"], molam_id=molam_id).get_json()
-        inside = service.coverage_bucket(experiment["id"], molam_id) < 2500
+        inside = coverage_bucket(experiment["id"], molam_id) < 2500
         assert answer["eligible"] is inside
         if not inside:
             assert answer["reason"] == "outside_coverage"
@@ -244,7 +244,7 @@ def test_ab_pause_renormalises_split_for_new_users_only(client, auth, create_exp
         assert _assign(client, auth, experiment["id"], molam_id=user).get_json()["variant_id"] == variant
     for n in range(60):
         molam_id = f"ab-new-{n}"
-        bucket = service.split_bucket(experiment["id"], molam_id)
+        bucket = split_bucket(experiment["id"], molam_id)
         expected = ids["A"] if bucket < 40 * 10_000 // 70 else ids["C"]
         assert _assign(client, auth, experiment["id"], molam_id=molam_id).get_json()["variant_id"] == expected
 
@@ -260,7 +260,7 @@ def test_sticky_when_targeting_no_longer_matches(client, auth, create_experiment
 
 def test_cached_definition_is_the_shared_contract(client, auth, create_experiment, settings):
     experiment = create_experiment(start=True, mode="bandit", targeting={"country": ["SN"]}, coverage=80)
-    molam_id = next(f"u{n}" for n in range(100) if service.coverage_bucket(experiment["id"], f"u{n}") < 8000)
+    molam_id = next(f"u{n}" for n in range(100) if coverage_bucket(experiment["id"], f"u{n}") < 8000)
     assert _assign(client, auth, experiment["id"], molam_id=molam_id, country="SN").get_json()["eligible"] is True
     redis_client = get_redis(settings.redis_url)
     document = json.loads(redis_client.get(definition_key(experiment["id"])))

@@ -9,6 +9,7 @@ import pytest
 
 from core.config import libpq_url
 from services.experiments import assignment
+from services.experiments.buckets import split_bucket
 from services.experiments.definitions import get_definition
 
 SERVICE = "pay_module"
@@ -19,7 +20,7 @@ def _expected_variant(settings, experiment_id, molam_id):
     from core.redis import get_redis
 
     definition = get_definition(get_redis(settings.redis_url), experiment_id)
-    return assignment.variant_for_bucket(definition, assignment.split_bucket(experiment_id, molam_id)).id
+    return assignment.variant_for_bucket(definition, split_bucket(experiment_id, molam_id)).id
 
 
 def _post(client, auth, exposures, role=SERVICE):

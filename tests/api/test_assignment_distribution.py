@@ -15,6 +15,7 @@ from scipy import stats
 from core.redis import get_redis
 from services.cache import weights_key
 from services.experiments import assignment as service
+from services.experiments.buckets import split_bucket
 from services.experiments.definitions import load_definition
 
 USERS = 20_000
@@ -40,7 +41,7 @@ def test_fixed_split_matches_traffic_shares(client, auth, create_experiment, set
     ids = [v["id"] for v in experiment["variants"]]
 
     # 20,000 users through the decision function that assign uses for new users...
-    chosen = Counter(service.variant_for_bucket(definition, service.split_bucket(definition.id, f"syn-{n}")).id for n in range(USERS))
+    chosen = Counter(service.variant_for_bucket(definition, split_bucket(definition.id, f"syn-{n}")).id for n in range(USERS))
     observed = np.array([chosen[i] for i in ids])
     assert stats.chisquare(observed, shares * USERS).pvalue > ALPHA
 
@@ -54,7 +55,7 @@ def test_fixed_split_matches_traffic_shares(client, auth, create_experiment, set
     ]
     for n, answer in enumerate(through_service + through_api):
         assert answer["new"] is True
-        expected = service.variant_for_bucket(definition, service.split_bucket(definition.id, f"syn-{n}")).id
+        expected = service.variant_for_bucket(definition, split_bucket(definition.id, f"syn-{n}")).id
         assert answer["variant_id"] == expected
     stored = Counter(a["variant_id"] for a in through_service + through_api)
     assert stats.chisquare([stored[i] for i in ids], shares * 1200).pvalue > ALPHA
@@ -66,7 +67,7 @@ def test_coverage_within_tolerance_and_independent_of_variant(create_experiment,
     enrolled = np.array([service.in_coverage(definition, f"cov-{n}") for n in range(USERS)])
     # Binomial sd at p = 0.3, n = 20,000 is 0.0032: allow ~4.7 sd.
     assert abs(enrolled.mean() - 0.30) < 0.015
-    variant = np.array([service.variant_for_bucket(definition, service.split_bucket(definition.id, f"cov-{n}")).is_control for n in range(USERS)])
+    variant = np.array([service.variant_for_bucket(definition, split_bucket(definition.id, f"cov-{n}")).is_control for n in range(USERS)])
     table = [[np.sum(enrolled & variant), np.sum(enrolled & ~variant)], [np.sum(~enrolled & variant), np.sum(~enrolled & ~variant)]]
     assert stats.chi2_contingency(table).pvalue > ALPHA
 

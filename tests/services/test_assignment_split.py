@@ -6,6 +6,7 @@ import hashlib
 import pytest
 
 from services.experiments import assignment as service
+from services.experiments.buckets import coverage_bucket, split_bucket
 from services.experiments.definitions import definition_from_document
 from sira.bandit import draw_arm
 
@@ -33,12 +34,12 @@ def definition(shares, paused=(), mode="ab", coverage=100.0, targeting=None):
 def test_bucket_is_the_documented_sha256_formula():
     for molam_id in ("user_123", "é-ünïcode", "x" * 200):
         digest = hashlib.sha256(f"{EXPERIMENT_ID}:{molam_id}".encode()).digest()
-        assert service.split_bucket(EXPERIMENT_ID, molam_id) == int.from_bytes(digest[:8], "big") % 10_000
+        assert split_bucket(EXPERIMENT_ID, molam_id) == int.from_bytes(digest[:8], "big") % 10_000
         digest = hashlib.sha256(f"coverage:{EXPERIMENT_ID}:{molam_id}".encode()).digest()
-        assert service.coverage_bucket(EXPERIMENT_ID, molam_id) == int.from_bytes(digest[:8], "big") % 10_000
+        assert coverage_bucket(EXPERIMENT_ID, molam_id) == int.from_bytes(digest[:8], "big") % 10_000
     # A fixed vector, so a change of formula cannot go unnoticed.
-    assert service.split_bucket(EXPERIMENT_ID, "user_123") == 5389
-    assert service.coverage_bucket(EXPERIMENT_ID, "user_123") == 5562
+    assert split_bucket(EXPERIMENT_ID, "user_123") == 5389
+    assert coverage_bucket(EXPERIMENT_ID, "user_123") == 5562
 
 
 def test_split_boundaries_are_exact_hundredths():
@@ -72,7 +73,7 @@ def test_coverage_threshold():
     assert all(service.in_coverage(definition([50, 50], coverage=100), f"u{n}") for n in range(100))
     d = definition([50, 50], coverage=0.01)
     inside = [m for m in (f"u{n}" for n in range(50_000)) if service.in_coverage(d, m)]
-    assert all(service.coverage_bucket(EXPERIMENT_ID, m) == 0 for m in inside)
+    assert all(coverage_bucket(EXPERIMENT_ID, m) == 0 for m in inside)
 
 
 def test_bandit_weights_prefer_published_after_burn_in():
