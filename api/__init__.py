@@ -73,7 +73,39 @@ class MolamFlask(Flask):
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = MolamFlask(__name__)
-    app.config.update(
+    app.config.update(_openapi_config())
+    app.extensions["settings"] = settings
+    init_request_logging(app, access_log_enabled=settings.access_log)
+    input_guard.init_input_guard(app)
+    init_security_headers(app)
+    app.extensions["token_verifier"] = TokenVerifier(
+        key_ring(settings), settings.molam_id_issuer, settings.molam_id_audience
+    )
+    db.init_engine(settings.database_url)
+    db.init_read_engine(settings.database_replica_url)
+    audit_service.configure_keys(audit_service.keys_from_settings(settings))
+    CORS(app, origins=[o.strip() for o in settings.cors_origin.split(",")], expose_headers=["X-Pagination", "X-Request-ID"])
+
+    api = MolamApi(app)
+    _register_blueprints(app, api, settings)
+
+    _register_error_handlers(app, api)
+    init_rate_limiting(app, settings)
+    init_metrics(app, settings.metrics_token)
+    app.teardown_appcontext(context.close_session)
+
+    @app.after_request
+    def add_request_id(response):
+        response.headers["X-Request-ID"] = context.request_id()
+        return response
+
+    _register_cli(app)
+    return app
+
+
+def _openapi_config() -> dict[str, Any]:
+    """flask-smorest's settings: the OpenAPI document and its UIs (served from local assets)."""
+    return dict(
         API_TITLE="Molam Experiments (Brique 147) with SIRA",
         API_VERSION="1.0",
         OPENAPI_VERSION="3.0.3",
@@ -93,19 +125,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         },
         MAX_CONTENT_LENGTH=8 * 1024 * 1024,
     )
-    app.extensions["settings"] = settings
-    init_request_logging(app, access_log_enabled=settings.access_log)
-    input_guard.init_input_guard(app)
-    init_security_headers(app)
-    app.extensions["token_verifier"] = TokenVerifier(
-        key_ring(settings), settings.molam_id_issuer, settings.molam_id_audience
-    )
-    db.init_engine(settings.database_url)
-    db.init_read_engine(settings.database_replica_url)
-    audit_service.configure_keys(audit_service.keys_from_settings(settings))
-    CORS(app, origins=[o.strip() for o in settings.cors_origin.split(",")], expose_headers=["X-Pagination", "X-Request-ID"])
 
-    api = MolamApi(app)
+
+def _register_blueprints(app: Flask, api: Api, settings: Settings) -> None:
+    """Every resource, in the order of the OpenAPI document; then the CLI commands."""
     from . import assignments, audit, experiments, export, health
 
     api.register_blueprint(experiments.blp)
@@ -140,19 +163,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     cli_reconcile.register(app)
     cli_audit.register(app)
     cli_demo.register(app)
-
-    _register_error_handlers(app, api)
-    init_rate_limiting(app, settings)
-    init_metrics(app, settings.metrics_token)
-    app.teardown_appcontext(context.close_session)
-
-    @app.after_request
-    def add_request_id(response):
-        response.headers["X-Request-ID"] = context.request_id()
-        return response
-
-    _register_cli(app)
-    return app
 
 
 def _register_error_handlers(app: Flask, api: Api) -> None:
