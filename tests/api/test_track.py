@@ -9,6 +9,7 @@ import pytest
 
 from core.config import libpq_url
 from core.redis import get_redis
+from services.ingestion import lookup as ingestion_lookup
 from services.ingestion import staging as ingestion
 from tests.support.ingestion import assign_users, count_rows, drain_all, rollup_mismatches
 
@@ -242,7 +243,7 @@ def test_cache_miss_reads_postgres_and_caches_the_assignment(client, auth, runni
     assert track(client, auth, experiment["id"], {"molam_id": "u3", "event_type": "click"}).status_code == 202
     cached = json.loads(redis_client.get(key))
     assert cached["variant_id"] == held["u3"] and "assigned_at" in cached
-    assert 0 < redis_client.ttl(key) <= ingestion.ASSIGNMENT_CACHE_TTL_S
+    assert 0 < redis_client.ttl(key) <= ingestion_lookup.ASSIGNMENT_CACHE_TTL_S
     assert redis_client.get(f"exp:def:{experiment['id']}") is not None  # the definition is re-cached too
 
 
