@@ -194,6 +194,8 @@ def test_a_draft_is_edited_field_by_field_and_cloned(dashboard, platform, make_t
     page.get_by_role("checkbox", name="refund").uncheck()
     tab.screenshot("edit-draft")
     page.get_by_role("button", name="Save draft").click()
+    # The editor's own heading contains the name too: wait until the detail page replaced it.
+    page.get_by_role("heading", name=f"Edit draft “{name}”").wait_for(state="detached")
     page.get_by_role("heading", name=name).wait_for()
 
     admin = make_token("ops_admin")
