@@ -26,17 +26,7 @@ from ..cache import STREAM_GROUP as GROUP  # noqa: F401 - GROUP re-exported
 from ..cache import assignment_key, definition_key
 from ..experiments import definitions
 from ..ratelimit import Budget, read_with_budget
-from .records import (  # noqa: F401 - re-exported: the API side's view of the record contract
-    BATCH_FIELDS,
-    MAX_BATCH_REQUEST,
-    MAX_EVENT_ID,
-    MAX_METADATA_BYTES,
-    MAX_MOLAM_ID,
-    TRACK_FIELDS,
-    StagedEvent,
-    parse_uuid,
-    validate_event,
-)
+from .records import StagedEvent, parse_uuid
 
 log = logging.getLogger(__name__)
 
