@@ -90,24 +90,31 @@ class Budget:
             raise RateLimited(self.policy.description, retry_after)
 
 
+def spend_budget_lua(counter: str, limit: str, window: str, refused: int) -> str:
+    """The Lua that opens every script carrying a request's budget: spend one from the
+    fixed-window ``counter`` (``limit`` 0: no budget) and, when it is spent, return
+    ``{refused, pttl_ms}`` before anything else runs. Arguments are Lua expressions."""
+    return f"""
+local limit = tonumber({limit})
+if limit > 0 then
+  local spent = redis.call('INCR', {counter})
+  if spent == 1 then redis.call('EXPIRE', {counter}, {window}) end
+  if spent > limit then
+    local ttl = redis.call('PTTL', {counter})
+    if ttl < 0 then  -- a counter left without a lifetime would refuse forever
+      redis.call('EXPIRE', {counter}, {window})
+      ttl = tonumber({window}) * 1000
+    end
+    return {{{refused}, ttl}}
+  end
+end
+"""
+
+
 # KEYS[1] the budget's counter, KEYS[2..] the keys the request reads;
 # ARGV[1] the limit (0: no budget), ARGV[2] the window in seconds.
 # Returns {0, values} when admitted, {1, pttl_ms} when refused (nothing read).
-READ_WITH_BUDGET_LUA = """
-local limit = tonumber(ARGV[1])
-if limit > 0 then
-  local spent = redis.call('INCR', KEYS[1])
-  if spent == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-  if spent > limit then
-    local ttl = redis.call('PTTL', KEYS[1])
-    if ttl < 0 then  -- a counter left without a lifetime would refuse forever
-      redis.call('EXPIRE', KEYS[1], ARGV[2])
-      ttl = tonumber(ARGV[2]) * 1000
-    end
-    return {1, ttl}
-  end
-end
-if #KEYS < 2 then return {0, {}} end
+READ_WITH_BUDGET_LUA = spend_budget_lua("KEYS[1]", "ARGV[1]", "ARGV[2]", refused=1) + """if #KEYS < 2 then return {0, {}} end
 return {0, redis.call('MGET', unpack(KEYS, 2))}
 """
 

@@ -34,7 +34,7 @@ from models.enums import ExperimentStatus
 from ..cache import STREAM_CALLER_ENTRIES_KEY, STREAM_KEY, assignment_key, definition_key
 from ..cache import STREAM_GROUP as GROUP  # noqa: F401 - GROUP re-exported
 from ..experiments import holdouts
-from ..ratelimit import Budget
+from ..ratelimit import Budget, spend_budget_lua
 from .lookup import (
     Lookup,
     check_assignment,
@@ -160,21 +160,7 @@ def stage(client: redis.Redis, records: Sequence[StagedEvent], request_id: str =
 # cache cannot answer (a miss, an unreadable document) returns 0 and the caller takes
 # the general path (:func:`lookup` with its PostgreSQL fallback, then :func:`stage`),
 # so the rules live in :func:`check_assignment`; this script only short-cuts them.
-_TRACK_LUA = """
-local limit = tonumber(ARGV[8])
-if limit > 0 then
-  local spent = redis.call('INCR', KEYS[4])
-  if spent == 1 then redis.call('EXPIRE', KEYS[4], ARGV[9]) end
-  if spent > limit then
-    local ttl = redis.call('PTTL', KEYS[4])
-    if ttl < 0 then
-      redis.call('EXPIRE', KEYS[4], ARGV[9])
-      ttl = tonumber(ARGV[9]) * 1000
-    end
-    return {5, ttl}
-  end
-end
-local definition = redis.call('GET', KEYS[1])
+_TRACK_LUA = spend_budget_lua("KEYS[4]", "ARGV[8]", "ARGV[9]", refused=5) + """local definition = redis.call('GET', KEYS[1])
 local assignment = redis.call('GET', KEYS[2])
 if not definition or not assignment then return {0} end
 local ok, d = pcall(cjson.decode, definition)
