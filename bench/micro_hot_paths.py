@@ -32,31 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ["MOLAM_ENV_FILE"] = ""
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="molam-micro-prom-"))
 
-import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bench.bench_assign import BENCH_IDENTITY, ephemeral_signer
 from core.config import PROJECT_ROOT, Settings, normalise_database_url, redis_url_with_db
-
-ISSUER = "https://id.molam.bench"
-AUDIENCE = "molam-experiments"
-
-
-def _keys() -> tuple[str, str]:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private_pem = private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
-    return private_pem, public_pem
-
-
-def _token(private_pem: str, role: str) -> str:
-    now = int(time.time())
-    claims = {"sub": f"bench-{role}", "roles": [role], "iat": now, "exp": now + 3600, "iss": ISSUER, "aud": AUDIENCE}
-    return jwt.encode(claims, private_pem, algorithm="RS256")
 
 
 def _migrate(database_url: str) -> None:
@@ -133,15 +111,16 @@ def main() -> None:
 
     database_url = normalise_database_url(args.database_url)
     _migrate(database_url)
-    private_pem, public_pem = _keys()
+    public_pem, mint = ephemeral_signer()
     settings = Settings(
         app_env="production",
         database_url=database_url,
         redis_url=args.redis_url,
         celery_broker_url=redis_url_with_db(args.redis_url, 12),
         molam_id_public_key=public_pem,
-        molam_id_issuer=ISSUER,
-        molam_id_audience=AUDIENCE,
+        molam_id_issuer=BENCH_IDENTITY["MOLAM_ID_ISSUER"],
+        molam_id_audience=BENCH_IDENTITY["MOLAM_ID_AUDIENCE"],
+        audit_hmac_key=BENCH_IDENTITY["AUDIT_HMAC_KEY"],
         # The budget stays on (its counter is spent on every call) but out of the measurement's way.
         assign_rate_limit="100000000/minute",
         track_rate_limit="100000000/minute",
@@ -161,7 +140,7 @@ def main() -> None:
     get_redis(args.redis_url).flushdb()
     app = create_app(settings)
     call = Caller(app)
-    admin, service = _token(private_pem, "ops_admin"), _token(private_pem, "checkout_module")
+    admin, service = mint("ops_admin", "bench-ops_admin"), mint("checkout_module", "bench-checkout_module")
 
     def api(method: str, path: str, payload: object | None, token: str) -> tuple[str, object]:
         body = json.dumps(payload).encode() if payload is not None else b""
